@@ -1,0 +1,43 @@
+# One entry point for people and CI. Every target creates what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv install test lint run demo bench clean system-deps
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,airflow]'
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+# promtool and prometheus come from Debian; install them when missing and we are root.
+system-deps:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else echo "promtool not found: install the Debian package 'prometheus' (sudo apt-get install prometheus)"; exit 1; fi; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check watcher
+	$(BIN)/mypy
+
+test: $(STAMP) system-deps
+	$(BIN)/pytest
+
+run: $(STAMP)
+	$(BIN)/watcher run --config examples/bikeshare/watcher.toml
+
+demo: $(STAMP) system-deps
+	$(BIN)/watcher demo --config examples/bikeshare/watcher.toml
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_scoring.py
+
+clean:
+	rm -rf $(VENV) .watcher .pytest_cache .mypy_cache .ruff_cache

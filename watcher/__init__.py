@@ -1,0 +1,10 @@
+"""watcher: keeps machine-learning models healthy in production."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("watcher")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

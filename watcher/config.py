@@ -1,0 +1,396 @@
+"""The one typed configuration of watcher.
+
+Read from a TOML file, then overridden by environment variables with the prefix
+``WATCHER_`` and ``__`` between levels (``WATCHER_METRICS__PORT=9200``,
+``WATCHER_AIRFLOW__PASSWORD=...``). Secrets come from the environment or from a
+``*_file`` field (Docker/Kubernetes secrets). Validated once at start; `watcher
+check-config FILE` runs the same validation. Nothing else in watcher reads the environment.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from watcher.errors import ConfigError
+
+ModelFamily = Literal["hist_gradient_boosting", "random_forest", "linear"]
+
+# Stat tests watcher can run; the names are evidently's.
+StatTest = Literal[
+    "ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi", "kl_div", "hellinger"
+]
+
+
+class _Section(BaseModel):
+    # Unknown keys are almost always typos: refuse them rather than ignore them.
+    model_config = ConfigDict(extra="forbid")
+
+
+def _read_secret(value: SecretStr | None, file: Path | None, what: str) -> SecretStr | None:
+    if file is None:
+        return value
+    try:
+        return SecretStr(file.read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} from {file}: {exc.strerror}") from exc
+
+
+class DaemonConfig(_Section):
+    state_dir: Path = Path(".watcher")
+    poll_interval_seconds: float = Field(5.0, gt=0)
+    shutdown_timeout_seconds: float = Field(30.0, gt=0)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class AirflowConfig(_Section):
+    enabled: bool = False
+    url: str = "http://localhost:8080"
+    username: str = "admin"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    request_timeout_seconds: float = Field(10.0, gt=0)
+    retry_attempts: int = Field(5, ge=1)
+    retry_timeout_seconds: float = Field(60.0, gt=0)
+    poll_interval_seconds: float = Field(15.0, gt=0)
+    unpause_paused_dags: bool = False
+    unreachable_alert_after_seconds: float = Field(300.0, ge=0)
+    # Where people look at runs; used in mails. Defaults to `url`.
+    ui_url: str | None = None
+
+    @field_validator("url", "ui_url")
+    @classmethod
+    def _no_trailing_slash(cls, v: str | None) -> str | None:
+        # A trailing slash makes the API answer GETs with the UI's HTML and status 200.
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _secret_from_file(self) -> AirflowConfig:
+        self.password = _read_secret(self.password, self.password_file, "airflow.password")
+        return self
+
+
+class SmtpConfig(_Section):
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "none"
+    ca_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    timeout_seconds: float = Field(10.0, gt=0)
+    sender: str = "watcher@localhost"
+    recipients: list[str] = Field(default_factory=list)
+    retry_attempts: int = Field(5, ge=1)
+    retry_timeout_seconds: float = Field(60.0, gt=0)
+    # After this many failed delivery rounds an alert is parked as a dead letter.
+    max_delivery_rounds: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _secret_from_file(self) -> SmtpConfig:
+        self.password = _read_secret(self.password, self.password_file, "smtp.password")
+        return self
+
+
+class AlertsConfig(_Section):
+    grafana_url: str = "http://localhost:3000"
+    reminder_interval_seconds: float = Field(6 * 3600.0, gt=0)
+    # Alerts that become due within one window are sent as one digest when there are
+    # more than `digest_threshold` of them.
+    digest_window_seconds: float = Field(30.0, ge=0)
+    digest_threshold: int = Field(5, ge=1)
+    attach_report_max_bytes: int = Field(5_000_000, ge=0)
+    source_silent_after_seconds: float = Field(0.0, ge=0)  # 0 disables the check
+
+
+class RegistryConfig(_Section):
+    path: Path = Path(".watcher/registry")
+    keep_versions: int = Field(5, ge=1)
+
+
+class DirectorySourceConfig(_Section):
+    kind: Literal["directory"] = "directory"
+    path: Path
+    patterns: list[str] = Field(default_factory=lambda: ["*.parquet", "*.csv"])
+    # A file whose size and mtime have not changed for this long is considered complete.
+    settle_seconds: float = Field(2.0, ge=0)
+    # Label files (id + target) that arrive after the predictions.
+    labels_path: Path | None = None
+
+
+class SqlSourceConfig(_Section):
+    kind: Literal["sql"] = "sql"
+    dsn: str
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    table: str
+    timestamp_column: str = "ts"
+    window_seconds: float = Field(3600.0, gt=0)
+    allowed_lateness_seconds: float = Field(300.0, ge=0)
+    start: str | None = None  # ISO timestamp of the first window; default: the oldest row
+    chunk_rows: int = Field(50_000, ge=100)
+    max_rows_per_window: int = Field(200_000, ge=10)
+    rescore_late: bool = False
+    labels_table: str | None = None
+    down_alert_after_seconds: float = Field(300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _secret_from_file(self) -> SqlSourceConfig:
+        self.password = _read_secret(self.password, self.password_file, "source.password")
+        return self
+
+
+SourceConfig = Annotated[DirectorySourceConfig | SqlSourceConfig, Field(discriminator="kind")]
+
+
+class ColumnsConfig(_Section):
+    """Column roles. Features not listed as numeric or categorical are not scored."""
+
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    prediction: str | None = None
+    target: str | None = None
+    timestamp: str | None = None
+    id: str | None = None
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @model_validator(mode="after")
+    def _roles_do_not_overlap(self) -> ColumnsConfig:
+        seen: dict[str, str] = {}
+        roles = {
+            **{c: "numeric" for c in self.numeric},
+            **{c: "categorical" for c in self.categorical},
+        }
+        for c in self.numeric:
+            if c in self.categorical:
+                raise ValueError(f"column {c!r} is listed as both numeric and categorical")
+        for role in ("prediction", "target", "timestamp", "id"):
+            col = getattr(self, role)
+            if col is None:
+                continue
+            if col in roles:
+                raise ValueError(f"column {col!r} is both a {roles[col]} feature and the {role}")
+            if col in seen:
+                raise ValueError(f"column {col!r} is both the {seen[col]} and the {role}")
+            seen[col] = role
+        return self
+
+
+class ColumnDriftConfig(_Section):
+    stattest: StatTest | None = None
+    threshold: float | None = Field(None, gt=0)
+
+
+class DriftConfig(_Section):
+    drift_share: float = Field(0.5, gt=0, le=1)
+    # One stat test/threshold for every column of a kind, as evidently's
+    # num_stattest / cat_stattest; per-column settings win.
+    num_stattest: StatTest | None = None
+    cat_stattest: StatTest | None = None
+    columns: dict[str, ColumnDriftConfig] = Field(default_factory=dict)
+
+
+class QualityConfig(_Section):
+    min_rows: int = Field(10, ge=1)
+    # Share of missing values in a feature above which a violation is counted.
+    max_missing_share: float = Field(0.2, ge=0, le=1)
+    # Share of rows outside the reference [min, max] range above which a violation is counted.
+    max_out_of_range_share: float = Field(0.1, ge=0, le=1)
+    # Share of rows with categories never seen in the reference above which a violation is counted.
+    max_unseen_category_share: float = Field(0.1, ge=0, le=1)
+    # Reject (quarantine) instead of scoring when a feature is entirely missing.
+    reject_all_missing: bool = True
+
+
+class PolicyConfig(_Section):
+    consecutive: int = Field(2, ge=1)
+    # Non-drifted batches in a row that end a drift incident (hysteresis).
+    resolve_after: int = Field(2, ge=1)
+    cooldown_seconds: float = Field(6 * 3600.0, ge=0)
+    daily_cap: int = Field(3, ge=0)
+    dry_run: bool = False
+
+
+class RetrainConfig(_Section):
+    """How the retraining DAG builds a challenger. Read by `retrain_dags/` and its steps."""
+
+    dag_id: str | None = None  # default: retrain_<model>
+    task: Literal["regression", "classification"] = "regression"
+    window: Literal["last_days", "last_batches", "expanding"] = "expanding"
+    window_size: int = Field(8, ge=1)
+    base_training_data: Path | None = None
+    min_rows: int = Field(200, ge=10)
+    min_label_coverage: float = Field(0.5, ge=0, le=1)
+    impute: Literal["median", "mean", "most_frequent"] = "median"
+    outliers: Literal["none", "quantile", "iqr"] = "quantile"
+    outlier_quantiles: tuple[float, float] = (0.01, 0.99)
+    encoding: Literal["onehot", "ordinal"] = "onehot"
+    scaling: Literal["none", "standard", "robust"] = "standard"
+    correlation_threshold: float = Field(0.95, gt=0, le=1)
+    selection: Literal["none", "univariate", "importance", "forward", "backward"] = "importance"
+    max_features: int | None = Field(None, ge=1)
+    model_families: list[ModelFamily] = Field(
+        default_factory=lambda: list[ModelFamily](["hist_gradient_boosting"])
+    )
+    search: Literal["grid", "random"] = "random"
+    n_iter: int = Field(8, ge=1)
+    cv_splits: int = Field(3, ge=2)
+    time_budget_seconds: float = Field(300.0, gt=0)
+    seed: int = 42
+    holdout_share: float = Field(0.2, gt=0, lt=1)
+    primary_metric: Literal["mae", "rmse", "r2", "accuracy", "f1", "roc_auc"] = "mae"
+    # The challenger must beat the champion by this relative margin (0.02 = 2 % better).
+    margin: float = 0.0
+    notify: list[str] = Field(default_factory=list)
+
+
+class ModelConfig(_Section):
+    source: SourceConfig
+    # A file (Parquet/CSV) used until the registry has a production version of this model.
+    reference: Path | None = None
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    recipients: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _drift_columns_are_features(self) -> ModelConfig:
+        unknown = sorted(set(self.drift.columns) - set(self.columns.features))
+        if unknown and self.columns.features:
+            raise ValueError(
+                f"drift.columns names {unknown}, which are not numeric or categorical features"
+            )
+        return self
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with `load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WATCHER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        # Environment values for nested sections are parsed as JSON where they look like it.
+        env_parse_none_str="null",
+    )
+
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    airflow: AirflowConfig = Field(default_factory=AirflowConfig)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file, which arrives as init arguments.
+        return (env_settings, init_settings)
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        for name in v:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(
+                    f"model name {name!r} may hold only letters, digits, '_' and '-' "
+                    "(it becomes part of DAG ids and metric labels)"
+                )
+        return v
+
+    def dag_id(self, model: str) -> str:
+        return self.models[model].retrain.dag_id or f"retrain_{model}"
+
+    def recipients(self, model: str | None) -> list[str]:
+        if model is not None and model in self.models and self.models[model].recipients:
+            return self.models[model].recipients
+        return self.smtp.recipients
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make relative paths in the file relative to the file, not the working directory."""
+    path_keys = {
+        "state_dir",
+        "path",
+        "reference",
+        "labels_path",
+        "ca_file",
+        "password_file",
+        "base_training_data",
+    }
+    for key, value in data.items():
+        if isinstance(value, dict):
+            _resolve_paths(value, base)
+        elif key in path_keys and isinstance(value, str) and not Path(value).is_absolute():
+            data[key] = str((base / value).resolve())
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem, naming the field the way it is written in the file."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("directory", "sql"))
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"{loc or '<root>'}: {msg}{shown}")
+    return lines
+
+
+def load_config(path: Path | None) -> Settings:
+    """Read, resolve and validate the configuration. Raises ConfigError listing every problem."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"config file {path} does not exist", hint="pass an existing TOML file"
+            ) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        _resolve_paths(data, path.parent.resolve())
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = format_validation_error(exc)
+        raise ConfigError(
+            f"{path or 'configuration'} has {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+        ) from exc

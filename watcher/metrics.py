@@ -1,0 +1,287 @@
+"""Every Prometheus metric watcher exports, on an injected registry, plus the HTTP endpoint.
+
+Names follow Prometheus conventions (base units, `_total` for counters); the list is the
+one in ARCHITECTURE.md. Tests build a fresh `CollectorRegistry` per daemon and read values
+back with `registry.get_sample_value(...)`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client import (
+    ProcessCollector as _ProcessCollector,
+)
+
+from watcher import __version__
+
+# Scoring a batch takes milliseconds to minutes depending on its size.
+_STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """All metrics of one daemon. Label sets are declared here and nowhere else."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # Process CPU and memory for the operations dashboard.
+        _ProcessCollector(registry=r)
+
+        self.build_info = Info("watcher_build", "Version of the running watcher.", registry=r)
+        self.build_info.info({"version": __version__})
+
+        self.batches = Counter(
+            "watcher_batches",
+            "Batches processed, by outcome (scored, rejected, failed).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.batches_rejected = Counter(
+            "watcher_batches_rejected",
+            "Batches quarantined, by the check that rejected them.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.batch_rows = Gauge(
+            "watcher_batch_rows", "Rows in the last scored batch.", ["model"], registry=r
+        )
+        self.batch_duration = Histogram(
+            "watcher_batch_duration_seconds",
+            "Time spent per batch and stage.",
+            ["model", "stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.feature_drift_score = Gauge(
+            "watcher_feature_drift_score",
+            "Drift score of a feature in the last batch.",
+            ["model", "feature", "stattest"],
+            registry=r,
+        )
+        self.feature_drift_threshold = Gauge(
+            "watcher_feature_drift_threshold",
+            "Threshold the feature's drift score is held to.",
+            ["model", "feature", "stattest"],
+            registry=r,
+        )
+        self.feature_drifted = Gauge(
+            "watcher_feature_drifted",
+            "1 when the feature drifted in the last batch.",
+            ["model", "feature"],
+            registry=r,
+        )
+        self.dataset_drift_share = Gauge(
+            "watcher_dataset_drift_share",
+            "Share of scored features that drifted.",
+            ["model"],
+            registry=r,
+        )
+        self.dataset_drifted = Gauge(
+            "watcher_dataset_drifted",
+            "1 when the last batch showed dataset drift.",
+            ["model"],
+            registry=r,
+        )
+        self.drifted_features = Gauge(
+            "watcher_drifted_features",
+            "Number of features that drifted in the last batch.",
+            ["model"],
+            registry=r,
+        )
+        self.drift_streak = Gauge(
+            "watcher_drift_streak",
+            "Consecutive batches with dataset drift.",
+            ["model"],
+            registry=r,
+        )
+        self.prediction_drift_score = Gauge(
+            "watcher_prediction_drift_score",
+            "Drift score of the prediction column.",
+            ["model"],
+            registry=r,
+        )
+        self.missing_values_share = Gauge(
+            "watcher_missing_values_share",
+            "Share of missing values per feature, last batch.",
+            ["model", "feature"],
+            registry=r,
+        )
+        self.quality_violations = Counter(
+            "watcher_data_quality_violations",
+            "Data quality checks that failed.",
+            ["model", "check"],
+            registry=r,
+        )
+        self.model_performance = Gauge(
+            "watcher_model_performance",
+            "Production model performance on labelled data.",
+            ["model", "metric"],
+            registry=r,
+        )
+        self.last_batch_timestamp = Gauge(
+            "watcher_last_batch_timestamp_seconds",
+            "Unix time the last batch was scored.",
+            ["model"],
+            registry=r,
+        )
+        self.retrain_triggers = Counter(
+            "watcher_retrain_triggers",
+            "Retrain decisions, by outcome.",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.retrain_runs = Gauge(
+            "watcher_retrain_runs",
+            "Retrain runs known to the tracker, by state.",
+            ["model", "state"],
+            registry=r,
+        )
+        self.retrain_last_success = Gauge(
+            "watcher_retrain_last_success_timestamp_seconds",
+            "Unix time the last retrain run of the model succeeded.",
+            ["model"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "watcher_alerts",
+            "Alert mails, by kind and outcome.",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "watcher_outbox_pending", "Actions waiting in the outbox.", ["kind"], registry=r
+        )
+        self.dead_letters = Counter(
+            "watcher_dead_letters",
+            "Actions given up on after permanent failures.",
+            ["kind"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "watcher_model_info",
+            "1 for the model version whose reference is in use.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.airflow_up = Gauge(
+            "watcher_airflow_up", "1 when every Airflow component reports healthy.", registry=r
+        )
+        self.smtp_up = Gauge(
+            "watcher_smtp_up", "1 when the last SMTP delivery attempt succeeded.", registry=r
+        )
+        self.source_up = Gauge(
+            "watcher_source_up",
+            "1 when the model's source answered its last poll.",
+            ["model"],
+            registry=r,
+        )
+        self.late_rows = Counter(
+            "watcher_late_rows",
+            "Rows that arrived after their window was scored.",
+            ["model"],
+            registry=r,
+        )
+        self.sampled_rows = Counter(
+            "watcher_sampled_out_rows",
+            "Rows left out of a window by the per-window row cap.",
+            ["model"],
+            registry=r,
+        )
+        self.dag_paused = Counter(
+            "watcher_dag_paused_detections",
+            "Times a model's retrain DAG was found paused.",
+            ["model"],
+            registry=r,
+        )
+
+    def set_model_version(self, model: str, version: str) -> None:
+        """Exactly one `watcher_model_info` series per model: the version in use."""
+        for family in self.model_info.collect():
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("model") == model and labels.get("version") != version:
+                    self.model_info.remove(model, labels["version"])
+        self.model_info.labels(model=model, version=version).set(1)
+
+
+class Health:
+    """What /healthz and /readyz answer. The main loop beats; startup marks ready."""
+
+    def __init__(self, stale_after_seconds: float) -> None:
+        self.stale_after = stale_after_seconds
+        self.ready = False
+        self._beat = time.monotonic()
+
+    def beat(self) -> None:
+        self._beat = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._beat < self.stale_after
+
+
+class MetricsServer:
+    """/metrics, /healthz and /readyz over HTTP in a thread of its own.
+
+    A thread keeps the endpoint answering even while a long scoring job holds the GIL in
+    bursts, so Prometheus and container health checks never time out on a busy daemon.
+    """
+
+    def __init__(self, metrics: Metrics, health: Health, host: str, port: int) -> None:
+        registry = metrics.registry
+        routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
+            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry)),
+            "/healthz": lambda: (
+                (200, "text/plain", b"ok\n")
+                if health.alive()
+                else (503, "text/plain", b"main loop stalled\n")
+            ),
+            "/readyz": lambda: (
+                (200, "text/plain", b"ready\n")
+                if health.ready and health.alive()
+                else (503, "text/plain", b"not ready\n")
+            ),
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                route = routes.get(self.path.split("?", 1)[0])
+                status, ctype, body = route() if route else (404, "text/plain", b"not found\n")
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return  # scrapes every few seconds would drown the daemon's own log
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

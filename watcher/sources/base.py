@@ -1,0 +1,48 @@
+"""The contract every batch source fulfils."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """One unit of production data to score: a file, or a closed time window of a table."""
+
+    model: str
+    batch_id: str  # unique per model and stable across restarts: the ledger key
+    uri: str  # where the data is (a path, or table + window), shown to people
+    window: tuple[datetime, datetime] | None = None
+
+
+class Source(Protocol):
+    """A source lists new complete batches and loads them.
+
+    `poll` runs on the event loop and must be cheap or hand its I/O to a thread; `load`,
+    `set_aside` and `commit` are called from a worker thread next to the scoring.
+    """
+
+    model: str
+
+    async def poll(self) -> list[BatchRef]:
+        """New, complete batches not yet processed, oldest first."""
+        ...
+
+    def load(self, ref: BatchRef) -> pd.DataFrame:
+        """Read a batch. Raises `BatchRejected` when it cannot be read at all."""
+        ...
+
+    def set_aside(self, ref: BatchRef, reason: str) -> str | None:
+        """Keep a rejected batch apart with its reason; returns where it went, if anywhere."""
+        ...
+
+    def commit(self, conn: sqlite3.Connection, ref: BatchRef) -> None:
+        """Record progress (e.g. a watermark) inside the transaction that finishes the batch."""
+        ...
+
+    async def close(self) -> None: ...
