@@ -59,6 +59,11 @@ class AirflowError(WatcherError):
         self.transient = transient
 
 
+class AirflowLoginError(AirflowError):
+    """Airflow refused watcher's credentials. Nothing is wrong with the pending actions: they
+    wait in the outbox until the username/password are fixed."""
+
+
 class MailError(WatcherError):
     """The SMTP server refused or failed to take a message."""
 

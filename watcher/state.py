@@ -230,6 +230,18 @@ class StateStore:
         )
         return bool(rows)
 
+    def batch_status(self, model: str, batch_id: str) -> BatchStatus | None:
+        rows = self._read(
+            "SELECT status FROM batches WHERE model = ? AND batch_id = ?", (model, batch_id)
+        )
+        return rows[0]["status"] if rows else None
+
+    def batch_reason(self, model: str, batch_id: str) -> str | None:
+        rows = self._read(
+            "SELECT reason FROM batches WHERE model = ? AND batch_id = ?", (model, batch_id)
+        )
+        return rows[0]["reason"] if rows else None
+
     def processed_ids(self, model: str) -> set[str]:
         rows = self._read(
             "SELECT batch_id FROM batches WHERE model = ? AND status != 'claimed'", (model,)

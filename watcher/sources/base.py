@@ -41,6 +41,10 @@ class Source(Protocol):
         """Keep a rejected batch apart with its reason; returns where it went, if anywhere."""
         ...
 
+    def archive(self, ref: BatchRef) -> None:
+        """Called after a scored batch was committed (e.g. move the file to processed/)."""
+        ...
+
     def commit(self, conn: sqlite3.Connection, ref: BatchRef) -> None:
         """Record progress (e.g. a watermark) inside the transaction that finishes the batch."""
         ...

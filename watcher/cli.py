@@ -1,0 +1,242 @@
+"""The `watcher` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from watcher.config import Settings, load_config
+from watcher.errors import WatcherError
+
+app = typer.Typer(
+    help="watcher keeps ML models healthy in production: drift, metrics, alerts, retraining.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+# Errors are read by people and grep alike: never wrap them mid-sentence.
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="WATCHER_CONFIG", help="TOML config file."),
+]
+
+
+def _load(config: Path | None) -> Settings:
+    try:
+        return load_config(config)
+    except WatcherError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def run(config: ConfigOpt = None) -> None:
+    """Run the daemon until SIGTERM or Ctrl-C."""
+    from watcher.daemon import Daemon
+    from watcher.logs import setup_logging
+
+    settings = _load(config)
+    setup_logging(settings.daemon.log_format, settings.daemon.log_level)
+    try:
+        code = asyncio.run(Daemon(settings).run())
+    except WatcherError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+@app.command("check-config")
+def check_config(config: Annotated[Path, typer.Argument(help="TOML config file.")]) -> None:
+    """Validate a config file (and WATCHER_* overrides). Exit 0 valid, 2 invalid."""
+    settings = _load(config)
+    out.print(f"[green]ok[/green]: {config} is valid")
+    for name, model in settings.models.items():
+        src = model.source
+        where = src.path if src.kind == "directory" else src.table
+        out.print(
+            f"  model [bold]{name}[/bold]: {src.kind} source {where}, "
+            f"{len(model.columns.numeric)} numeric + {len(model.columns.categorical)} "
+            f"categorical features, DAG {settings.dag_id(name)}"
+        )
+
+
+@app.command()
+def score(
+    reference: Annotated[Path, typer.Argument(help="Reference data (Parquet or CSV).")],
+    current: Annotated[Path, typer.Argument(help="Current data (Parquet or CSV).")],
+    config: ConfigOpt = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model in the config to take columns from.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Score CURRENT against REFERENCE once. Exit 0 no dataset drift, 1 drift, 2 error."""
+    from watcher.drift import engine
+    from watcher.pipeline import read_table
+
+    try:
+        ref_df, cur_df = read_table(reference), read_table(current)
+        drift_share, num_test, cat_test = 0.5, None, None
+        if config is not None:
+            settings = _load(config)
+            name = model or (next(iter(settings.models)) if len(settings.models) == 1 else None)
+            if name is None or name not in settings.models:
+                err.print(f"error: pass --model, one of {sorted(settings.models)}")
+                raise typer.Exit(2)
+            mcfg = settings.models[name]
+            specs, prediction = engine.specs_from_config(mcfg)
+            drift_share = mcfg.drift.drift_share
+            num_test, cat_test = mcfg.drift.num_stattest, mcfg.drift.cat_stattest
+        else:
+            specs, prediction = engine.infer_columns(ref_df), None
+        missing = sorted(
+            {s.name for s in specs} - set(cur_df.columns)
+            | {s.name for s in specs} - set(ref_df.columns)
+        )
+        if missing:
+            err.print(f"error: column(s) {missing} missing from the reference or current data")
+            raise typer.Exit(2)
+        prepared = engine.prepare_reference(ref_df, specs, version="cli", prediction=prediction)
+        result = engine.score(
+            prepared, cur_df, drift_share=drift_share, num_stattest=num_test, cat_stattest=cat_test
+        )
+    except (OSError, ValueError, WatcherError) as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json_dict(), indent=2) + "\n")
+    else:
+        table = Table(title=f"{current.name} vs {reference.name}")
+        for col in ("column", "stattest", "score", "threshold", "drifted"):
+            table.add_column(col, justify="right" if col in ("score", "threshold") else "left")
+        for name, c in result.columns.items():
+            table.add_row(
+                name,
+                c.stattest,
+                f"{c.score:.4g}",
+                f"{c.threshold:.4g}",
+                "[red]yes[/red]" if c.drifted else "no",
+            )
+        out.print(table)
+        verdict = (
+            "[red]DATASET DRIFT[/red]"
+            if result.dataset_drift
+            else "[green]no dataset drift[/green]"
+        )
+        out.print(
+            f"{verdict}: {result.n_drifted}/{result.n_columns} columns drifted "
+            f"(share {result.drift_share:.2f}, threshold {drift_share})"
+        )
+    raise typer.Exit(1 if result.dataset_drift else 0)
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    s = time.time() - ts
+    return (
+        f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.1f}h ago"
+    )
+
+
+@app.command()
+def status(config: ConfigOpt = None) -> None:
+    """Per model: last batches, drift streak, pending actions, last runs, last decision."""
+    from watcher.state import StateStore
+
+    settings = _load(config)
+    store = StateStore(settings.daemon.state_dir / "state.db")
+    try:
+        for name in settings.models:
+            out.rule(
+                f"[bold]{name}[/bold]  reference {store.reference_version(name) or '-'}"
+                f"  drift streak {store.drift_streak(name)}"
+            )
+            batches = Table("batch", "status", "rows", "drift share", "drift", "when", box=None)
+            for b in store.recent_batches(name, 5):
+                batches.add_row(
+                    b.batch_id,
+                    b.status,
+                    str(b.rows or "-"),
+                    "-" if b.drift_share is None else f"{b.drift_share:.2f}",
+                    "yes" if b.dataset_drift else ("-" if b.status != "scored" else "no"),
+                    _ago(b.finished_at),
+                )
+            out.print(batches)
+            for d in store.decisions(name, 1):
+                out.print(f"last decision: [bold]{d.outcome}[/bold] ({_ago(d.at)}): {d.reason}")
+            pending = store.outbox_items(name, status="pending")
+            out.print(
+                f"pending actions: {len(pending)}"
+                + "".join(
+                    f"\n  {p['kind']} {p['key']} (attempts {p['attempts']}"
+                    f"{', last error: ' + p['last_error'] if p['last_error'] else ''})"
+                    for p in pending
+                )
+            )
+            runs = Table("run", "state", "triggered", "ended", box=None)
+            for r in store.runs(name, limit=5):
+                runs.add_row(r.run_id, r.state, _ago(r.triggered_at), _ago(r.ended_at))
+            if runs.row_count:
+                out.print(runs)
+    finally:
+        store.close()
+
+
+@app.command()
+def trigger(
+    model: Annotated[str, typer.Argument(help="Model whose retraining DAG to trigger.")],
+    reason: Annotated[str, typer.Option(help="Why; recorded and sent to the DAG.")] = "manual",
+    config: ConfigOpt = None,
+) -> None:
+    """Trigger a retrain by hand, through the same outbox as automatic triggers."""
+    from watcher.policy import run_id_for
+    from watcher.state import Action, StateStore
+
+    settings = _load(config)
+    if model not in settings.models:
+        err.print(f"error: unknown model {model!r}; configured: {sorted(settings.models)}")
+        raise typer.Exit(2)
+    store = StateStore(settings.daemon.state_dir / "state.db")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    run_id = run_id_for(model, f"manual-{stamp}")
+    conf: dict[str, Any] = {"model": model, "reason": reason, "manual": True, "batches": []}
+    try:
+        with store.transaction() as conn:
+            store.record_decision(
+                conn, model=model, batch_id=None, outcome="manual", reason=reason, run_id=run_id
+            )
+            store.enqueue(
+                conn,
+                Action(
+                    "trigger",
+                    run_id,
+                    model,
+                    {
+                        "dag_id": settings.dag_id(model),
+                        "run_id": run_id,
+                        "conf": conf,
+                        "note": f"watcher (manual): {reason}",
+                    },
+                ),
+            )
+            store.reset_streak(conn, model)
+    finally:
+        store.close()
+    out.print(f"queued {run_id} for {settings.dag_id(model)}; the running daemon delivers it")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,298 @@
+"""The long-running daemon: startup → main loop → shutdown.
+
+The main loop is deliberately small: poll each model's source, score what arrived (in a
+worker thread), reload a reference when the registry's production version changed, and
+beat the health heartbeat. Everything that talks to the outside world (Airflow, SMTP)
+runs as owned background workers fed by the outbox, so a slow SMTP server never delays
+scoring and a crash never loses an action.
+
+SIGTERM/SIGINT stop intake at once; a batch being scored gets `shutdown_timeout_seconds`
+to finish and is otherwise abandoned (its ledger claim makes the next start score it
+again); a second SIGINT exits immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+from watcher.alerts import alert_action
+from watcher.config import ModelConfig, Settings
+from watcher.errors import SourceError, WatcherError
+from watcher.metrics import Health, Metrics, MetricsServer
+from watcher.pipeline import ModelRuntime, Pipeline, Reference, load_reference, reference_tag
+from watcher.sources.base import Source
+from watcher.sources.directory import DirectorySource
+from watcher.state import RunRecord, StateStore
+from watcher.workers import PeriodicWorker, run_periodically
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Like asyncio.to_thread, but the thread does not keep the process alive at exit.
+
+    A shutdown that gives up waiting on a long scoring job must be able to exit; the work
+    is safe to abandon because nothing of it is committed until its final transaction.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(
+        target=target, name=f"score-{getattr(fn, '__name__', 'job')}", daemon=True
+    ).start()
+    return await future
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def build_source(name: str, cfg: ModelConfig, store: StateStore, metrics: Metrics) -> Source:
+    if cfg.source.kind == "directory":
+        return DirectorySource(name, cfg.source, store)
+    from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
+
+    return SqlSource(name, cfg.source, cfg.columns, store, metrics)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry)
+        # Healthy while the main loop has beaten within a few poll intervals (or a minute).
+        self.health = Health(max(60.0, 5 * settings.daemon.poll_interval_seconds))
+        self.store = StateStore(settings.daemon.state_dir / "state.db")
+        self.pipeline = Pipeline(settings, self.store, self.metrics)
+        self.models: dict[str, ModelRuntime] = {}
+        self.stop = asyncio.Event()
+        self._server: MetricsServer | None = None
+        self._workers: list[PeriodicWorker] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._interrupts = 0
+        self._reload_now: set[str] = set()
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self._install_signal_handlers()
+        try:
+            await self.startup()
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return 0
+
+    async def startup(self) -> None:
+        cfg = self.settings
+        if cfg.metrics.enabled:
+            self._server = MetricsServer(
+                self.metrics, self.health, cfg.metrics.host, cfg.metrics.port
+            )
+            self._server.start()
+            log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, self._server.port)
+        for name, model_cfg in cfg.models.items():
+            reference = await run_in_daemon_thread(load_reference, name, model_cfg, cfg)
+            source = build_source(name, model_cfg, self.store, self.metrics)
+            self.models[name] = ModelRuntime(name, model_cfg, source, reference)
+            self._use_reference(name, reference)
+            self.metrics.source_up.labels(name).set(1)
+        self._workers = self._build_workers()
+        for worker in self._workers:
+            self._tasks.append(
+                asyncio.create_task(run_periodically(worker, self.stop), name=worker.name)
+            )
+        self.health.ready = True
+        log.info("watching %d model(s): %s", len(self.models), ", ".join(self.models) or "-")
+
+    async def main_loop(self) -> None:
+        interval = self.settings.daemon.poll_interval_seconds
+        while not self.stop.is_set():
+            self.health.beat()
+            for rt in self.models.values():
+                if self.stop.is_set():
+                    break
+                await self._maybe_reload(rt)
+                await self._poll_and_score(rt)
+                self._check_silence(rt)
+            self._export_outbox()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=interval)
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        self.health.ready = False
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:
+                log.warning("cancelling background task %s", task.get_name())
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for worker in self._workers:
+            with contextlib.suppress(Exception):
+                await worker.close()
+        for rt in self.models.values():
+            with contextlib.suppress(Exception):
+                await rt.source.close()
+        if self._server is not None:
+            self._server.stop()
+        self.store.close()
+        log.info("stopped")
+
+    def request_stop(self) -> None:
+        self._interrupts += 1
+        if self._interrupts > 1:
+            log.warning("second interrupt: exiting now")
+            os._exit(1)
+        log.info("stop requested: no new batches; finishing the one in flight")
+        self.stop.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+
+    # ---- the loop's steps -----------------------------------------------------------------
+
+    async def _poll_and_score(self, rt: ModelRuntime) -> None:
+        try:
+            refs = await rt.source.poll()
+        except SourceError as exc:
+            self.metrics.source_up.labels(rt.name).set(0)
+            log.warning("source of %s unavailable: %s; retrying next round", rt.name, exc)
+            return
+        self.metrics.source_up.labels(rt.name).set(1)
+        for ref in refs:
+            if self.stop.is_set():
+                return
+            job = asyncio.ensure_future(run_in_daemon_thread(self.pipeline.process, rt, ref))
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                raise
+            except SourceError as exc:
+                log.warning("could not read %s/%s: %s; will retry", rt.name, ref.batch_id, exc)
+                return
+            except WatcherError as exc:
+                self.metrics.batches.labels(rt.name, "failed").inc()
+                log.error("batch %s/%s failed: %s", rt.name, ref.batch_id, exc)
+            except Exception:
+                # A bug, not bad input: keep the daemon up, leave the batch claimed so a
+                # restart (after a fix) scores it, and make it loud.
+                self.metrics.batches.labels(rt.name, "failed").inc()
+                log.exception("unexpected error scoring %s/%s", rt.name, ref.batch_id)
+            self.health.beat()
+
+    async def _maybe_reload(self, rt: ModelRuntime) -> None:
+        """Switch to a new reference when the registry's production version changed."""
+        from watcher.registry import ModelRegistry
+
+        version = ModelRegistry(self.settings.registry.path).production_version(rt.name)
+        forced = rt.name in self._reload_now
+        self._reload_now.discard(rt.name)
+        if version is None or (not forced and rt.reference.version == reference_tag(version)):
+            return
+        try:
+            reference = await run_in_daemon_thread(load_reference, rt.name, rt.cfg, self.settings)
+        except WatcherError as exc:
+            log.error(
+                "cannot load the new reference of %s: %s; keeping %s",
+                rt.name,
+                exc,
+                rt.reference.version,
+            )
+            return
+        if reference.version != rt.reference.version:
+            log.info(
+                "%s: reference switched %s -> %s", rt.name, rt.reference.version, reference.version
+            )
+            rt.reference = reference
+            self._use_reference(rt.name, reference)
+
+    def _use_reference(self, name: str, reference: Reference) -> None:
+        self.store.set_reference_version(name, reference.version)
+        self.metrics.set_model_version(name, reference.version)
+        self.metrics.drift_streak.labels(name).set(self.store.drift_streak(name))
+
+    async def on_run_success(self, model: str, run: RunRecord) -> None:
+        """Called by the run tracker: a retrain run ended well; look at the registry now."""
+        self._reload_now.add(model)
+        rt = self.models.get(model)
+        if rt is not None:
+            await self._maybe_reload(rt)
+
+    def _check_silence(self, rt: ModelRuntime) -> None:
+        limit = self.settings.alerts.source_silent_after_seconds
+        if limit <= 0:
+            return
+        key = f"source:{rt.name}:silent"
+        silent_for = time.time() - rt.last_batch_at
+        with self.store.transaction() as conn:
+            if silent_for > limit:
+                if self.store.open_incident(conn, key, "source_silent", rt.name, {}):
+                    self.store.enqueue(
+                        conn,
+                        alert_action(
+                            "source_silent",
+                            key=f"{key}:{int(rt.last_batch_at)}",
+                            model=rt.name,
+                            title=f"no batch for {silent_for / 60:.0f} min",
+                            severity="warning",
+                            details={"silent_seconds": round(silent_for), "limit_seconds": limit},
+                            incident=key,
+                        ),
+                    )
+            elif self.store.resolve_incident(conn, key):
+                self.store.enqueue(
+                    conn,
+                    alert_action(
+                        "source_recovered",
+                        key=f"{key}:recovered:{int(rt.last_batch_at)}",
+                        model=rt.name,
+                        title="batches are arriving again",
+                        severity="info",
+                        incident=key,
+                    ),
+                )
+
+    def _export_outbox(self) -> None:
+        for kind, n in self.store.pending_counts().items():
+            self.metrics.outbox_pending.labels(kind).set(n)
+
+    def _build_workers(self) -> list[PeriodicWorker]:
+        workers: list[PeriodicWorker] = []
+        if self.settings.airflow.enabled:
+            from watcher.airflow import build_airflow_workers
+
+            workers += build_airflow_workers(
+                self.settings, self.store, self.metrics, self.on_run_success
+            )
+        if self.settings.smtp.enabled:
+            from watcher.alerts.dispatcher import build_mail_workers
+
+            workers += build_mail_workers(self.settings, self.store, self.metrics)
+        return workers

@@ -1,0 +1,212 @@
+"""Data quality checks of a batch against its reference, before drift scoring.
+
+Two kinds of findings:
+- a *rejection* (`BatchRejected`): the batch cannot be scored meaningfully (empty, too few
+  rows, a feature missing or holding text where numbers belong, a feature entirely empty).
+  The batch is quarantined with the reason and the daemon goes on.
+- a *violation*: the batch is scored, but something is off (missing values above the
+  limit, values outside the reference range, categories never seen, extra columns,
+  infinite values). Violations are counted in `watcher_data_quality_violations_total`.
+
+The reference profile (dtypes, ranges, category sets) is built once per reference version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from watcher.config import ColumnsConfig, QualityConfig
+from watcher.errors import BatchRejected
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    numeric_ranges: dict[str, tuple[float, float]]
+    categories: dict[str, frozenset[object]]
+    categorical_is_numeric: dict[str, bool]
+    columns: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Violation:
+    check: str
+    column: str | None
+    value: float
+    message: str
+
+
+@dataclass
+class QualityReport:
+    rows: int
+    missing_share: dict[str, float] = field(default_factory=dict)
+    violations: list[Violation] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rows": self.rows,
+            "missing_share": self.missing_share,
+            "violations": [vars(v) for v in self.violations],
+        }
+
+
+def profile_reference(reference: pd.DataFrame, columns: ColumnsConfig) -> ReferenceProfile:
+    ranges: dict[str, tuple[float, float]] = {}
+    for col in columns.numeric:
+        values = pd.to_numeric(reference[col], errors="coerce").replace([np.inf, -np.inf], np.nan)
+        if values.notna().any():
+            ranges[col] = (float(values.min()), float(values.max()))
+    categories = {
+        col: frozenset(reference[col].dropna().unique().tolist()) for col in columns.categorical
+    }
+    is_numeric = {
+        col: bool(pd.api.types.is_numeric_dtype(reference[col])) for col in columns.categorical
+    }
+    return ReferenceProfile(ranges, categories, is_numeric, frozenset(map(str, reference.columns)))
+
+
+def check_batch(
+    batch: pd.DataFrame,
+    profile: ReferenceProfile,
+    columns: ColumnsConfig,
+    cfg: QualityConfig,
+    name: str = "batch",
+) -> tuple[pd.DataFrame, QualityReport]:
+    """Validate and normalise a batch. Returns the frame to score and what was found."""
+    rows = len(batch)
+    if rows == 0:
+        raise BatchRejected(
+            f"{name} has no rows", check="empty_batch", hint="nothing to score; check the writer"
+        )
+    if rows < cfg.min_rows:
+        raise BatchRejected(
+            f"{name} has {rows} row(s), fewer than quality.min_rows={cfg.min_rows}",
+            check="too_few_rows",
+            hint="drift tests on so few rows are noise; send larger batches or lower min_rows",
+        )
+
+    required = [*columns.features, *([columns.prediction] if columns.prediction else [])]
+    missing = [c for c in required if c not in batch.columns]
+    if missing:
+        present = ", ".join(map(str, batch.columns[:10]))
+        hint = "the batch must have every configured feature and the prediction column"
+        if len(batch.columns) == 1:
+            hint = (
+                "only one column was found: is the file delimited by something other "
+                "than , ; tab or | ?"
+            )
+        raise BatchRejected(
+            f"{name} lacks column(s) {missing} (it has: {present})",
+            check="missing_columns",
+            hint=hint,
+        )
+
+    report = QualityReport(rows=rows)
+    extra = sorted(set(map(str, batch.columns)) - profile.columns - {c for c in required})
+    known_roles = {columns.target, columns.timestamp, columns.id} - {None}
+    extra = [c for c in extra if c not in known_roles]
+    if extra:
+        report.violations.append(
+            Violation("extra_columns", None, len(extra), f"columns not in the reference: {extra}")
+        )
+
+    out = batch.copy()
+    numeric_cols = [*columns.numeric, *([columns.prediction] if columns.prediction else [])]
+    for col in numeric_cols:
+        out[col] = _as_numeric(out[col], col, name)
+        finite = np.isfinite(out[col].to_numpy(dtype=float, na_value=np.nan)) | out[col].isna()
+        n_inf = int((~finite).sum())
+        if n_inf:
+            # Infinite values break every distance; treat them as missing and say so.
+            out[col] = out[col].where(finite, np.nan)
+            report.violations.append(
+                Violation("non_finite", col, n_inf / rows, f"{n_inf} infinite value(s) in {col}")
+            )
+    for col in columns.categorical:
+        out[col] = _align_categorical(out[col], profile.categorical_is_numeric.get(col, False))
+
+    for col in columns.features:
+        share = float(out[col].isna().mean())
+        report.missing_share[col] = share
+        if share == 1.0 and cfg.reject_all_missing:
+            raise BatchRejected(
+                f"{name}: feature {col!r} has no values at all",
+                check="all_missing",
+                hint="the upstream feature pipeline probably failed for this column",
+            )
+        if share > cfg.max_missing_share:
+            report.violations.append(
+                Violation(
+                    "missing_values",
+                    col,
+                    share,
+                    f"{share:.1%} of {col} is missing (limit {cfg.max_missing_share:.0%})",
+                )
+            )
+
+    for col, (lo, hi) in profile.numeric_ranges.items():
+        values = out[col].dropna()
+        if values.empty:
+            continue
+        share = float(((values < lo) | (values > hi)).mean())
+        if share > cfg.max_out_of_range_share:
+            report.violations.append(
+                Violation(
+                    "out_of_range",
+                    col,
+                    share,
+                    f"{share:.1%} of {col} is outside the reference range [{lo:g}, {hi:g}]",
+                )
+            )
+
+    for col, seen in profile.categories.items():
+        values = out[col].dropna()
+        if values.empty:
+            continue
+        unseen_mask = ~values.isin(seen)
+        share = float(unseen_mask.mean())
+        if share > cfg.max_unseen_category_share:
+            examples = sorted(map(str, values[unseen_mask].unique()[:5]))
+            report.violations.append(
+                Violation(
+                    "unseen_categories",
+                    col,
+                    share,
+                    f"{share:.1%} of {col} has categories not in the reference, e.g. {examples}",
+                )
+            )
+    return out, report
+
+
+def _as_numeric(series: pd.Series, col: str, name: str) -> pd.Series:
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype(float)
+    if pd.api.types.is_numeric_dtype(series):
+        return series
+    converted = pd.to_numeric(series, errors="coerce")
+    bad = series.notna() & converted.isna()
+    if bad.any():
+        examples = sorted(map(str, series[bad].unique()[:5]))
+        n_bad = int(bad.sum())
+        kind = "text" if n_bad == int(series.notna().sum()) else "a mix of numbers and text"
+        raise BatchRejected(
+            f"{name}: numeric column {col!r} holds {kind} ({n_bad} value(s), e.g. {examples})",
+            check="type_change",
+            hint="fix the writer's types, or configure the column as categorical if the "
+            "change is intended",
+        )
+    return converted
+
+
+def _align_categorical(series: pd.Series, reference_is_numeric: bool) -> pd.Series:
+    """Compare like with like: CSV '1' and Parquet 1 are the same category."""
+    if reference_is_numeric and not pd.api.types.is_numeric_dtype(series):
+        converted = pd.to_numeric(series, errors="coerce")
+        if not (series.notna() & converted.isna()).any():
+            return converted
+        return series.astype("string").astype(object)
+    if not reference_is_numeric and pd.api.types.is_numeric_dtype(series):
+        return series.map(lambda v: v if pd.isna(v) else str(v))
+    return series
