@@ -10,6 +10,7 @@ check-config FILE` runs the same validation. Nothing else in watcher reads the e
 from __future__ import annotations
 
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -155,8 +156,30 @@ class SqlSourceConfig(_Section):
     chunk_rows: int = Field(50_000, ge=100)
     max_rows_per_window: int = Field(200_000, ge=10)
     rescore_late: bool = False
+    # Late rows are found by re-counting the last `late_check_windows` scored windows at most
+    # every `late_check_interval_seconds` (0 windows turns the check off).
+    late_check_windows: int = Field(24, ge=0)
+    late_check_interval_seconds: float = Field(60.0, ge=0)
     labels_table: str | None = None
+    # Columns of the labels table; when an id was labelled twice the newest label wins.
+    labels_id_column: str = "id"
+    labels_label_column: str = "label"
+    labels_time_column: str = "labelled_at"
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    statement_timeout_seconds: float = Field(300.0, gt=0)
     down_alert_after_seconds: float = Field(300.0, ge=0)
+
+    @field_validator("start")
+    @classmethod
+    def _start_is_iso(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                datetime.fromisoformat(v)
+            except ValueError as exc:
+                raise ValueError(
+                    "start must be an ISO 8601 timestamp such as 2024-01-01T00:00:00+00:00"
+                ) from exc
+        return v
 
     @model_validator(mode="after")
     def _secret_from_file(self) -> SqlSourceConfig:
