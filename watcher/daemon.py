@@ -29,6 +29,7 @@ from watcher.alerts import alert_action
 from watcher.config import ModelConfig, Settings
 from watcher.errors import SourceError, WatcherError
 from watcher.metrics import Health, Metrics, MetricsServer
+from watcher.performance import PerformanceTracker
 from watcher.pipeline import ModelRuntime, Pipeline, Reference, load_reference, reference_tag
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
@@ -117,7 +118,10 @@ class Daemon:
         for name, model_cfg in cfg.models.items():
             reference = await run_in_daemon_thread(load_reference, name, model_cfg, cfg)
             source = build_source(name, model_cfg, self.store, self.metrics)
-            self.models[name] = ModelRuntime(name, model_cfg, source, reference)
+            performance = PerformanceTracker(
+                name, model_cfg, cfg.daemon.state_dir, self.store, self.metrics
+            )
+            self.models[name] = ModelRuntime(name, model_cfg, source, reference, performance)
             self._use_reference(name, reference)
             self.metrics.source_up.labels(name).set(1)
         self._workers = self._build_workers()
@@ -137,6 +141,7 @@ class Daemon:
                     break
                 await self._maybe_reload(rt)
                 await self._poll_and_score(rt)
+                await run_in_daemon_thread(rt.performance.check_labels)
                 self._check_silence(rt)
             self._export_outbox()
             with contextlib.suppress(TimeoutError):

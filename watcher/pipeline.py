@@ -23,6 +23,7 @@ from watcher.drift import engine
 from watcher.drift.quality import QualityReport, ReferenceProfile, check_batch, profile_reference
 from watcher.errors import BatchRejected, ReferenceDataError
 from watcher.metrics import Metrics
+from watcher.performance import PerformanceTracker
 from watcher.policy import DAY, PolicyInput, Verdict, decide, run_id_for
 from watcher.sources.base import BatchRef, Source
 from watcher.state import Action, StateStore
@@ -46,6 +47,7 @@ class ModelRuntime:
     cfg: ModelConfig
     source: Source
     reference: Reference
+    performance: PerformanceTracker
     last_batch_at: float = field(default_factory=time.time)
 
 
@@ -153,6 +155,7 @@ class Pipeline:
         with self._stage(rt.name, "record"):
             verdict = self._record(rt, ref, clean, quality, drift)
         rt.source.archive(ref)
+        rt.performance.keep_predictions(ref.batch_id, clean)
         self._export(rt, quality, drift, verdict)
         log.info(
             "scored %s/%s: %d rows, drift share %.2f (%d/%d features)%s; decision: %s (%s)",

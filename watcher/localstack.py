@@ -1,0 +1,245 @@
+"""Local services for the demo (and tests): Airflow standalone, an SMTP sink, Prometheus.
+
+Everything runs in project-local folders, in its own process group, and is stopped by
+`Service.stop` (SIGTERM to the group, then SIGKILL after a bounded wait), so nothing is
+left running after the demo exits or is interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.policy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watcher.errors import WatcherError
+
+AIRFLOW_USER = "admin"
+AIRFLOW_PASSWORD = "admin"  # noqa: S105 - the local demo login, printed to the user on purpose
+
+
+def free_port(preferred: int | None = None) -> int:
+    if preferred is not None:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str = ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        # Children that left the group's leader behind still share the group id.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def spawn(
+    name: str, argv: list[str], log_path: Path, env: dict[str, str], url: str = ""
+) -> Service:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as fh:
+        proc = subprocess.Popen(
+            argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    return Service(name, proc, log_path, url)
+
+
+def _http_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def airflow_env(
+    home: Path, port: int, dags: Path, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Environment for a local Airflow 3 on SQLite with the LocalExecutor."""
+    home.mkdir(parents=True, exist_ok=True)
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps({AIRFLOW_USER: AIRFLOW_PASSWORD}))
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        # The same secret for every component; without it tasks fail signature checks.
+        "AIRFLOW__API_AUTH__JWT_SECRET": "watcher-local-demo-secret",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    }
+    env.pop("WATCHER_CONFIG", None)
+    env.update(extra or {})
+    return env
+
+
+def start_airflow(
+    home: Path,
+    port: int,
+    dags: Path,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 180.0,
+) -> Service:
+    """`airflow standalone` in `home`; returns once the API answers and every component is
+    healthy. Raises WatcherError (and stops what it started) otherwise."""
+    airflow = shutil.which("airflow", path=str(Path(sys.executable).parent)) or "airflow"
+    env = airflow_env(home, port, dags, extra_env)
+    svc = spawn(
+        "airflow",
+        [airflow, "standalone"],
+        home / "standalone.log",
+        env,
+        url=f"http://127.0.0.1:{port}",
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not svc.alive():
+            raise WatcherError(f"airflow standalone exited early; see {svc.log_path}")
+        with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
+            health = _http_json(f"{svc.url}/api/v2/monitor/health")
+            states = [c.get("status") for c in health.values() if isinstance(c, dict)]
+            if states and all(s == "healthy" for s in states if s is not None):
+                return svc
+        time.sleep(1)
+    svc.stop()
+    raise WatcherError(f"airflow did not become healthy within {timeout:.0f}s; see {svc.log_path}")
+
+
+def airflow_token(url: str, username: str = AIRFLOW_USER, password: str = AIRFLOW_PASSWORD) -> str:
+    req = urllib.request.Request(
+        f"{url}/auth/token",
+        data=json.dumps({"username": username, "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return str(json.loads(resp.read())["access_token"])
+
+
+def wait_for_dag(url: str, dag_id: str, timeout: float = 120.0) -> None:
+    """Wait until the DAG processor has parsed `dag_id` (and it has no import error)."""
+    token = airflow_token(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(
+            f"{url}/api/v2/dags/{dag_id}", headers={"Authorization": f"Bearer {token}"}
+        )
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(req, timeout=5) as resp,
+        ):
+            if resp.status == 200:
+                return
+        time.sleep(2)
+    raise WatcherError(
+        f"DAG {dag_id} did not appear in Airflow within {timeout:.0f}s",
+        hint="check the DAG processor log and `airflow dags list-import-errors`",
+    )
+
+
+@dataclass
+class MailSink:
+    """A local SMTP server (aiosmtpd) that saves every message as a .eml file."""
+
+    folder: Path
+    port: int
+    messages: list[email.message.EmailMessage] = field(default_factory=list)
+    _controller: Any = None
+
+    def start(self) -> MailSink:
+        from aiosmtpd.controller import Controller
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                raw = envelope.original_content or envelope.content
+                msg = email.message_from_bytes(raw, policy=email.policy.default)
+                n = len(sink.messages) + 1
+                (sink.folder / f"{n:04d}.eml").write_bytes(raw)
+                sink.messages.append(msg)
+                return "250 OK"
+
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
+def start_prometheus(
+    workdir: Path, port: int, target: str, rules: Path | None = None
+) -> Service | None:
+    """Prometheus scraping `target` (host:port) every 2 s, if the binary is installed."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        return None
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "prometheus.yml"
+    rule_files = f"rule_files: [{json.dumps(str(rules))}]\n" if rules and rules.exists() else ""
+    config.write_text(
+        "global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\n"
+        + rule_files
+        + "scrape_configs:\n  - job_name: watcher\n    static_configs:\n"
+        + f"      - targets: [{json.dumps(target)}]\n"
+    )
+    return spawn(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        workdir / "prometheus.log",
+        dict(os.environ),
+        url=f"http://127.0.0.1:{port}",
+    )
