@@ -36,6 +36,8 @@ def http_status(port: int, path: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return 0  # not listening yet
 
 
 def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
