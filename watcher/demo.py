@@ -1,0 +1,326 @@
+"""`watcher demo`: the whole loop on real data, on this machine, in one command.
+
+Starts, in a project-local work folder: an SMTP sink that saves every mail as a .eml file,
+Airflow 3 standalone (SQLite, LocalExecutor) with `retrain_dags/` as its DAGs, the watcher
+daemon, and Prometheus when its binary is installed. Then it replays the data week by
+week (`watcher.replay`), shows what happens live, prints a summary and stops everything
+(also on Ctrl-C), unless asked to keep the services running for a look.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from watcher.config import Settings, load_config
+from watcher.localstack import (
+    AIRFLOW_PASSWORD,
+    AIRFLOW_USER,
+    MailSink,
+    Service,
+    free_port,
+    spawn,
+    start_airflow,
+    start_prometheus,
+    wait_for_dag,
+)
+from watcher.replay import PeriodResult, Replay, monthly_mae
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class DemoRun:
+    workdir: Path
+    config_path: Path
+    settings: Settings
+    model: str
+    mail: MailSink
+    services: list[Service] = field(default_factory=list)
+    results: list[PeriodResult] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        for svc in reversed(self.services):
+            svc.stop()
+        self.mail.stop()
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        return json.dumps(str(v))
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Enough TOML for a config: tables of scalars, lists and inline tables."""
+    lines: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) or not _has_tables(v)}
+        nested = {k: v for k, v in d.items() if k not in scalars}
+        if prefix and scalars:
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{json.dumps(k) if not k.isidentifier() else k} = {_toml_value(v)}")
+        for k, v in nested.items():
+            table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", data)
+    return "\n".join(lines) + "\n"
+
+
+def _has_tables(d: dict[str, Any]) -> bool:
+    # Sections with sub-sections (or known section names) are written as [tables].
+    return any(isinstance(v, dict) for v in d.values()) or len(d) > 4
+
+
+def demo_config(example: Path, workdir: Path, ports: dict[str, int]) -> tuple[Path, str]:
+    """The example config with every path, port and service pointed into `workdir`."""
+    raw = tomllib.loads(example.read_text())
+    model = next(iter(raw["models"]))
+    m = raw["models"][model]
+    base = example.parent.resolve()
+    for key in ("reference",):
+        if key in m:
+            m[key] = str((base / m[key]).resolve())
+    retrain = m.setdefault("retrain", {})
+    if "base_training_data" in retrain:
+        retrain["base_training_data"] = str((base / retrain["base_training_data"]).resolve())
+    m["source"] = {
+        **m.get("source", {}),
+        "kind": "directory",
+        "path": str(workdir / "data" / "incoming"),
+        "labels_path": str(workdir / "data" / "labels"),
+        "settle_seconds": 0,
+    }
+    # A demo year passes in minutes: no real-time cooldown, a cap per replay not per day.
+    m["policy"] = {**m.get("policy", {}), "cooldown_seconds": 0, "daily_cap": 100}
+    m["recipients"] = ["oncall@example.com"]
+    raw["daemon"] = {
+        **raw.get("daemon", {}),
+        "state_dir": str(workdir / "state"),
+        "poll_interval_seconds": 0.5,
+    }
+    raw["registry"] = {**raw.get("registry", {}), "path": str(workdir / "registry")}
+    raw["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": ports["metrics"]}
+    raw["airflow"] = {
+        "enabled": True,
+        "url": f"http://127.0.0.1:{ports['airflow']}",
+        "username": AIRFLOW_USER,
+        "password": AIRFLOW_PASSWORD,
+        "poll_interval_seconds": 2,
+    }
+    raw["smtp"] = {
+        "enabled": True,
+        "host": "127.0.0.1",
+        "port": ports["smtp"],
+        "security": "none",
+        "sender": "watcher@localhost",
+        "recipients": ["oncall@example.com"],
+    }
+    raw["alerts"] = {
+        **raw.get("alerts", {}),
+        "grafana_url": "http://localhost:3000",
+        "digest_window_seconds": 0,
+    }
+    path = workdir / "watcher.toml"
+    path.write_text(dump_toml(raw))
+    return path, model
+
+
+def _row(r: PeriodResult) -> list[str]:
+    drift = (
+        "-" if r.drift_share is None else f"{r.drift_share:.2f}" + (" ⚠" if r.dataset_drift else "")
+    )
+    run = "" if not r.run_id else f"{r.run_state or 'pending'}"
+    version = r.served_version + (
+        f"→{r.version_after}" if r.version_after and r.version_after != r.served_version else ""
+    )
+    return [
+        str(r.index),
+        f"{r.start:%Y-%m-%d}",
+        str(r.rows),
+        drift,
+        ", ".join(r.top_features) or "-",
+        r.decision or r.status,
+        run,
+        version,
+        f"{r.mae:.1f}",
+        f"{r.baseline_mae or 0:.1f}",
+    ]
+
+
+def _table(results: list[PeriodResult]) -> Table:
+    t = Table(title="watcher demo: Bikeshare 2011 replayed week by week", expand=False)
+    for col in (
+        "week",
+        "from",
+        "rows",
+        "drift share",
+        "top drifted",
+        "decision",
+        "retrain run",
+        "model",
+        "MAE",
+        "MAE no retrain",
+    ):
+        t.add_column(col, justify="right" if col in ("rows", "MAE", "MAE no retrain") else "left")
+    for r in results[-25:]:
+        t.add_row(*_row(r))
+    return t
+
+
+def run_demo(
+    example: Path,
+    workdir: Path,
+    data_loader: Callable[[Settings, str], pd.DataFrame],
+    bootstrap: Callable[[Settings, str], str],
+    *,
+    weeks: int | None = None,
+    speed: float = 10.0,
+    keep_running: bool = False,
+    console: Console | None = None,
+) -> DemoRun:
+    console = console or Console()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    ports = {
+        "metrics": free_port(9108),
+        "airflow": free_port(18080),
+        "smtp": free_port(1025),
+        "prometheus": free_port(9090),
+    }
+    config_path, model = demo_config(example, workdir, ports)
+    settings = load_config(config_path)
+    demo = DemoRun(workdir, config_path, settings, model, MailSink(workdir / "mail", ports["smtp"]))
+    try:
+        demo.mail.start()
+        console.print(
+            f"[bold]1/5[/bold] SMTP sink on 127.0.0.1:{ports['smtp']}, "
+            f"mails saved in {demo.mail.folder}"
+        )
+        version = bootstrap(settings, model)
+        console.print(
+            f"[bold]2/5[/bold] model {model} version {version} trained on the first weeks, "
+            "in production"
+        )
+        console.print("[bold]3/5[/bold] starting Airflow 3 (standalone, SQLite) …")
+        smtp_conn = json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": ports["smtp"],
+                "extra": {
+                    "disable_ssl": True,
+                    "disable_tls": True,
+                    "from_email": "airflow@localhost",
+                },
+            }
+        )
+        airflow = start_airflow(
+            workdir / "airflow",
+            ports["airflow"],
+            REPO / "retrain_dags",
+            {"WATCHER_CONFIG": str(config_path), "AIRFLOW_CONN_SMTP_DEFAULT": smtp_conn},
+        )
+        demo.services.append(airflow)
+        wait_for_dag(airflow.url, settings.dag_id(model))
+        demo.urls["airflow"] = f"{airflow.url} (login {AIRFLOW_USER} / {AIRFLOW_PASSWORD})"
+        console.print(f"      Airflow UI {demo.urls['airflow']}")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        daemon = spawn(
+            "watcher",
+            [sys.executable, "-m", "watcher", "run", "--config", str(config_path)],
+            workdir / "logs" / "watcher.log",
+            env,
+            url=f"http://127.0.0.1:{ports['metrics']}/metrics",
+        )
+        demo.services.append(daemon)
+        demo.urls["metrics"] = daemon.url
+        console.print(f"[bold]4/5[/bold] watcher daemon running, metrics at {daemon.url}")
+        prom = start_prometheus(
+            workdir / "prometheus",
+            ports["prometheus"],
+            f"127.0.0.1:{ports['metrics']}",
+            REPO / "dashboards" / "prometheus" / "rules.yml",
+        )
+        if prom is not None:
+            demo.services.append(prom)
+            demo.urls["prometheus"] = prom.url
+            console.print(f"      Prometheus at {prom.url}")
+        console.print("[bold]5/5[/bold] replaying production traffic …")
+        replay = Replay(settings, model, data_loader(settings, model))
+        with Live(_table([]), console=console, refresh_per_second=4) as live:
+
+            def show(r: PeriodResult) -> None:
+                demo.results.append(r)
+                live.update(_table(demo.results))
+                if not daemon.alive():
+                    raise RuntimeError(f"the watcher daemon exited; see {daemon.log_path}")
+
+            replay.run(
+                limit=weeks, pause=max(0.0, 2.0 / speed) if speed > 0 else 0.0, on_period=show
+            )
+        print_summary(demo, console)
+        if keep_running:
+            console.print("[bold]services keep running[/bold]; press Ctrl-C to stop them")
+            with contextlib.suppress(KeyboardInterrupt):
+                while all(s.alive() for s in demo.services):
+                    daemon.proc.wait(timeout=3600)
+    finally:
+        demo.stop()
+    return demo
+
+
+def print_summary(demo: DemoRun, console: Console) -> None:
+    results = demo.results
+    triggered = [r for r in results if r.decision == "triggered"]
+    served = {r.served_version for r in results}
+    deployed = [r for r in triggered if r.version_after and r.version_after != r.served_version]
+    console.rule("[bold]summary")
+    console.print(
+        f"weeks replayed: {len(results)}; retrains triggered: {len(triggered)}; "
+        f"deployed: {len(deployed)}; versions: "
+        f"{sorted(served | {r.version_after for r in deployed if r.version_after})}"
+    )
+    table = Table("month", "MAE with the loop", "MAE without retraining")
+    monthly = monthly_mae(results) if results else pd.DataFrame()
+    for month, row in monthly.iterrows():
+        table.add_row(
+            str(month), f"{row['mae_with_loop']:.1f}", f"{row['mae_without_retraining']:.1f}"
+        )
+    if results:
+        rows = sum(r.rows for r in results)
+        loop = sum(r.mae * r.rows for r in results) / rows
+        base = sum((r.baseline_mae or 0) * r.rows for r in results) / rows
+        table.add_row("all", f"{loop:.1f}", f"{base:.1f}")
+    console.print(table)
+    mails = sorted(demo.mail.folder.glob("*.eml"))
+    console.print(f"mails written: {len(mails)} in {demo.mail.folder}")
+    for m in demo.mail.messages[:20]:
+        console.print(f"  - {m['Subject']}")
+    for name, url in demo.urls.items():
+        console.print(f"{name}: {url}")

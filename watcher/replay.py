@@ -1,0 +1,248 @@
+"""Replay a labelled data set as production traffic, period by period.
+
+For each period (a week by default) the replay serves the rows with the model currently
+in production (loaded from the registry, as a serving system would), writes them as a
+batch file into the model's source folder (write-then-rename), and delivers the labels of
+the previous period as a label file: labels arrive one period late, as in real life.
+With `wait=True` it waits for the daemon to score each batch and for any retraining the
+batch caused to end, so the next period is served by whatever model is then in production.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from watcher.config import ModelConfig, Settings
+from watcher.errors import WatcherError
+from watcher.registry import ModelRegistry
+
+
+@dataclass
+class PeriodResult:
+    index: int
+    start: pd.Timestamp
+    rows: int
+    served_version: str
+    batch_file: str
+    mae: float  # of the served predictions, known once the labels arrive
+    baseline_mae: float | None = None  # the first production version, never retrained
+    status: str = "sent"
+    drift_share: float | None = None
+    dataset_drift: bool | None = None
+    top_features: list[str] = field(default_factory=list)
+    decision: str = ""
+    reason: str = ""
+    run_id: str | None = None
+    run_state: str | None = None
+    version_after: str | None = None
+
+
+def periods(
+    data: pd.DataFrame, timestamp: str, every: str = "7D"
+) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:
+    ts = pd.to_datetime(data[timestamp])
+    start = ts.min().normalize()
+    keys = ((ts - start) // pd.Timedelta(every)).astype(int)
+    for k, chunk in data.groupby(keys, sort=True):
+        yield start + int(k) * pd.Timedelta(every), chunk
+
+
+def predict(estimator: Any, frame: pd.DataFrame) -> np.ndarray:
+    """Serve like production: the estimator gets exactly the columns it was fitted on."""
+    columns = list(getattr(estimator, "feature_names_in_", frame.columns))
+    return np.asarray(estimator.predict(frame[columns]), dtype=float)
+
+
+class Replay:
+    def __init__(self, settings: Settings, model: str, data: pd.DataFrame) -> None:
+        if model not in settings.models:
+            raise WatcherError(f"unknown model {model!r}", hint=f"one of {sorted(settings.models)}")
+        self.settings = settings
+        self.model = model
+        self.cfg: ModelConfig = settings.models[model]
+        src = self.cfg.source
+        if src.kind != "directory":
+            raise WatcherError("replay writes files: the model needs a directory source")
+        cols = self.cfg.columns
+        if not (cols.timestamp and cols.target and cols.id and cols.prediction):
+            raise WatcherError(
+                f"replay needs columns.timestamp, target, id and prediction for {model}",
+            )
+        missing = [c for c in (cols.timestamp, cols.target, cols.id) if c not in data]
+        if missing:
+            raise WatcherError(f"the replay data lacks column(s) {missing}")
+        self.incoming = src.path
+        self.labels = src.labels_path or (src.path.parent / "labels")
+        self.data = data.sort_values(cols.timestamp)
+        self.registry = ModelRegistry(settings.registry.path)
+        self._served: tuple[str, Any] | None = None
+        self._baseline: Any = None
+
+    def _production(self) -> tuple[str, Any]:
+        version = self.registry.production_version(self.model)
+        if version is None:
+            raise WatcherError(
+                f"no production version of {self.model} in the registry",
+                hint="bootstrap one first (watcher bootstrap)",
+            )
+        if self._served is None or self._served[0] != version:
+            self._served = (version, self.registry.load_model(self.model, version))
+            if self._baseline is None:
+                self._baseline = self._served[1]
+        return self._served
+
+    def run(
+        self,
+        *,
+        skip: int = 8,
+        limit: int | None = None,
+        every: str = "7D",
+        wait: bool = True,
+        pause: float = 0.0,
+        timeout: float = 900.0,
+        on_period: Callable[[PeriodResult], None] | None = None,
+    ) -> list[PeriodResult]:
+        cols = self.cfg.columns
+        assert cols.target
+        assert cols.id
+        assert cols.prediction
+        assert cols.timestamp
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        self.labels.mkdir(parents=True, exist_ok=True)
+        results: list[PeriodResult] = []
+        pending_labels: tuple[str, pd.DataFrame] | None = None
+        chosen = list(periods(self.data, cols.timestamp, every))[skip:]
+        for i, (start, chunk) in enumerate(chosen[:limit] if limit else chosen):
+            version, estimator = self._production()
+            served = chunk.drop(columns=[cols.target]).copy()
+            served[cols.prediction] = predict(estimator, chunk)
+            name = f"{self.model}-{start:%Y-%m-%d}.parquet"
+            _write_atomically(served, self.incoming / name)
+            if pending_labels is not None:  # last period's labels arrive now
+                _write_atomically(pending_labels[1], self.labels / pending_labels[0])
+            pending_labels = (f"labels-{start:%Y-%m-%d}.parquet", chunk[[cols.id, cols.target]])
+            y = chunk[cols.target].to_numpy(dtype=float)
+            result = PeriodResult(
+                index=skip + i + 1,
+                start=start,
+                rows=len(chunk),
+                served_version=version,
+                batch_file=name,
+                mae=float(np.abs(served[cols.prediction].to_numpy() - y).mean()),
+                baseline_mae=float(np.abs(predict(self._baseline, chunk) - y).mean()),
+            )
+            if wait:
+                self._follow(result, timeout)
+            results.append(result)
+            if on_period is not None:
+                on_period(result)
+            if pause:
+                time.sleep(pause)
+        if pending_labels is not None:
+            _write_atomically(pending_labels[1], self.labels / pending_labels[0])
+        return results
+
+    def _follow(self, result: PeriodResult, timeout: float) -> None:
+        """Wait for the daemon to score the batch, then for any retraining it caused."""
+        db = self.settings.daemon.state_dir / "state.db"
+        deadline = time.monotonic() + timeout
+        row = None
+        while time.monotonic() < deadline:
+            row = _query(
+                db,
+                "SELECT status, drift_share, dataset_drift, result, reason FROM batches "
+                "WHERE model = ? AND batch_id = ? AND status != 'claimed'",
+                (self.model, result.batch_file),
+            )
+            if row:
+                break
+            time.sleep(0.2)
+        if not row:
+            raise WatcherError(
+                f"the daemon did not score {result.batch_file} within {timeout:.0f}s",
+                hint="is `watcher run` running with the same config?",
+            )
+        status, share, drifted, payload, reason = row[0]
+        result.status, result.drift_share = status, share
+        result.dataset_drift = None if drifted is None else bool(drifted)
+        if payload:
+            import json
+
+            cols = json.loads(payload)["drift"]["columns"]
+            ranked = sorted(
+                cols.items(), key=lambda kv: -float(kv[1]["score"] / kv[1]["threshold"])
+            )
+            result.top_features = [k for k, v in ranked if v["drifted"]][:3]
+        decision = _query(
+            db,
+            "SELECT outcome, reason, run_id FROM decisions WHERE model = ? "
+            "AND batch_id = ? ORDER BY id DESC LIMIT 1",
+            (self.model, result.batch_file),
+        )
+        if decision:
+            result.decision, result.reason, result.run_id = decision[0]
+        elif reason:
+            result.decision, result.reason = "rejected", reason
+        if result.run_id and result.decision == "triggered":
+            while time.monotonic() < deadline:
+                state = _query(db, "SELECT state FROM runs WHERE run_id = ?", (result.run_id,))
+                result.run_state = state[0][0] if state else "pending"
+                ended = state and state[0][0] not in ("queued", "running")
+                if ended and self._daemon_caught_up(db):
+                    break
+                time.sleep(0.5)
+            result.version_after = self.registry.production_version(self.model)
+
+    def _daemon_caught_up(self, db: Path) -> bool:
+        """The daemon uses the registry's production version as its reference."""
+        version = self.registry.production_version(self.model)
+        row = _query(db, "SELECT reference_version FROM model_state WHERE model = ?", (self.model,))
+        return bool(row) and version is not None and row[0][0] in (version, f"v{version}")
+
+
+def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.rename(path)
+
+
+def _query(db: Path, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return list(conn.execute(sql, params).fetchall())
+    except sqlite3.OperationalError:
+        return []  # tables not created yet
+    finally:
+        conn.close()
+
+
+def monthly_mae(results: list[PeriodResult]) -> pd.DataFrame:
+    """MAE per month, row-weighted, with and without retraining."""
+    frame = (
+        pd.DataFrame(
+            {
+                "month": [r.start.strftime("%Y-%m") for r in results],
+                "rows": [r.rows for r in results],
+                "loop": [r.mae * r.rows for r in results],
+                "baseline": [(r.baseline_mae or 0.0) * r.rows for r in results],
+            }
+        )
+        .groupby("month")
+        .sum()
+    )
+    return pd.DataFrame(
+        {
+            "mae_with_loop": frame["loop"] / frame["rows"],
+            "mae_without_retraining": frame["baseline"] / frame["rows"],
+        }
+    )
