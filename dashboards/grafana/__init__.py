@@ -1,0 +1,1 @@
+"""Grafana dashboards as code: `python -m dashboards.grafana.generate` writes the JSON."""
