@@ -47,7 +47,8 @@ def test_models_and_paths_relative_to_the_file(tmp_path: Path) -> None:
     assert m1.reference == (tmp_path / "ref.csv").resolve()
     assert s.daemon.state_dir == (tmp_path / "state").resolve()
     assert m1.drift.columns["a"].stattest == "psi"
-    assert m1.policy.consecutive == 3 and m1.policy.cooldown_seconds == 6 * 3600
+    assert m1.policy.consecutive == 3
+    assert m1.policy.cooldown_seconds == 6 * 3600
     assert s.models["m2"].source.kind == "sql"
     assert s.dag_id("m1") == "retrain_m1"
 
@@ -57,14 +58,16 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("WATCHER_AIRFLOW__PASSWORD", "s3cret")
     s = load_config(write(tmp_path, GOOD))
     assert s.metrics.port == 9200
-    assert s.airflow.password is not None and s.airflow.password.get_secret_value() == "s3cret"
+    assert s.airflow.password is not None
+    assert s.airflow.password.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(s)
 
 
 def test_secret_from_file(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("from-file\n")
     s = load_config(write(tmp_path, GOOD + '\n[smtp]\npassword_file = "pw"\n'))
-    assert s.smtp.password is not None and s.smtp.password.get_secret_value() == "from-file"
+    assert s.smtp.password is not None
+    assert s.smtp.password.get_secret_value() == "from-file"
 
 
 @pytest.mark.parametrize(
@@ -73,10 +76,19 @@ def test_secret_from_file(tmp_path: Path) -> None:
         (GOOD.replace("drift_share = 0.3", "drift_share = 3"), "models.m1.drift.drift_share"),
         (GOOD.replace('kind = "directory"', 'kind = "ftp"'), "models.m1.source"),
         (GOOD + "\n[metrics]\nprot = 1\n", "metrics.prot"),
-        (GOOD.replace('categorical = ["c"]', 'categorical = ["a"]'), "both numeric and categorical"),
+        (
+            GOOD.replace('categorical = ["c"]', 'categorical = ["a"]'),
+            "both numeric and categorical",
+        ),
         (GOOD.replace('prediction = "p"', 'prediction = "b"'), "is both a numeric feature"),
-        (GOOD.replace('a = { stattest = "psi"', 'zz = { stattest = "psi"'), "not numeric or categorical"),
-        (GOOD.replace('stattest = "psi"', 'stattest = "magic"'), "models.m1.drift.columns.a.stattest"),
+        (
+            GOOD.replace('a = { stattest = "psi"', 'zz = { stattest = "psi"'),
+            "not numeric or categorical",
+        ),
+        (
+            GOOD.replace('stattest = "psi"', 'stattest = "magic"'),
+            "models.m1.drift.columns.a.stattest",
+        ),
         ("[models.m1]\ncolumns = {}\n", "models.m1.source"),
         ("this is = = not toml", "not valid TOML"),
     ],
@@ -89,17 +101,29 @@ def test_invalid_configs_name_the_field(tmp_path: Path, text: str, expected: str
 
 def test_check_config_exit_codes(tmp_path: Path) -> None:
     good = write(tmp_path, GOOD)
-    ok = subprocess.run([sys.executable, "-m", "watcher", "check-config", str(good)],
-                        capture_output=True, text=True, check=False)
+    ok = subprocess.run(
+        [sys.executable, "-m", "watcher", "check-config", str(good)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "m1" in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace("consecutive = 3", "consecutive = 0"))
-    res = subprocess.run([sys.executable, "-m", "watcher", "check-config", str(bad)],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "watcher", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 2
     assert "models.m1.policy.consecutive" in res.stderr
-    missing = subprocess.run([sys.executable, "-m", "watcher", "check-config",
-                              str(tmp_path / "nope.toml")], capture_output=True, text=True,
-                             check=False)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "watcher", "check-config", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2
+    assert "does not exist" in missing.stderr

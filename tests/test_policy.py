@@ -31,12 +31,18 @@ D, C = True, False  # drifted, clean (newest first in every history below)
         ([D, D], [], False, CFG.model_copy(update={"dry_run": True}), "dry_run"),
         ([D, D], [], False, CFG.model_copy(update={"daily_cap": 0}), "suppressed_cap"),
         ([D], [], False, CFG.model_copy(update={"consecutive": 1}), "triggered"),
-        ([D, D, D], [], False, CFG.model_copy(update={"consecutive": 3, "cooldown_seconds": 0}),
-         "triggered"),
+        (
+            [D, D, D],
+            [],
+            False,
+            CFG.model_copy(update={"consecutive": 3, "cooldown_seconds": 0}),
+            "triggered",
+        ),
     ],
 )
-def test_decisions(flags: list[bool], triggers: list[float], active: bool, cfg: PolicyConfig,
-                   outcome: str) -> None:
+def test_decisions(
+    flags: list[bool], triggers: list[float], active: bool, cfg: PolicyConfig, outcome: str
+) -> None:
     verdict = decide(PolicyInput(flags, triggers, active, NOW), cfg)
     assert verdict.outcome == outcome
     assert verdict.reason  # every decision says why
