@@ -1,0 +1,410 @@
+"""Drift scoring of a batch against a model's reference, the way evidently scores it.
+
+The tests, the automatic choice of test per column and the dataset verdict are those of
+evidently 0.7.23's `Report([DataDriftPreset()])`:
+
+- the test for a column is, in order: the column's own `stattest`, then `num_stattest` /
+  `cat_stattest` for its kind, then evidently's choice: with at most 1,000 finite reference
+  values, KS for a numeric column with more than 5 distinct values (reference and batch
+  together), else chi-square, or the Z-test with at most 2 distinct values; with more,
+  normed Wasserstein for a numeric column with more than 5 distinct values, else
+  Jensen-Shannon;
+- the threshold is the column's own `threshold`, else the test's default (0.05 for the
+  p-value tests KS, chi-square and Z; 0.1 for the distances);
+- the dataset drifts when the share of drifted feature columns reaches `drift_share`.
+  The prediction column is scored the same way but is not counted in that share.
+
+NaN, None and ±inf are left out of every test, as evidently leaves them out. A column with
+no value left in the batch is not scored: it is listed in `DriftResult.skipped` (evidently
+refuses the whole report instead). A reference column with no value is an error.
+
+`prepare_reference` does everything that depends on the reference alone (cleaning,
+sorting, counting, the Wasserstein norm) once per reference version; `score` is then cheap
+and pure, safe to run in a worker thread. tests/test_drift_oracle.py holds the scores equal
+to evidently's to 1e-6 and the decisions identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from watcher.config import ModelConfig, StatTest
+from watcher.drift import stattests
+from watcher.drift.stattests import (
+    TESTS,
+    Kind,
+    Sample,
+)
+from watcher.errors import BatchRejected, ConfigError, ReferenceDataError
+
+__all__ = [
+    "ColumnDrift",
+    "ColumnSpec",
+    "DriftResult",
+    "PreparedReference",
+    "infer_columns",
+    "prepare_reference",
+    "score",
+    "specs_from_config",
+]
+
+# evidently infers an integer column with at most this many distinct values as categorical.
+_INTEGER_CARDINALITY_LIMIT = 10
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """A column to score: its kind and, optionally, its own test and threshold."""
+
+    name: str
+    kind: Kind
+    stattest: StatTest | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """The drift result of one column."""
+
+    column: str
+    kind: str
+    stattest: str
+    score: float
+    threshold: float
+    drifted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The column's entry in `DriftResult.to_json_dict()`."""
+        return {
+            "stattest": self.stattest,
+            "score": self.score,
+            "threshold": self.threshold,
+            "drifted": self.drifted,
+        }
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """The drift of one batch: per feature, for the prediction, and the dataset verdict."""
+
+    columns: dict[str, ColumnDrift]  # features only, in configured order
+    prediction: ColumnDrift | None  # when a prediction column is configured and scorable
+    dataset_drift: bool
+    drift_share: float  # share of scored features that drifted
+    n_drifted: int
+    n_columns: int  # scored features
+    # Columns that could not be scored, with the reason (e.g. no values in the batch).
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The `watcher score --json` shape."""
+        return {
+            "dataset_drift": self.dataset_drift,
+            "drift_share": self.drift_share,
+            "columns": {name: c.to_dict() for name, c in self.columns.items()},
+            "prediction": None if self.prediction is None else self.prediction.to_dict(),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedReference:
+    """Everything about a reference that scoring needs, computed once per version."""
+
+    version: str
+    n_rows: int
+    specs: tuple[ColumnSpec, ...]
+    prediction: ColumnSpec | None
+    samples: Mapping[str, Sample]
+    # The prediction column is dropped here when the reference holds no prediction values.
+    skipped: Mapping[str, str] = field(default_factory=dict)
+
+    def all_specs(self) -> tuple[ColumnSpec, ...]:
+        """Features, then the prediction column if there is one."""
+        return self.specs if self.prediction is None else (*self.specs, self.prediction)
+
+
+def _check_spec_test(name: str, kind: Kind, test: str | None, where: str) -> None:
+    if test is None:
+        return
+    info = TESTS.get(test)
+    if info is None:
+        raise ConfigError(
+            f"{where}: unknown stat test {test!r} for column {name!r}",
+            hint=f"use one of {sorted(TESTS)}",
+        )
+    if kind not in info.kinds:
+        allowed = " and ".join(sorted(info.kinds))
+        raise ConfigError(
+            f"{where}: stat test {test!r} does not apply to {kind} column {name!r} "
+            f"(evidently runs it on {allowed} columns only)",
+            hint="pick another test for this column, or declare the column's kind correctly",
+        )
+
+
+def _check_specs(specs: Sequence[ColumnSpec]) -> None:
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.kind not in ("numeric", "categorical"):
+            raise ConfigError(f"column {spec.name!r} has unknown kind {spec.kind!r}")
+        if spec.name in seen:
+            raise ConfigError(f"column {spec.name!r} is listed twice")
+        seen.add(spec.name)
+        _check_spec_test(spec.name, spec.kind, spec.stattest, "drift.columns")
+        if spec.threshold is not None and not spec.threshold > 0:
+            raise ConfigError(f"column {spec.name!r} has threshold {spec.threshold}, not > 0")
+
+
+def _reference_sample(spec: ColumnSpec, series: pd.Series, version: str) -> Sample:
+    if spec.kind == "categorical":
+        return stattests.categorical_sample(series)
+    if not pd.api.types.is_numeric_dtype(series):
+        raise ReferenceDataError(
+            f"reference {version}: numeric column {spec.name!r} holds {series.dtype} values",
+            hint="declare the column as categorical, or fix the reference data",
+        )
+    return stattests.numeric_reference(series)
+
+
+def prepare_reference(
+    reference: pd.DataFrame,
+    columns: Sequence[ColumnSpec],
+    *,
+    version: str,
+    prediction: ColumnSpec | None = None,
+) -> PreparedReference:
+    """Clean, sort and count the reference once, for every later `score` call.
+
+    Raises ConfigError for an unusable column list (none, duplicates, a test that does not
+    apply to the column's kind) and ReferenceDataError for a column that is missing from
+    the reference, holds text where numbers belong, or has no values at all.
+    """
+    specs = tuple(columns)
+    if not specs:
+        raise ConfigError(
+            "no feature columns to score for drift",
+            hint="list features under the model's columns.numeric / columns.categorical",
+        )
+    _check_specs([*specs, *([prediction] if prediction else [])])
+    wanted = [*specs, *([prediction] if prediction else [])]
+    missing = [s.name for s in wanted if s.name not in reference.columns]
+    if missing:
+        raise ReferenceDataError(
+            f"reference {version} lacks column(s) {missing}",
+            hint="the configured columns must exist in the reference data",
+        )
+    repeated = sorted({s.name for s in wanted if isinstance(reference[s.name], pd.DataFrame)})
+    if repeated:
+        raise ReferenceDataError(
+            f"reference {version} has more than one column named {repeated}",
+            hint="column names must be unique",
+        )
+    samples: dict[str, Sample] = {}
+    empty: list[str] = []
+    skipped: dict[str, str] = {}
+    for spec in wanted:
+        sample = _reference_sample(spec, reference[spec.name], version)
+        if sample.n == 0:
+            if spec is prediction:
+                skipped[spec.name] = "the reference has no prediction values"
+                prediction = None
+                continue
+            empty.append(spec.name)
+        samples[spec.name] = sample
+    if empty:
+        raise ReferenceDataError(
+            f"reference {version} has no values (all missing or infinite) in column(s) {empty}",
+            hint="fill the column in the reference data, or stop scoring it",
+        )
+    return PreparedReference(version, len(reference), specs, prediction, samples, skipped)
+
+
+def _single_column(frame: pd.DataFrame, name: str) -> pd.Series:
+    column = frame[name]
+    if isinstance(column, pd.DataFrame):
+        raise BatchRejected(
+            f"column {name!r} appears {column.shape[1]} times",
+            check="duplicate_columns",
+            hint="column names must be unique",
+        )
+    return column
+
+
+def _current_sample(spec: ColumnSpec, series: pd.Series) -> Sample:
+    if spec.kind == "categorical":
+        return stattests.categorical_sample(series)
+    if not pd.api.types.is_numeric_dtype(series):
+        converted = pd.to_numeric(series, errors="coerce")
+        if (series.notna() & converted.isna()).any():
+            raise BatchRejected(
+                f"numeric column {spec.name!r} holds {series.dtype} values that are not numbers",
+                check="type_change",
+                hint="fix the writer's types, or configure the column as categorical",
+            )
+        series = converted
+    return stattests.numeric_sample(series)
+
+
+def _score_column(
+    spec: ColumnSpec, ref: Sample, cur: Sample, kind_default: StatTest | None
+) -> ColumnDrift:
+    test: StatTest = spec.stattest or kind_default or stattests.default_test(spec.kind, ref, cur)
+    info = TESTS[test]
+    threshold = info.default_threshold if spec.threshold is None else spec.threshold
+    value = stattests.run(test, spec.kind, ref, cur)
+    drifted = info.drifted(value, threshold)
+    return ColumnDrift(spec.name, spec.kind, test, value, float(threshold), drifted)
+
+
+def score(
+    prepared: PreparedReference,
+    current: pd.DataFrame,
+    *,
+    drift_share: float = 0.5,
+    num_stattest: StatTest | None = None,
+    cat_stattest: StatTest | None = None,
+) -> DriftResult:
+    """Score a batch against a prepared reference.
+
+    Raises BatchRejected when the batch lacks a configured column, repeats one, holds text
+    in a numeric column, or has no value in any feature (nothing left to score), and
+    ConfigError when `num_stattest` / `cat_stattest` does not apply to its kind.
+    """
+    if not 0 < drift_share <= 1:
+        raise ConfigError(f"drift_share must be in (0, 1], got {drift_share}")
+    _check_spec_test("<numeric columns>", "numeric", num_stattest, "drift.num_stattest")
+    _check_spec_test("<categorical columns>", "categorical", cat_stattest, "drift.cat_stattest")
+    specs = prepared.all_specs()
+    missing = [s.name for s in specs if s.name not in current.columns]
+    if missing:
+        raise BatchRejected(
+            f"the batch lacks column(s) {missing}",
+            check="missing_columns",
+            hint="the batch must have every configured feature and the prediction column",
+        )
+    skipped = dict(prepared.skipped)
+    results: dict[str, ColumnDrift] = {}
+    for spec in specs:
+        cur = _current_sample(spec, _single_column(current, spec.name))
+        if cur.n == 0:
+            skipped[spec.name] = "no values in the batch (all missing or infinite)"
+            continue
+        kind_default = num_stattest if spec.kind == "numeric" else cat_stattest
+        results[spec.name] = _score_column(spec, prepared.samples[spec.name], cur, kind_default)
+
+    prediction = None
+    if prepared.prediction is not None:
+        prediction = results.pop(prepared.prediction.name, None)
+    n_columns = len(results)
+    if n_columns == 0:
+        raise BatchRejected(
+            "no feature has any value in the batch: nothing to score",
+            check="all_missing",
+            hint="the upstream feature pipeline probably failed",
+        )
+    n_drifted = sum(c.drifted for c in results.values())
+    share = n_drifted / n_columns
+    return DriftResult(
+        columns=results,
+        prediction=prediction,
+        dataset_drift=share >= drift_share,
+        drift_share=share,
+        n_drifted=n_drifted,
+        n_columns=n_columns,
+        skipped=skipped,
+    )
+
+
+def _inferred_kind(column: pd.Series) -> Kind | None:
+    """evidently's `infer_column_type`, reduced to the kinds watcher scores.
+
+    Text (a string column with more distinct values than half its rows), dates, lists and
+    anything unrecognised give None: evidently would not score them as numeric or
+    categorical either.
+    """
+    name = column.dtype.name
+    if name.startswith("float"):
+        return "numeric"
+    if name.startswith("int"):
+        return "categorical" if column.nunique() <= _INTEGER_CARDINALITY_LIMIT else "numeric"
+    if name in ("string", "str"):
+        return None if column.nunique() > column.count() * 0.5 else "categorical"
+    if name == "object":
+        present = column.dropna()
+        if present.empty or not (
+            isinstance(present.iloc[0], str) and isinstance(present.iloc[-1], str)
+        ):
+            return None
+        return None if column.nunique() > column.count() * 0.5 else "categorical"
+    if name in ("bool", "category"):
+        return "categorical"
+    return None
+
+
+def infer_columns(df: pd.DataFrame, exclude: Sequence[str] = ()) -> list[ColumnSpec]:
+    """Numeric and categorical columns of `df`, inferred the way evidently infers them.
+
+    Float columns are numeric; integer columns with at most 10 distinct values, booleans,
+    pandas categories and low-cardinality strings are categorical. Text, dates and other
+    columns are left out, and so is a column with no value at all (evidently would fail
+    on it). evidently's `Report` infers from the *current* data; pass the reference here
+    so the kinds stay fixed for a reference version.
+    """
+    skip = set(exclude)
+    specs: list[ColumnSpec] = []
+    for name in df.columns:
+        if name in skip:
+            continue
+        column = df[name]
+        if isinstance(column, pd.DataFrame):
+            continue  # a repeated name: no single column to score
+        kind = _inferred_kind(column)
+        if kind is None:
+            continue
+        if kind == "numeric":
+            empty = stattests.numeric_sample(column).n == 0
+        else:
+            empty = stattests.categorical_sample(column).n == 0
+        if not empty:
+            specs.append(ColumnSpec(str(name), kind))
+    return specs
+
+
+def specs_from_config(model: ModelConfig) -> tuple[list[ColumnSpec], ColumnSpec | None]:
+    """Feature specs (with per-column overrides) and the prediction spec of a model.
+
+    The prediction is numeric for a regression model and categorical for a classifier
+    (`retrain.task`). `num_stattest` / `cat_stattest` are not baked in: pass them to
+    `score`, which applies them to the prediction column too, as evidently does. Raises
+    ConfigError when a configured test does not apply to its column's kind.
+    """
+    overrides = model.drift.columns
+    features: list[ColumnSpec] = []
+    groups: tuple[tuple[Kind, list[str]], ...] = (
+        ("numeric", model.columns.numeric),
+        ("categorical", model.columns.categorical),
+    )
+    for kind, names in groups:
+        for name in names:
+            override = overrides.get(name)
+            features.append(
+                ColumnSpec(
+                    name,
+                    kind,
+                    stattest=override.stattest if override else None,
+                    threshold=override.threshold if override else None,
+                )
+            )
+    prediction = None
+    if model.columns.prediction is not None:
+        pred_kind: Kind = "numeric" if model.retrain.task == "regression" else "categorical"
+        prediction = ColumnSpec(model.columns.prediction, pred_kind)
+    _check_specs([*features, *([prediction] if prediction else [])])
+    _check_spec_test("<numeric columns>", "numeric", model.drift.num_stattest, "drift.num_stattest")
+    _check_spec_test(
+        "<categorical columns>", "categorical", model.drift.cat_stattest, "drift.cat_stattest"
+    )
+    return features, prediction
