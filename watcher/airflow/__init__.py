@@ -1,0 +1,56 @@
+"""Retraining through Airflow 3: deliver triggers, follow runs, watch Airflow's health.
+
+The daemon calls `build_airflow_workers` when ``airflow.enabled`` and runs each worker with
+`watcher.workers.run_periodically`. The three workers share one `AirflowGateway`, so a
+refused login is met once, backed off once and alerted once.
+"""
+
+from __future__ import annotations
+
+from watcher.airflow.dispatcher import TriggerDispatcher
+from watcher.airflow.gateway import (
+    AirflowGateway,
+    DagInfo,
+    Triggered,
+    is_transient_status,
+    to_airflow_error,
+)
+from watcher.airflow.health import AirflowHealth, health_problems
+from watcher.airflow.tracker import OnRunSuccess, RunTracker
+from watcher.config import Settings
+from watcher.metrics import Metrics
+from watcher.state import StateStore
+from watcher.workers import PeriodicWorker
+
+__all__ = [
+    "AirflowGateway",
+    "AirflowHealth",
+    "DagInfo",
+    "OnRunSuccess",
+    "RunTracker",
+    "TriggerDispatcher",
+    "Triggered",
+    "build_airflow_workers",
+    "health_problems",
+    "is_transient_status",
+    "to_airflow_error",
+]
+
+
+def build_airflow_workers(
+    settings: Settings,
+    store: StateStore,
+    metrics: Metrics,
+    on_run_success: OnRunSuccess,
+) -> list[PeriodicWorker]:
+    """The trigger dispatcher, the run tracker and the health probe, sharing one gateway.
+
+    `on_run_success(model, run)` is awaited once per successful run (again after a crash
+    before the run was marked handled, so it must be idempotent).
+    """
+    gateway = AirflowGateway(settings.airflow)
+    return [
+        TriggerDispatcher(settings, store, metrics, gateway),
+        RunTracker(settings, store, metrics, gateway, on_run_success),
+        AirflowHealth(settings, store, metrics, gateway),
+    ]
