@@ -7,4 +7,4 @@ import os
 # No test may leak to the developer's Airflow, SMTP or state by accident.
 os.environ.pop("AIRFLOW_HOME", None)
 
-pytest_plugins: list[str] = ["fixtures_airflow", "fixtures_dashboards"]
+pytest_plugins: list[str] = ["fixtures_airflow", "fixtures_dashboards", "fixtures_postgres"]

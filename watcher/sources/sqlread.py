@@ -1,0 +1,263 @@
+"""Reading a time range of a prediction table with bounded memory.
+
+Only the columns the model's roles name are selected; rows arrive in server-side chunks of
+`chunk_rows` (a named cursor, so the server never sends more than a chunk at a time); and
+beyond a row cap a uniform sample is kept: a bottom-k sample on a hash of each row's
+values, salted with the window. That sample is deterministic (the same window always
+gives the same rows, whatever order the server returns them in) and needs memory for the
+cap plus one chunk, never for the whole range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, text
+
+from watcher.config import ColumnsConfig, SqlSourceConfig
+from watcher.sources.sqlconn import (
+    Column,
+    check_schema,
+    quote_ident,
+    quote_table,
+    schema_error,
+    select_expr,
+    yields_float,
+)
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """The SQL that reads a range, and how its columns are typed in the frame."""
+
+    select_sql: str
+    float_columns: tuple[str, ...]  # made float64 in every chunk, so chunks hash alike
+    timestamp_column: str | None  # output column holding the timestamp, made UTC
+    params: dict[str, Any]
+
+
+def plan_read(
+    cols: dict[str, Column] | None,
+    cfg: SqlSourceConfig,
+    columns: ColumnsConfig,
+    *,
+    include_timestamp: bool,
+    join_labels: bool,
+    labelled_before: datetime | None = None,
+    label_cols: dict[str, Column] | None = None,
+) -> ReadPlan:
+    """Check the schema and build the range query for the configured roles."""
+    table = quote_table(cfg.table)
+    ts = cfg.timestamp_column
+    target_in_table = bool(columns.target and cols and columns.target in cols)
+    use_labels = join_labels and not target_in_table
+    check_schema(cols, cfg.table, ts, columns, label_target=use_labels or not columns.target)
+    assert cols is not None  # check_schema refused None
+
+    items: list[str] = []
+    floats: list[str] = []
+
+    def add(name: str, *, as_number: bool, alias: str | None = None) -> None:
+        col = cols[name]
+        items.append(select_expr(col, as_number=as_number, alias=alias))
+        if yields_float(col, as_number=as_number):
+            floats.append(alias or name)
+
+    if columns.id:
+        add(columns.id, as_number=False)
+    ts_out: str | None = None
+    if include_timestamp:
+        ts_out = columns.timestamp or ts
+        items.append(f"t.{quote_ident(ts)} AS {quote_ident(ts_out)}")
+    for c in columns.numeric:
+        add(c, as_number=True)
+    for c in columns.categorical:
+        add(c, as_number=False)
+    if columns.prediction:
+        add(columns.prediction, as_number=cols[columns.prediction].kind == "numeric")
+    if columns.target and target_in_table:
+        add(columns.target, as_number=cols[columns.target].kind == "numeric")
+
+    where = f"t.{quote_ident(ts)} >= :start AND t.{quote_ident(ts)} < :end"
+    join = ""
+    params: dict[str, Any] = {}
+    if use_labels:
+        join, label_item, label_is_float = _labels_join(
+            cfg, columns, where, table, label_cols, labelled_before, params
+        )
+        items.append(label_item)
+        if label_is_float:
+            floats.append(columns.target or "target")
+    order = f"t.{quote_ident(ts)}" + (f", t.{quote_ident(columns.id)}" if columns.id else "")
+    return ReadPlan(
+        select_sql=f"SELECT {', '.join(items)} FROM {table} AS t{join} WHERE {where} "
+        f"ORDER BY {order}",
+        float_columns=tuple(floats),
+        timestamp_column=ts_out,
+        params=params,
+    )
+
+
+def _labels_join(
+    cfg: SqlSourceConfig,
+    columns: ColumnsConfig,
+    where: str,
+    table: str,
+    label_cols: dict[str, Column] | None,
+    labelled_before: datetime | None,
+    params: dict[str, Any],
+) -> tuple[str, str, bool]:
+    """LEFT JOIN of the newest label per id, restricted to the ids of the range."""
+    assert cfg.labels_table is not None
+    if not columns.id:
+        raise schema_error(
+            f"labels in {cfg.labels_table} are joined by id, but columns.id is not set",
+            hint="set columns.id to the prediction table's id column",
+        )
+    lid, llabel, lat = cfg.labels_id_column, cfg.labels_label_column, cfg.labels_time_column
+    if label_cols is None:
+        raise schema_error(
+            f"labels table {cfg.labels_table} does not exist (or the user cannot see it)",
+            hint="create it with columns (id, label, labelled_at), fix source.labels_table, "
+            "or GRANT SELECT on it",
+        )
+    missing = [c for c in (lid, llabel, lat) if c not in label_cols]
+    if missing:
+        raise schema_error(
+            f"labels table {cfg.labels_table} has no column {', '.join(missing)}; "
+            f"it has {', '.join(label_cols)}",
+            hint="set source.labels_id_column / labels_label_column / labels_time_column",
+        )
+    cutoff = ""
+    if labelled_before is not None:
+        cutoff = f" AND l.{quote_ident(lat)} <= :labelled_before"
+        params["labelled_before"] = labelled_before
+    join = (
+        f" LEFT JOIN (SELECT DISTINCT ON (l.{quote_ident(lid)}) l.{quote_ident(lid)} AS lid, "
+        f"l.{quote_ident(llabel)} AS label FROM {quote_table(cfg.labels_table)} AS l "
+        f"WHERE l.{quote_ident(lid)} IN (SELECT t.{quote_ident(columns.id)} FROM {table} AS t "
+        f"WHERE {where}){cutoff} ORDER BY l.{quote_ident(lid)}, l.{quote_ident(lat)} DESC) AS lb "
+        f"ON lb.lid = t.{quote_ident(columns.id)}"
+    )
+    label = Column("label", label_cols[llabel].type, label_cols[llabel].kind)
+    as_number = label.kind == "numeric"
+    item = select_expr(label, as_number=as_number, alias=columns.target or "target", relation="lb")
+    return join, item, yields_float(label, as_number=as_number)
+
+
+@dataclass
+class RangeRead:
+    frame: pd.DataFrame
+    rows: int  # rows in the range (before sampling)
+
+    @property
+    def sampled_out(self) -> int:
+        return self.rows - len(self.frame)
+
+
+def read_range(
+    conn: Connection,
+    plan: ReadPlan,
+    start: datetime,
+    end: datetime,
+    *,
+    chunk_rows: int,
+    cap: int | None,
+    seed: str,
+) -> RangeRead:
+    """Stream [start, end) in chunks; keep everything, or a uniform sample of `cap` rows.
+
+    `rows` of the result counts every row streamed, so within one transaction it is the
+    window's row count in the same snapshot as the rows.
+    """
+    params = {"start": start, "end": end, **plan.params}
+    streamed = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(
+        text(plan.select_sql), params
+    )
+    names = list(streamed.keys())
+    sample = BottomK(cap, seed)
+    try:
+        for part in streamed.partitions():
+            chunk = pd.DataFrame.from_records([tuple(r) for r in part], columns=names)
+            for c in plan.float_columns:
+                chunk[c] = chunk[c].astype("float64")
+            sample.add(chunk)
+    except BaseException:
+        # A server-side cursor on a connection that died mid-read is not closed by
+        # SQLAlchemy; close it here so nothing is left to a finaliser.
+        with contextlib.suppress(Exception):
+            streamed.cursor.close()
+        raise
+    finally:
+        streamed.close()
+    frame = sample.result(names)
+    if plan.timestamp_column is not None:
+        frame[plan.timestamp_column] = pd.to_datetime(frame[plan.timestamp_column], utc=True)
+    return RangeRead(frame, sample.seen)
+
+
+class BottomK:
+    """The `cap` rows with the smallest salted hash: a uniform sample without replacement.
+
+    Rows are hashed on their values (pandas' hash_pandas_object, keyed by the seed), so the
+    sample depends on the window and its rows, not on their order. Memory: at most
+    `cap` kept rows plus one chunk.
+    """
+
+    def __init__(self, cap: int | None, seed: str) -> None:
+        self.cap = cap
+        self.hash_key = hashlib.sha256(seed.encode()).hexdigest()[:16]
+        self.seen = 0
+        self._parts: list[pd.DataFrame] = []
+        self._keys: list[np.ndarray[Any, Any]] = []
+        self._pos: list[np.ndarray[Any, Any]] = []
+        self._kept = 0
+        self._threshold: Any = None
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        n = len(chunk)
+        pos = np.arange(self.seen, self.seen + n, dtype=np.int64)
+        self.seen += n
+        if self.cap is None or n == 0:
+            self._parts.append(chunk)
+            self._pos.append(pos)
+            return
+        keys = pd.util.hash_pandas_object(chunk, index=False, hash_key=self.hash_key).to_numpy(
+            dtype=np.uint64
+        )
+        if self._threshold is not None:
+            # Once the sample is full, only rows hashing below its largest key can get in.
+            mask = keys < self._threshold
+            chunk, keys, pos = chunk[mask], keys[mask], pos[mask]
+        self._parts.append(chunk)
+        self._keys.append(keys)
+        self._pos.append(pos)
+        self._kept += len(chunk)
+        if self._kept > self.cap:
+            self._compact(self.cap)
+
+    def _compact(self, cap: int) -> None:
+        frame = pd.concat(self._parts, ignore_index=True)
+        keys = np.concatenate(self._keys)
+        pos = np.concatenate(self._pos)
+        keep = np.argpartition(keys, cap - 1)[:cap]
+        self._parts = [frame.iloc[keep]]
+        self._keys = [keys[keep]]
+        self._pos = [pos[keep]]
+        self._kept = cap
+        self._threshold = keys[keep].max()
+
+    def result(self, names: list[str]) -> pd.DataFrame:
+        """The kept rows in the order they were read, with a fresh index."""
+        parts = [p for p in self._parts if len(p)]
+        if not parts:
+            return pd.DataFrame({n: pd.Series(dtype=object) for n in names})
+        frame = pd.concat(parts, ignore_index=True)
+        order = np.argsort(np.concatenate(self._pos), kind="stable")
+        return frame.iloc[order].reset_index(drop=True)
