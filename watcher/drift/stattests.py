@@ -249,12 +249,16 @@ def wasserstein_normed(ref: NumericReference, cur: NumericSample) -> float:
     n, m = ref.n, cur.n
     both = np.concatenate((ref.values, cur.values))
     order = np.argsort(both, kind="stable")
-    merged = both[order]
-    from_ref = np.cumsum(order < n)[:-1]
-    seen = np.arange(1, n + m, dtype=np.int64)
+    deltas = np.diff(both[order])
+    from_ref = np.cumsum(order[:-1] < n)
     u_cdf = from_ref / n
-    v_cdf = (seen - from_ref) / m
-    distance_ = float(np.dot(np.abs(u_cdf - v_cdf), np.diff(merged)))
+    v_cdf = np.arange(1, n + m, dtype=np.float64)  # values seen so far, both sides
+    v_cdf -= from_ref
+    v_cdf /= m
+    # |U - V| in place: these arrays are as long as both samples together.
+    u_cdf -= v_cdf
+    np.abs(u_cdf, out=u_cdf)
+    distance_ = float(np.dot(u_cdf, deltas))
     return distance_ / ref.wasserstein_norm
 
 
