@@ -238,5 +238,93 @@ def trigger(
     out.print(f"queued {run_id} for {settings.dag_id(model)}; the running daemon delivers it")
 
 
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bikeshare" / "watcher.toml"
+
+
+@app.command()
+def demo(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Example config.")] = EXAMPLE,
+    workdir: Annotated[Path, typer.Option(help="Where everything of the demo is kept.")] = Path(
+        "demo-run"
+    ),
+    weeks: Annotated[int | None, typer.Option(help="Replay only this many weeks.")] = None,
+    speed: Annotated[
+        float, typer.Option(help="Replay speed: the pause between weeks is 2 s / speed.")
+    ] = 10.0,
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="Leave the services up until Ctrl-C.")
+    ] = False,
+) -> None:
+    """The whole loop on real data: Airflow, SMTP, the daemon and a week-by-week replay."""
+    from watcher.demo import run_demo
+    from watcher.logs import setup_logging
+    from watcher.retrain.bootstrap import bootstrap_example, load_example_data
+
+    setup_logging("text", "WARNING")
+    try:
+        result = run_demo(
+            config,
+            workdir.resolve(),
+            load_example_data,
+            bootstrap_example,
+            weeks=weeks,
+            speed=speed,
+            keep_running=keep_running,
+            console=out,
+        )
+    except WatcherError as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        err.print("interrupted: every service was stopped")
+        raise typer.Exit(130) from None
+    deployed = [
+        r for r in result.results if r.version_after and r.version_after != r.served_version
+    ]
+    raise typer.Exit(0 if result.results else 1) if deployed or weeks else typer.Exit(0)
+
+
+@app.command()
+def replay(
+    data: Annotated[Path, typer.Argument(help="Labelled data (Parquet or CSV) to replay.")],
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option(help="Model to replay for.")] = None,
+    skip: Annotated[int, typer.Option(help="Periods to skip (the training period).")] = 8,
+    weeks: Annotated[int | None, typer.Option(help="Replay only this many periods.")] = None,
+    every: Annotated[str, typer.Option(help="Period length (pandas offset, e.g. 7D, 1D).")] = "7D",
+    speed: Annotated[float, typer.Option(help="The pause between periods is 2 s / speed.")] = 10.0,
+    wait: Annotated[bool, typer.Option(help="Wait for the daemon after each period.")] = True,
+) -> None:
+    """Feed a labelled data set to a running daemon period by period, as production would."""
+    from watcher.pipeline import read_table
+    from watcher.replay import PeriodResult, Replay
+
+    settings = _load(config)
+    name = model or next(iter(settings.models), None)
+    if name is None:
+        err.print("error: the config has no models")
+        raise typer.Exit(2)
+
+    def show(p: PeriodResult) -> None:
+        share = "-" if p.drift_share is None else f"{p.drift_share:.2f}"
+        out.print(
+            f"{p.start:%Y-%m-%d} rows={p.rows} served=v{p.served_version} "
+            f"drift_share={share} decision={p.decision or p.status} mae={p.mae:.2f}"
+        )
+
+    try:
+        Replay(settings, name, read_table(data)).run(
+            skip=skip,
+            limit=weeks,
+            every=every,
+            wait=wait,
+            pause=2.0 / speed if speed > 0 else 0.0,
+            on_period=show,
+        )
+    except (WatcherError, OSError) as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
