@@ -38,6 +38,7 @@ class Query:
     where: str
     expr: str
     kind: str  # "panel", "annotation", "variable" or "rule"
+    instant: bool = False  # Grafana runs it as an instant query (rules always are)
 
 
 def dashboard_queries() -> list[Query]:
@@ -48,7 +49,8 @@ def dashboard_queries() -> list[Query]:
         for panel in board["panels"]:
             for target in panel.get("targets", []):
                 where = f"{path.name} / {panel['title']} / {target['refId']}"
-                found.append(Query(where, target["expr"], "panel"))
+                instant = bool(target.get("instant"))
+                found.append(Query(where, target["expr"], "panel", instant))
         for ann in board.get("annotations", {}).get("list", []):
             where = f"{path.name} / annotation {ann['name']}"
             found.append(Query(where, ann["expr"], "annotation"))
@@ -60,7 +62,7 @@ def dashboard_queries() -> list[Query]:
 def rule_queries() -> list[Query]:
     doc = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))
     return [
-        Query(f"rule {rule.get('alert') or rule.get('record')}", rule["expr"], "rule")
+        Query(f"rule {rule.get('alert') or rule.get('record')}", rule["expr"], "rule", True)
         for group in doc["groups"]
         for rule in group["rules"]
     ]

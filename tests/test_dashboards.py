@@ -71,6 +71,8 @@ def test_three_dashboards_with_fixed_unique_uids() -> None:
         assert board["title"].startswith("watcher / ")
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        titles = [p["title"] for p in panels(board)]
+        assert len(titles) == len(set(titles)), f"{name}: duplicate panel titles"
 
 
 def test_panels_fit_the_grid_and_say_what_they_answer() -> None:
@@ -169,7 +171,9 @@ def test_operations_shows_latency_delivery_and_the_process() -> None:
         "process_cpu_seconds_total",
     ):
         assert needed in text, needed
-    assert "sum by (model, reason)" in " ".join(by_title["Rejected batches by reason"])
+    (by_reason,) = by_title["Rejected batches by reason in the time range"]
+    assert by_reason.startswith("sum by (model, reason)")
+    assert "watcher_batches_rejected_total offset $__range" in by_reason
 
 
 def _declared_labels(metrics: Metrics) -> dict[str, set[str]]:

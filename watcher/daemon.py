@@ -123,6 +123,7 @@ class Daemon:
             )
             self.models[name] = ModelRuntime(name, model_cfg, source, reference, performance)
             self._use_reference(name, reference)
+            self.metrics.init_model(name)
             self.metrics.source_up.labels(name).set(1)
         self._workers = self._build_workers()
         for worker in self._workers:

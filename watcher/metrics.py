@@ -207,6 +207,23 @@ class Metrics:
             registry=r,
         )
 
+    def init_model(self, model: str) -> None:
+        """Export a model's event counters at 0 before their first event.
+
+        Prometheus sees a labelled counter only once it is exported: one that first appears
+        already at 1 shows no increase at all, so the first rejected batch or retrain
+        trigger of a model would be invisible to rate()/increase() in dashboards and rules.
+        """
+        for outcome in ("scored", "rejected", "failed"):
+            self.batches.labels(model, outcome)
+        for outcome in ("triggered", "failed"):
+            self.retrain_triggers.labels(model, outcome)
+        self.dag_paused.labels(model)
+        self.late_rows.labels(model)
+        self.sampled_rows.labels(model)
+        for kind in ("trigger", "alert"):
+            self.dead_letters.labels(kind)
+
     def set_model_version(self, model: str, version: str) -> None:
         """Exactly one `watcher_model_info` series per model: the version in use."""
         for family in self.model_info.collect():

@@ -7,6 +7,7 @@ from dashboards.grafana.panels import (
     Board,
     Q,
     bar_gauge,
+    events_in_range,
     stat_panel,
     state_timeline,
     table_panel,
@@ -161,16 +162,15 @@ def build() -> Board:
 
     board.row("Retraining and alerts")
     board.add(
-        timeseries(
-            "Retrain decisions",
+        bar_gauge(
+            "Retrain decisions in the time range",
             [
                 Q(
-                    "sum by (model, outcome) "
-                    "(increase(watcher_retrain_triggers_total[$__rate_interval]))",
+                    events_in_range("watcher_retrain_triggers_total", "model, outcome"),
                     "{{model}} {{outcome}}",
+                    instant=True,
                 )
             ],
-            bars=True,
             minimum=0,
             w=8,
         ),
@@ -186,15 +186,15 @@ def build() -> Board:
         "How many retraining runs are queued, running, succeeded or failed?",
     )
     board.add(
-        timeseries(
-            "Alert mails",
+        bar_gauge(
+            "Alert mails in the time range",
             [
                 Q(
-                    "sum by (kind, outcome) (increase(watcher_alerts_total[$__rate_interval]))",
+                    events_in_range("watcher_alerts_total", "kind, outcome"),
                     "{{kind}} {{outcome}}",
+                    instant=True,
                 )
             ],
-            bars=True,
             minimum=0,
             w=8,
         ),

@@ -7,6 +7,8 @@ from grafana_foundation_sdk.models.common import BigValueTextMode
 from dashboards.grafana.panels import (
     Board,
     Q,
+    bar_gauge,
+    events_in_range,
     stat_panel,
     state_timeline,
     table_panel,
@@ -163,16 +165,15 @@ def build() -> Board:
         "What share of each feature's values were missing in each batch?",
     )
     board.add(
-        timeseries(
-            "Data quality violations",
+        bar_gauge(
+            "Data quality violations in the time range",
             [
                 Q(
-                    "sum by (check) (increase("
-                    f"watcher_data_quality_violations_total{{{M}}}[$__rate_interval]))",
+                    events_in_range(f"watcher_data_quality_violations_total{{{M}}}", "check"),
                     "{{check}}",
+                    instant=True,
                 )
             ],
-            bars=True,
             minimum=0,
         ),
         "Which data quality checks failed (missing values, out of range, unseen categories)?",
@@ -211,16 +212,15 @@ def build() -> Board:
         "How many of this model's batches were scored, rejected or failed?",
     )
     board.add(
-        timeseries(
-            "Rejected batches by reason",
+        bar_gauge(
+            "Rejected batches by reason in the time range",
             [
                 Q(
-                    "sum by (reason) "
-                    f"(increase(watcher_batches_rejected_total{{{M}}}[$__rate_interval]))",
+                    events_in_range(f"watcher_batches_rejected_total{{{M}}}", "reason"),
                     "{{reason}}",
+                    instant=True,
                 )
             ],
-            bars=True,
             minimum=0,
             w=8,
         ),
@@ -242,16 +242,15 @@ def build() -> Board:
         "Are rows arriving after their window was scored, or being capped out of a window?",
     )
     board.add(
-        timeseries(
-            "Retrain decisions",
+        bar_gauge(
+            "Retrain decisions in the time range",
             [
                 Q(
-                    "sum by (outcome) "
-                    f"(increase(watcher_retrain_triggers_total{{{M}}}[$__rate_interval]))",
+                    events_in_range(f"watcher_retrain_triggers_total{{{M}}}", "outcome"),
                     "{{outcome}}",
+                    instant=True,
                 )
             ],
-            bars=True,
             minimum=0,
             w=8,
         ),

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.models.common import BigValueTextMode
 
-from dashboards.grafana.panels import JOB, Board, Q, stat_panel, state_timeline, timeseries
+from dashboards.grafana.panels import (
+    JOB,
+    Board,
+    Q,
+    bar_gauge,
+    events_in_range,
+    stat_panel,
+    state_timeline,
+    timeseries,
+)
 
 UID = "watcher-operations"
 UP_DOWN = {"0": ("down", "red"), "1": ("up", "green")}
@@ -98,7 +107,7 @@ def build() -> Board:
     board.row("Delivery")
     board.add(
         timeseries(
-            "Outbox pending",
+            "Outbox pending by kind",
             [Q("watcher_outbox_pending", "{{kind}}")],
             minimum=0,
             w=8,
@@ -130,15 +139,15 @@ def build() -> Board:
         "Which actions did the daemon give up on after permanent failures?",
     )
     board.add(
-        timeseries(
-            "Alert mails by outcome",
+        bar_gauge(
+            "Alert mails by outcome in the time range",
             [
                 Q(
-                    "sum by (outcome) (increase(watcher_alerts_total[$__rate_interval]))",
+                    events_in_range("watcher_alerts_total", "outcome"),
                     "{{outcome}}",
+                    instant=True,
                 )
             ],
-            bars=True,
             minimum=0,
             w=8,
         ),
@@ -172,34 +181,34 @@ def build() -> Board:
 
     board.row("Input")
     board.add(
-        timeseries(
-            "Rejected batches by reason",
+        bar_gauge(
+            "Rejected batches by reason in the time range",
             [
                 Q(
-                    "sum by (model, reason) "
-                    "(increase(watcher_batches_rejected_total[$__rate_interval]))",
+                    events_in_range("watcher_batches_rejected_total", "model, reason"),
                     "{{model}} {{reason}}",
+                    instant=True,
                 )
             ],
-            bars=True,
             minimum=0,
+            steps=[(None, "orange")],
         ),
-        "Which checks quarantined batches (too few rows, missing columns, unreadable files...)?",
+        "Which checks quarantined batches (too few rows, missing columns, empty files...)?",
     )
     board.add(
         timeseries(
-            "Failed batches",
+            "Rejected and failed batches",
             [
                 Q(
-                    "sum by (model) "
-                    '(increase(watcher_batches_total{outcome="failed"}[$__rate_interval]))',
-                    "{{model}}",
+                    "sum by (model, outcome) (increase("
+                    'watcher_batches_total{outcome=~"rejected|failed"}[$__rate_interval]))',
+                    "{{model}} {{outcome}}",
                 )
             ],
             bars=True,
             minimum=0,
         ),
-        "Did scoring crash on any batch (a bug or an I/O problem, not bad data)?",
+        "When were batches rejected (bad data) or did scoring fail (a bug or an I/O problem)?",
     )
 
     board.row("Process")

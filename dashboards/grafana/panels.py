@@ -136,6 +136,19 @@ class Board:
         return self._next_id - 1
 
 
+def events_in_range(selector: str, by: str) -> str:
+    """PromQL: how many times a counter went up in the dashboard's time range, by labels.
+
+    `increase()` cannot see the first event of a labelled counter whose label values are
+    not known in advance (a rejection reason, an alert kind): its series first appears
+    already at 1. Subtracting the value at the start of the range, or 0 for a series that
+    did not exist then, counts that event too; `clamp_min` turns the drop of a daemon
+    restart into 0 (events before a restart in the range are then not counted).
+    """
+    start = f"{selector} offset $__range or {selector} * 0"
+    return f"sum by ({by}) (clamp_min({selector} - ({start}), 0))"
+
+
 def _target(q: Q, ref_id: str) -> prometheus.Dataquery:
     target = (
         prometheus.Dataquery()
