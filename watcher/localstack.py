@@ -113,6 +113,8 @@ def airflow_env(
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
     }
     env.pop("WATCHER_CONFIG", None)
+    # `airflow standalone` starts its components as `airflow ...` from PATH: make it ours.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra or {})
     return env
 

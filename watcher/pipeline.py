@@ -11,20 +11,20 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from watcher.alerts import alert_action
-from watcher.config import ModelConfig, Settings
+from watcher.config import ModelConfig, PolicyConfig, Settings
 from watcher.drift import engine
 from watcher.drift.quality import QualityReport, ReferenceProfile, check_batch, profile_reference
 from watcher.errors import BatchRejected, ReferenceDataError
 from watcher.metrics import Metrics
 from watcher.performance import PerformanceTracker
-from watcher.policy import DAY, PolicyInput, Verdict, decide, run_id_for
+from watcher.policy import DAY, PolicyInput, Verdict, decide, run_id_for, streak_of
 from watcher.sources.base import BatchRef, Source
 from watcher.state import Action, StateStore
 
@@ -142,16 +142,16 @@ class Pipeline:
                 clean, quality = check_batch(
                     frame, rt.reference.profile, rt.cfg.columns, rt.cfg.quality, ref.batch_id
                 )
+            with self._stage(rt.name, "drift"):
+                drift = engine.score(
+                    rt.reference.prepared,
+                    clean,
+                    drift_share=rt.cfg.drift.drift_share,
+                    num_stattest=rt.cfg.drift.num_stattest,
+                    cat_stattest=rt.cfg.drift.cat_stattest,
+                )
         except BatchRejected as exc:
             return self._reject(rt, ref, exc)
-        with self._stage(rt.name, "drift"):
-            drift = engine.score(
-                rt.reference.prepared,
-                clean,
-                drift_share=rt.cfg.drift.drift_share,
-                num_stattest=rt.cfg.drift.num_stattest,
-                cat_stattest=rt.cfg.drift.cat_stattest,
-            )
         with self._stage(rt.name, "record"):
             verdict = self._record(rt, ref, clean, quality, drift)
         rt.source.archive(ref)
@@ -220,8 +220,13 @@ class Pipeline:
     ) -> Verdict:
         result: dict[str, Any] = {"drift": drift.to_json_dict(), "quality": quality.to_dict()}
         # The drift report is rendered only for a batch that raises a drift alert, and
-        # before the transaction, so the mail that cites it never points at nothing.
+        # before the transaction, so the mail that cites it never points at nothing. Not
+        # inside it: rendering (and evidently's first import) takes seconds, and the
+        # transaction holds the store's lock, which the dispatchers and the tracker on the
+        # event loop need for every read.
         report_path: str | None = None
+        if drift.dataset_drift and self._opens_drift_incident(rt):
+            report_path = self._write_report(rt, ref, frame)
         with self.store.transaction() as conn:
             self.store.finish_batch(
                 conn,
@@ -242,8 +247,14 @@ class Pipeline:
                     active_run=self.store.has_active_run(conn, rt.name),
                     now=now,
                 ),
-                rt.cfg.policy,
+                self._policy(rt),
             )
+            if verdict.outcome == "dry_run" and not rt.cfg.policy.dry_run:
+                verdict = replace(
+                    verdict,
+                    reason=verdict.reason.split(";")[0]
+                    + "; Airflow is not enabled ([airflow] enabled = false): not triggered",
+                )
             run_id = run_id_for(rt.name, ref.batch_id) if verdict.triggers else None
             self.store.record_decision(
                 conn,
@@ -258,14 +269,31 @@ class Pipeline:
             opened = verdict.open_incident and self.store.open_incident(
                 conn, incident, "drift", rt.name, {"batch_id": ref.batch_id}
             )
-            if opened:
-                report_path = self._write_report(rt, ref, frame)
             for action in self._actions(conn, rt, ref, drift, verdict, run_id, opened, report_path):
                 self.store.enqueue(conn, action)
             if verdict.triggers:
                 self.store.reset_streak(conn, rt.name)
             rt.source.commit(conn, ref)
         return verdict
+
+    def _opens_drift_incident(self, rt: ModelRuntime) -> bool:
+        """Will this drifted batch open the model's drift incident? `decide`'s rule, read
+        before the batch's transaction; exact, because only this pipeline, one batch at a
+        time, writes a model's drift history and drift incident."""
+        with self.store.transaction() as conn:
+            flags = self.store.drift_flags_since_reset(conn, rt.name, rt.cfg.policy.consecutive)
+            is_open = conn.execute(
+                "SELECT 1 FROM incidents WHERE key = ? AND resolved_at IS NULL",
+                (f"drift:{rt.name}",),
+            ).fetchone()
+        return is_open is None and 1 + streak_of(flags) == rt.cfg.policy.consecutive
+
+    def _policy(self, rt: ModelRuntime) -> PolicyConfig:
+        """Without Airflow a trigger could never be delivered: decide as a dry run instead of
+        piling undeliverable actions into the outbox."""
+        if self.settings.airflow.enabled:
+            return rt.cfg.policy
+        return rt.cfg.policy.model_copy(update={"dry_run": True})
 
     def _actions(
         self,
