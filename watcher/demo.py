@@ -265,7 +265,7 @@ def run_demo(
             workdir / "prometheus",
             ports["prometheus"],
             f"127.0.0.1:{ports['metrics']}",
-            REPO / "dashboards" / "prometheus" / "rules.yml",
+            REPO / "dashboards" / "prometheus" / "rules" / "watcher.rules.yml",
         )
         if prom is not None:
             demo.services.append(prom)
