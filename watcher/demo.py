@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tomllib
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,7 @@ def _row(r: PeriodResult) -> list[str]:
     )
     return [
         str(r.index),
-        f"{r.start:%Y-%m-%d}",
+        f"{r.start:%m-%d}",
         str(r.rows),
         drift,
         ", ".join(r.top_features) or "-",
@@ -284,6 +285,7 @@ def run_demo(
             replay.run(
                 limit=weeks, pause=max(0.0, 2.0 / speed) if speed > 0 else 0.0, on_period=show
             )
+        save_summary(demo, daemon)
         print_summary(demo, console)
         if keep_running:
             console.print("[bold]services keep running[/bold]; press Ctrl-C to stop them")
@@ -293,6 +295,22 @@ def run_demo(
     finally:
         demo.stop()
     return demo
+
+
+def save_summary(demo: DemoRun, daemon: Service) -> None:
+    """summary.json and a last scrape of /metrics, for people and for the end-to-end test."""
+    with contextlib.suppress(OSError), urllib.request.urlopen(daemon.url, timeout=10) as resp:
+        (demo.workdir / "metrics.txt").write_bytes(resp.read())
+    summary = {
+        "model": demo.model,
+        "weeks": [
+            {k: (str(v) if isinstance(v, pd.Timestamp) else v) for k, v in vars(r).items()}
+            for r in demo.results
+        ],
+        "mails": [str(p) for p in sorted(demo.mail.folder.glob("*.eml"))],
+        "urls": demo.urls,
+    }
+    (demo.workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
 def print_summary(demo: DemoRun, console: Console) -> None:

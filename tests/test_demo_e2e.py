@@ -1,0 +1,146 @@
+"""`watcher demo`, short form, end to end: real Airflow 3.3.2, a real SMTP server, the real
+daemon, the real Bikeshare data. And nothing of it is left running afterwards."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import wait_for
+
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
+
+
+def processes_of(workdir: Path) -> list[str]:
+    """Live processes that belong to a demo: started inside it or told about it."""
+    found = []
+    marker = str(workdir).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline or marker in environ:
+            shown = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{proc.name}: {shown}")
+    return found
+
+
+def run_demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "watcher", "demo", "--workdir", str(workdir), "--speed", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+
+
+def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    proc = run_demo(workdir, "--weeks", "10")
+    try:
+        output, _ = proc.communicate(timeout=1500)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, output[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    weeks = summary["weeks"]
+    assert len(weeks) == 10
+
+    # At least one retrain was triggered through Airflow and deployed a new version.
+    triggered = [w for w in weeks if w["decision"] == "triggered"]
+    assert triggered, [w["decision"] for w in weeks]
+    deployed = [w for w in triggered if w["version_after"] not in (None, w["served_version"])]
+    assert deployed, [(w["run_state"], w["version_after"]) for w in triggered]
+    first = weeks.index(deployed[0])
+    assert all(w["run_state"] in ("success", "failed") for w in triggered)
+
+    # The daemon switched its reference to the deployed version.
+    import sqlite3
+
+    db = sqlite3.connect(workdir / "state" / "state.db")
+    (reference,) = db.execute(
+        "SELECT reference_version FROM model_state WHERE model = 'bikeshare'"
+    ).fetchone()
+    versions = {r[0] for r in db.execute("SELECT DISTINCT reference_version FROM batches")}
+    db.close()
+    assert reference == f"v{deployed[-1]['version_after']}"
+    assert {"v1", reference} <= versions  # batches were scored against both references
+
+    # The weeks after the first deployment were served by a retrained model, and better
+    # than version 1 would have done on the very same weeks.
+    after = weeks[first + 1 :]
+    assert after
+    assert all(w["served_version"] != "1" for w in after)
+    rows = sum(w["rows"] for w in after)
+    loop_mae = sum(w["mae"] * w["rows"] for w in after) / rows
+    static_mae = sum(w["baseline_mae"] * w["rows"] for w in after) / rows
+    assert loop_mae < static_mae, (loop_mae, static_mae)
+
+    # Mails: drift and the triggered retrain from the daemon, the deployment from the DAG.
+    mails = [
+        email.message_from_bytes(Path(p).read_bytes(), policy=email.policy.default)
+        for p in summary["mails"]
+    ]
+    subjects = [str(m["Subject"]) for m in mails]
+    assert any("dataset drift" in s for s in subjects), subjects
+    assert any("retraining triggered" in s for s in subjects), subjects
+    assert any("deployed" in s for s in subjects), subjects
+
+    # Metrics were exported by the daemon (its last scrape, taken before it stopped).
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families((workdir / "metrics.txt").read_text())
+        for s in fam.samples
+    }
+    assert samples[("watcher_batches_total", (("model", "bikeshare"), ("outcome", "scored")))] == 10
+    assert samples[("watcher_model_info", (("model", "bikeshare"), ("version", reference)))] == 1
+    assert samples[
+        ("watcher_retrain_triggers_total", (("model", "bikeshare"), ("outcome", "triggered")))
+    ] == len(triggered)
+    assert ("watcher_model_performance", (("metric", "mae"), ("model", "bikeshare"))) in samples
+
+    # Every service the demo started is gone.
+    assert processes_of(workdir) == []
+
+
+def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    proc = run_demo(workdir, "--weeks", "30")
+    try:
+        wait_for(
+            lambda: (
+                (workdir / "data" / "incoming" / "processed").is_dir()
+                and any((workdir / "data" / "incoming" / "processed").iterdir())
+            ),
+            600,
+            interval=1,
+            what="the replay to start",
+        )
+        assert len(processes_of(workdir)) >= 3  # airflow, the daemon, ...
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output[-2000:]
+    assert "every service was stopped" in output
+    deadline = time.monotonic() + 30
+    while processes_of(workdir) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert processes_of(workdir) == []
