@@ -423,6 +423,17 @@ class StateStore:
                 (time.time(), item_id),
             )
 
+    @staticmethod
+    def complete_actions(conn: sqlite3.Connection, item_ids: list[int]) -> None:
+        """Mark actions done inside a transaction: alerts folded into a digest mail are done
+        in the same transaction that enqueues the digest, so each is mailed exactly once."""
+        now = time.time()
+        conn.executemany(
+            "UPDATE outbox SET status = 'done', done_at = ?, attempts = attempts + 1 "
+            "WHERE id = ? AND status = 'pending'",
+            [(now, item_id) for item_id in item_ids],
+        )
+
     def reschedule(self, item_id: int, next_attempt_at: float, error: str) -> None:
         with self.transaction() as conn:
             conn.execute(

@@ -1,0 +1,349 @@
+"""The mail dispatcher: delivers alert actions from the outbox, at least once, without floods.
+
+Each round (a `PeriodicWorker` named "mail-dispatcher"):
+
+1. **Reminders.** An open incident (`StateStore.open_incidents`) whose last mail is older
+   than ``alerts.reminder_interval_seconds`` gets a "reminder" alert, keyed by the
+   incident, its open time and the reminder number, unless a mail about it is still waiting.
+2. **Digest.** When more than ``alerts.digest_threshold`` alerts are due (counting the mails
+   sent in the last ``alerts.digest_window_seconds``), the due alerts are held until the
+   oldest has waited one window, so a burst collects, and then folded into one digest per
+   recipient list. The digest is written to the outbox and its members marked done in one
+   transaction: each alert is mailed exactly once, alone or in a digest.
+3. **Delivery.** Each due mail is sent with its deterministic Message-ID. Transient SMTP
+   errors are retried in place with stamina (bounded by ``smtp.retry_attempts`` and
+   ``smtp.retry_timeout_seconds``), then the mail is rescheduled with jittered exponential
+   backoff and the round stops (the server is down; the rest waits). After
+   ``smtp.max_delivery_rounds`` rounds, or when the server refuses the message itself (5xx),
+   the mail is parked as a dead letter: `watcher_dead_letters_total{kind="alert"}` and an
+   error log line. Configuration errors (login refused, untrusted certificate) are not
+   retried in place but rescheduled: the message is fine, the settings are not.
+
+While no mail is due, the server is probed (connect, TLS, login, NOOP) once a minute, so
+`watcher_smtp_up` says whether mail would work before an alert needs it.
+
+A sent mail touches its incident (`StateStore.touch_incident`), which restarts the
+reminder clock. A crash between sending and marking done re-sends the mail on restart with
+the same Message-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import stamina
+
+from watcher.alerts import Severity, alert_action
+from watcher.alerts.compose import KINDS, compose, secret_values
+from watcher.alerts.render import format_duration, label
+from watcher.alerts.smtp import MessageRefused, SmtpSender, redact
+from watcher.config import Settings
+from watcher.errors import MailError
+from watcher.metrics import Metrics
+from watcher.state import Action, OutboxItem, StateStore
+from watcher.workers import PeriodicWorker
+
+log = logging.getLogger(__name__)
+
+_SEVERITY_ORDER = ("critical", "warning", "info")
+
+
+def _severity(value: object) -> Severity:
+    return value if value in ("critical", "warning", "info") else "warning"
+
+
+def _is_transient(exc: Exception) -> bool:
+    return isinstance(exc, MailError) and exc.transient
+
+
+class MailDispatcher:
+    """Delivers due outbox items of kind "alert" by email. See the module docstring."""
+
+    name = "mail-dispatcher"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        metrics: Metrics,
+        *,
+        interval_seconds: float | None = None,
+        backoff_initial_seconds: float = 30.0,
+        backoff_max_seconds: float = 1800.0,
+        probe_interval_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.interval_seconds = (
+            interval_seconds
+            if interval_seconds is not None
+            else settings.daemon.poll_interval_seconds
+        )
+        self.backoff_initial = backoff_initial_seconds
+        self.backoff_max = backoff_max_seconds
+        self.clock = clock
+        self.sender = SmtpSender(settings.smtp)
+        self._secrets = secret_values(settings)
+        # When single mails went out recently: a burst counts them against the threshold.
+        self._sent_at: deque[float] = deque()
+        # While no mail is due, the server is probed this often so watcher_smtp_up is true.
+        self.probe_interval = probe_interval_seconds
+        self._last_contact = float("-inf")
+        self._up: bool | None = None
+
+    def _set_up(self, up: bool, why: str = "") -> None:
+        self._last_contact = self.clock()
+        self.metrics.smtp_up.set(1 if up else 0)
+        if up and self._up is False:
+            log.info(
+                "SMTP server %s:%s works again", self.settings.smtp.host, self.settings.smtp.port
+            )
+        elif not up and self._up is not False:
+            log.warning(
+                "SMTP server %s:%s does not take mail: %s",
+                self.settings.smtp.host,
+                self.settings.smtp.port,
+                why,
+            )
+        self._up = up
+
+    async def _probe(self) -> None:
+        try:
+            await self.sender.probe()
+        except MailError as exc:
+            self._set_up(False, redact(str(exc), self._secrets))
+        else:
+            self._set_up(True)
+
+    async def run_once(self) -> None:
+        now = self.clock()
+        self._enqueue_reminders(now)
+        due = self.store.due_actions("alert", now, limit=1000)
+        for item in self._plan(due, now):
+            if not await self._deliver(item):
+                break  # the server is down or misconfigured: the rest waits for a later round
+        if now - self._last_contact >= self.probe_interval:
+            await self._probe()
+        self.metrics.outbox_pending.labels("alert").set(self.store.pending_counts()["alert"])
+
+    async def close(self) -> None:
+        return  # one SMTP connection per mail: nothing stays open between rounds
+
+    # ---- reminders ------------------------------------------------------------------------
+
+    def _enqueue_reminders(self, now: float) -> None:
+        interval = self.settings.alerts.reminder_interval_seconds
+        incidents = self.store.open_incidents()
+        if not incidents:
+            return
+        waiting = self._incidents_with_pending_mail()
+        for inc in incidents:
+            key = str(inc["key"])
+            opened = float(inc["opened_at"])
+            last = inc["last_notified_at"]
+            if key in waiting or now - float(last if last is not None else opened) < interval:
+                continue
+            number = max(1, int((now - opened) // interval))
+            kind = str(inc["kind"])
+            what = KINDS[kind].headline if kind in KINDS else label(kind)
+            details: dict[str, Any] = dict(inc["details"] or {})
+            details |= {
+                "reminder": number,
+                "incident_kind": what,
+                "opened_at": opened,
+                "open_seconds": round(now - opened),
+                "last_notified_at": last,
+            }
+            action = alert_action(
+                "reminder",
+                # The open time tells a reopened incident's reminders from the last episode's.
+                key=f"reminder:{key}:{opened:.3f}:{number}",
+                model=inc["model"],
+                title=f"still open after {format_duration(now - opened)}: {what}",
+                severity=_severity(details.get("severity")),
+                details=details,
+                incident=key,
+            )
+            with self.store.transaction() as conn:
+                if StateStore.enqueue(conn, action, not_before=now):
+                    log.info("reminder %d for open incident %s enqueued", number, key)
+
+    def _incidents_with_pending_mail(self) -> set[str]:
+        waiting: set[str] = set()
+        for row in self.store.outbox_items(status="pending"):
+            if row["kind"] != "alert":
+                continue
+            payload = row["payload"]
+            waiting.add(str(payload.get("incident")))
+            for member in payload.get("members") or []:
+                waiting.add(str(member["payload"].get("incident")))
+        return waiting
+
+    # ---- digest -----------------------------------------------------------------------------
+
+    def _plan(self, due: list[OutboxItem], now: float) -> list[OutboxItem]:
+        """The mails to send this round: single alerts, or digests that replace them."""
+        cfg = self.settings.alerts
+        while self._sent_at and self._sent_at[0] < now - cfg.digest_window_seconds:
+            self._sent_at.popleft()
+        singles = [i for i in due if i.payload.get("alert") != "digest"]
+        digests = [i for i in due if i.payload.get("alert") == "digest"]
+        if len(singles) < 2 or len(singles) + len(self._sent_at) <= cfg.digest_threshold:
+            return due
+        if now - min(i.created_at for i in singles) < cfg.digest_window_seconds:
+            return digests  # a burst is building up: let it collect for one window
+        groups: dict[tuple[str, ...], list[OutboxItem]] = {}
+        for item in singles:
+            groups.setdefault(tuple(self.settings.recipients(item.model)), []).append(item)
+        planned = list(digests)
+        for recipients, members in groups.items():
+            if len(members) == 1:
+                planned.append(members[0])
+                continue
+            planned.append(self._fold(members, list(recipients), now))
+        return planned
+
+    def _fold(self, members: list[OutboxItem], recipients: list[str], now: float) -> OutboxItem:
+        keys = sorted(m.key for m in members)
+        key = "digest:" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
+        severities = [str(m.payload.get("severity")) for m in members]
+        severity = min(
+            severities, key=lambda s: _SEVERITY_ORDER.index(s) if s in _SEVERITY_ORDER else 9
+        )
+        payload = {
+            "alert": "digest",
+            "severity": severity,
+            "model": None,
+            "title": f"{len(members)} alerts",
+            "recipients": recipients,
+            "incident": None,
+            "members": [
+                {"key": m.key, "created_at": m.created_at, "payload": m.payload} for m in members
+            ],
+        }
+        with self.store.transaction() as conn:
+            StateStore.enqueue(conn, Action("alert", key, None, payload), not_before=now)
+            StateStore.complete_actions(conn, [m.id for m in members])
+        for m in members:
+            self.metrics.alerts.labels(str(m.payload.get("alert")), "digested").inc()
+        log.info("folded %d alerts for %s into digest %s", len(members), ", ".join(recipients), key)
+        item = next(i for i in self.store.due_actions("alert", now, limit=1000) if i.key == key)
+        return item
+
+    # ---- delivery ---------------------------------------------------------------------------
+
+    def _recipients(self, item: OutboxItem) -> list[str]:
+        if item.payload.get("alert") == "digest":
+            return list(item.payload.get("recipients") or [])
+        return self.settings.recipients(item.model)
+
+    async def _deliver(self, item: OutboxItem) -> bool:
+        """Send one mail. False when the round should stop (server-level failure)."""
+        kind = str(item.payload.get("alert"))
+        recipients = self._recipients(item)
+        if not recipients:
+            self._dead(
+                item,
+                kind,
+                f"no recipients for model {item.model!r}: set smtp.recipients or "
+                f"models.{item.model}.recipients",
+            )
+            return True
+        try:
+            message = await asyncio.to_thread(compose, item, self.settings, recipients)
+        except Exception as exc:
+            # A payload that cannot be rendered will not render next round either; park it
+            # rather than block every mail behind it.
+            log.exception("cannot compose alert %s", item.key)
+            self._dead(item, kind, f"cannot compose the mail: {exc!r}")
+            return True
+
+        cfg = self.settings.smtp
+        try:
+            async for attempt in stamina.retry_context(
+                on=_is_transient,
+                attempts=cfg.retry_attempts,
+                timeout=cfg.retry_timeout_seconds,
+            ):
+                with attempt:
+                    await self.sender.send(message, recipients)
+        except MessageRefused as exc:
+            self._set_up(True)  # the server answered; it refuses this message only
+            self._dead(item, kind, str(exc))
+            return True
+        except MailError as exc:
+            self._set_up(False, redact(str(exc), self._secrets))
+            self._failed_round(item, kind, exc)
+            return False
+
+        now = self.clock()
+        self.store.mark_done(item.id)
+        self._set_up(True)
+        self.metrics.alerts.labels(kind, "sent").inc()
+        if kind != "digest":
+            self._sent_at.append(now)
+        members = item.payload.get("members") or [{"payload": item.payload}]
+        for incident in {m["payload"].get("incident") for m in members} - {None}:
+            self.store.touch_incident(str(incident), now)
+        log.info(
+            "mailed %s %s (%s) to %d recipient(s)",
+            kind,
+            item.key,
+            message["Message-ID"],
+            len(recipients),
+            extra={"model": item.model},
+        )
+        return True
+
+    def _failed_round(self, item: OutboxItem, kind: str, exc: MailError) -> None:
+        rounds = item.attempts + 1
+        error = redact(str(exc), self._secrets)
+        if rounds >= self.settings.smtp.max_delivery_rounds:
+            self._dead(item, kind, f"gave up after {rounds} delivery rounds: {error}")
+            return
+        delay = min(self.backoff_max, self.backoff_initial * 2 ** (rounds - 1))
+        # Jitter spreads retries of many daemons (or many mails) after one outage; not crypto.
+        delay *= random.uniform(0.5, 1.0)  # noqa: S311
+        self.store.reschedule(item.id, self.clock() + delay, error)
+        self.metrics.alerts.labels(kind, "retry").inc()
+        log.warning(
+            "could not mail %s %s (round %d of %d), next try in %.0fs: %s",
+            kind,
+            item.key,
+            rounds,
+            self.settings.smtp.max_delivery_rounds,
+            delay,
+            error,
+            extra={"model": item.model},
+        )
+
+    def _dead(self, item: OutboxItem, kind: str, error: str) -> None:
+        error = redact(error, self._secrets)
+        self.store.mark_dead(item.id, error)
+        self.metrics.dead_letters.labels("alert").inc()
+        self.metrics.alerts.labels(kind, "dead").inc()
+        log.error(
+            "alert %s (%s) parked as a dead letter: %s; it will not be mailed "
+            "(the outbox keeps it with status 'dead')",
+            item.key,
+            kind,
+            error,
+            extra={"model": item.model},
+        )
+
+
+def build_mail_workers(
+    settings: Settings, store: StateStore, metrics: Metrics
+) -> list[PeriodicWorker]:
+    """The workers that deliver alert mails; the daemon starts them when smtp.enabled."""
+    metrics.outbox_pending.labels("alert").set(store.pending_counts()["alert"])
+    return [MailDispatcher(settings, store, metrics)]
