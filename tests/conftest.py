@@ -7,4 +7,9 @@ import os
 # No test may leak to the developer's Airflow, SMTP or state by accident.
 os.environ.pop("AIRFLOW_HOME", None)
 
-pytest_plugins: list[str] = ["fixtures_airflow", "fixtures_dashboards", "fixtures_postgres"]
+pytest_plugins: list[str] = [
+    "fixtures_airflow",
+    "fixtures_smtp",
+    "fixtures_dashboards",
+    "fixtures_postgres",
+]
