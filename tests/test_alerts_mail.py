@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,11 @@ from prometheus_client import generate_latest
 from watcher.alerts import alert_action
 from watcher.alerts.compose import message_id
 from watcher.alerts.dispatcher import MailDispatcher, build_mail_workers
+from watcher.alerts.kinds import (
+    GRAFANA_MODEL_DASHBOARD,
+    GRAFANA_OPERATIONS_DASHBOARD,
+    GRAFANA_OVERVIEW_DASHBOARD,
+)
 from watcher.alerts.report import write_drift_report
 from watcher.config import ColumnsConfig, Settings
 from watcher.metrics import Metrics
@@ -394,7 +400,7 @@ def test_every_alert_kind_arrives_with_subject_parts_table_links_and_report(
     assert "<td" in html
     assert ">wasserstein<" in html
     assert ">0.4213<" in html
-    grafana = f"{GRAFANA}/d/watcher-model?var-model=bikes"
+    grafana = f"{GRAFANA}/d/watcher-model-detail?var-model=bikes"
     assert grafana in text
     assert f'href="{grafana}"' in html
     assert "67%" in text  # drift_share shown as a share
@@ -424,7 +430,9 @@ def test_every_alert_kind_arrives_with_subject_parts_table_links_and_report(
     assert "DAG not found" in text_of(mails["trigger_refused"])
     assert f"{AIRFLOW_UI}/dags/retrain_bikes" in text_of(mails["dag_paused"])
     assert "6 min" in text_of(mails["airflow_unreachable"])  # down_seconds as a duration
-    assert f"{GRAFANA}/d/watcher-overview" in text_of(mails["airflow_unreachable"])
+    assert f"{GRAFANA}/d/watcher-operations" in text_of(mails["airflow_unreachable"])
+    assert f"{GRAFANA}/d/watcher-operations" in text_of(mails["retrain_failed"])
+    assert "watcher-operations" not in text_of(mails["drift_persisting"])
     assert "45 min" in text_of(mails["source_silent"])
     rejected = text_of(mails["batch_rejected"])
     assert "column temp is entirely missing" in rejected
@@ -579,7 +587,7 @@ def test_burst_of_50_drift_alerts_across_5_models_becomes_one_digest(
     assert msg["X-Watcher-Alert"] == "digest"
     text, html = text_of(msg), html_of(msg)
     for m in models:
-        assert f"{GRAFANA}/d/watcher-model?var-model={m}" in text
+        assert f"{GRAFANA}/d/watcher-model-detail?var-model={m}" in text
         assert text.count(f" {m} ") >= 10
     assert text.count("dataset drift in 3 consecutive batches") == 50
     assert html.count("<tr>") >= 50
@@ -779,3 +787,38 @@ def test_idle_dispatcher_probes_the_server_so_smtp_up_tells_the_truth(
     wrong = make_settings(server, tmp_path, smtp={"username": "watcher", "password": "Wrong-Pa55"})
     run_round(MailDispatcher(wrong, store, metrics, probe_interval_seconds=0))
     assert metrics.registry.get_sample_value("watcher_smtp_up") == 0
+
+
+def test_grafana_links_point_at_provisioned_dashboards() -> None:
+    """The uids mails link to are the ones dashboards/ provisions (and model-detail has `model`)."""
+    folder = Path(__file__).parents[1] / "dashboards" / "grafana" / "dashboards"
+    boards = {}
+    for path in folder.glob("*.json"):
+        board = json.loads(path.read_text(encoding="utf-8"))
+        boards[board["uid"]] = [v["name"] for v in board.get("templating", {}).get("list", [])]
+    assert GRAFANA_OVERVIEW_DASHBOARD in boards
+    assert GRAFANA_OPERATIONS_DASHBOARD in boards
+    assert "model" in boards[GRAFANA_MODEL_DASHBOARD]
+
+
+def test_digest_per_recipient_list(
+    smtp_server: SmtpServer, tmp_path: Path, store: StateStore
+) -> None:
+    settings = make_settings(
+        smtp_server,
+        tmp_path,
+        models=("bikes", "taxis", "rides"),
+        alerts={"digest_threshold": 2, "digest_window_seconds": 0},
+    )
+    settings.models["taxis"].recipients = ["taxi-team@example.org"]
+    enqueue(
+        store, *[drift_alert(m, f"b{i}") for i in range(3) for m in ("bikes", "taxis", "rides")]
+    )
+    run_round(dispatcher(settings, store, Metrics()))
+    mails = smtp_server.wait_for(2)
+    time.sleep(0.2)
+    assert len(smtp_server.messages) == 2
+    by_rcpt = {tuple(m.rcpt_tos): m.message for m in mails}
+    assert subject_of(by_rcpt[("oncall@example.org",)]).endswith("6 alerts for 2 model(s)")
+    assert subject_of(by_rcpt[("taxi-team@example.org",)]).endswith("3 alerts for 1 model(s)")
+    assert "taxis" not in text_of(by_rcpt[("oncall@example.org",)])

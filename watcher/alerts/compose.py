@@ -1,51 +1,32 @@
 """An alert mail from an outbox item: subject, plain text + HTML, links and the drift report.
 
-The payload is the one `watcher.alerts.alert_action` builds: ``alert`` (the kind),
-``severity``, ``model``, ``title``, ``details``, ``features``, ``batch``, ``run``,
-``report_path`` and ``incident``. Every kind renders the same parts; what differs is the
-headline, the advice and which ``details`` keys it usually carries:
-
-=====================  ==========================================================================
-kind                   details keys read (all optional)
-=====================  ==========================================================================
-drift_persisting       streak, drift_share, drifted_features, decision, reason
-drift_resolved         clean_batches, opened_at, duration_seconds
-retrain_triggered      dag_id, reason, dry_run
-retrain_deployed       version, previous_version, primary_metric, champion, challenger
-retrain_not_deployed   reason (the gate's), version, primary_metric, champion, challenger, margin
-retrain_failed         state, failed_task, error
-trigger_refused        dag_id, status, error
-dag_paused             dag_id, unpaused
-airflow_unreachable    down_since, down_seconds, error
-airflow_recovered      down_since, down_seconds
-source_silent          last_batch_at, silent_seconds
-source_recovered       silent_seconds
-batch_rejected         reason, check
-reminder               reminder, incident_kind, opened_at, open_seconds, last_notified_at
-=====================  ==========================================================================
-
-``champion`` and ``challenger`` are ``{metric: value}`` dicts, shown side by side. Any other
-key is shown as a row of a key/value table; keys ending in ``_at``/``since`` (Unix time),
-``_seconds`` and ``share`` are formatted as times, durations and percentages; keys that
-look like secrets are masked. ``features`` rows carry ``feature`` (or ``column``),
-``stattest`` (or ``test``), ``score``, ``threshold`` and ``drifted``; only drifted ones
-are listed. ``run`` carries ``dag_id`` and ``run_id`` (linked to the Airflow UI);
-``batch`` carries ``batch_id``, ``uri``, ``rows`` and whatever else the pipeline records.
-
-A digest (kind ``digest``, built by the dispatcher) lists its ``members`` instead.
+The payload is the one `watcher.alerts.alert_action` builds; `watcher.alerts.kinds` says
+what each kind says and which ``details`` keys it reads. Every value shown goes through a
+`Redactor`, so configured passwords never reach a mail. A digest (kind ``digest``, built by
+the dispatcher) lists its ``members`` instead of one alert.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from watcher.alerts.kinds import (
+    DETAIL_LABELS,
+    GRAFANA_MODEL_DASHBOARD,
+    GRAFANA_OPERATIONS_DASHBOARD,
+    GRAFANA_OVERVIEW_DASHBOARD,
+    KINDS,
+    LOWER_IS_BETTER,
+    OPERATIONS_KINDS,
+    SEVERITY_ORDER,
+    KindText,
+)
 from watcher.alerts.render import (
     Block,
     Links,
@@ -61,123 +42,6 @@ from watcher.alerts.render import (
 )
 from watcher.config import Settings
 from watcher.state import OutboxItem
-
-# Grafana dashboard uids the links point at; dashboards/ provisions them with these uids.
-GRAFANA_MODEL_DASHBOARD = "watcher-model"
-GRAFANA_OVERVIEW_DASHBOARD = "watcher-overview"
-
-_SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
-
-
-@dataclass(frozen=True)
-class KindText:
-    headline: str
-    advice: str
-
-
-KINDS: dict[str, KindText] = {
-    "drift_persisting": KindText(
-        "Dataset drift persists",
-        "The production data no longer looks like the reference. Check the drifted features "
-        "and the drift report; a retrain starts on its own when the policy allows it.",
-    ),
-    "drift_resolved": KindText(
-        "Drift resolved",
-        "Recent batches look like the reference again. Nothing to do.",
-    ),
-    "retrain_triggered": KindText(
-        "Retraining started",
-        "watcher asked Airflow to retrain the model. You will get a mail when the run ends.",
-    ),
-    "retrain_deployed": KindText(
-        "New model version deployed",
-        "The challenger beat the champion and is now in production; drift is measured "
-        "against its training data from now on.",
-    ),
-    "retrain_not_deployed": KindText(
-        "Retrain ended without deploying",
-        "The challenger did not pass the deployment gate, so the current model stays. "
-        "If drift continues, look at the data before retraining again.",
-    ),
-    "retrain_failed": KindText(
-        "Retrain failed",
-        "The Airflow run failed. Open the run, read the failed task's log, fix the cause; "
-        "the next persisting drift triggers a new run.",
-    ),
-    "trigger_refused": KindText(
-        "Airflow refused the retrain trigger",
-        "The DAG run was not created. Check that the DAG exists and the Airflow user may "
-        "trigger it.",
-    ),
-    "dag_paused": KindText(
-        "Retrain DAG is paused",
-        "Runs of a paused DAG never start. Unpause it in Airflow, or set "
-        "airflow.unpause_paused_dags to let watcher do it.",
-    ),
-    "airflow_unreachable": KindText(
-        "Airflow unreachable",
-        "watcher cannot reach the Airflow API; retrains wait in the outbox until it answers. "
-        "Check the api-server and the scheduler.",
-    ),
-    "airflow_recovered": KindText(
-        "Airflow reachable again",
-        "Pending triggers are being delivered. Nothing to do.",
-    ),
-    "source_silent": KindText(
-        "No new batches",
-        "The source delivered no batch for longer than expected. Check the upstream job "
-        "that writes predictions.",
-    ),
-    "source_recovered": KindText(
-        "Batches arrive again",
-        "The source delivers batches again. Nothing to do.",
-    ),
-    "batch_rejected": KindText(
-        "Batch rejected",
-        "The batch failed an input check and was set aside without scoring. Fix the "
-        "producer and deliver the batch again under a new name.",
-    ),
-    "reminder": KindText(
-        "Incident still open",
-        "This incident is still open. Nothing changed since the last mail.",
-    ),
-    "digest": KindText(
-        "Alert digest",
-        "Many alerts fired at once; they are listed here in one mail instead of one each.",
-    ),
-}
-
-# Rows of the details table, in this order; other keys follow in their payload order.
-DETAIL_LABELS: dict[str, str] = {
-    "reason": "Reason",
-    "check": "Check",
-    "decision": "Policy decision",
-    "streak": "Drifted batches in a row",
-    "drift_share": "Share of drifted features",
-    "drifted_features": "Drifted features",
-    "clean_batches": "Clean batches in a row",
-    "version": "Version",
-    "previous_version": "Previous version",
-    "margin": "Required margin",
-    "dag_id": "DAG",
-    "state": "Run state",
-    "failed_task": "Failed task",
-    "status": "HTTP status",
-    "error": "Error",
-    "unpaused": "Unpaused by watcher",
-    "dry_run": "Dry run",
-    "down_since": "Down since",
-    "down_seconds": "Down for",
-    "last_batch_at": "Last batch",
-    "silent_seconds": "Silent for",
-    "reminder": "Reminder number",
-    "incident_kind": "Incident",
-    "opened_at": "Open since",
-    "open_seconds": "Open for",
-    "duration_seconds": "Lasted",
-    "last_notified_at": "Last mail",
-}
-_LOWER_IS_BETTER = {"mae", "rmse", "mse", "mape", "log_loss"}
 
 
 def message_id(key: str, sender: str) -> str:
@@ -202,10 +66,11 @@ def secret_values(settings: Settings) -> tuple[str, ...]:
     return tuple(s.get_secret_value() for s in found if s is not None and s.get_secret_value())
 
 
-def grafana_link(settings: Settings, model: str | None) -> str:
+def grafana_link(settings: Settings, model: str | None, dashboard: str | None = None) -> str:
+    """The model's detail dashboard, or `dashboard` (a uid) when given or there is no model."""
     base = settings.alerts.grafana_url.rstrip("/")
-    if model is None:
-        return f"{base}/d/{GRAFANA_OVERVIEW_DASHBOARD}"
+    if dashboard is not None or model is None:
+        return f"{base}/d/{dashboard or GRAFANA_OVERVIEW_DASHBOARD}"
     return f"{base}/d/{GRAFANA_MODEL_DASHBOARD}?{urlencode({'var-model': model})}"
 
 
@@ -299,7 +164,12 @@ def _alert_blocks(
     if run:
         blocks.append(Table("Airflow run", _kv_rows(run, redact, {})))
 
-    links = [("Grafana dashboard", grafana_link(settings, model))]
+    links = []
+    if model:
+        links.append(("Grafana: model dashboard", grafana_link(settings, model)))
+    if kind in OPERATIONS_KINDS or not model:
+        ops = grafana_link(settings, None, GRAFANA_OPERATIONS_DASHBOARD)
+        links.append(("Grafana: operations dashboard", ops))
     dag_id = run.get("dag_id") or details.get("dag_id")
     if dag_id is None and model and kind in ("dag_paused", "trigger_refused"):
         dag_id = settings.dag_id(model) if model in settings.models else None
@@ -362,7 +232,7 @@ def _comparison(details: dict[str, Any], redact: Redactor) -> Table | None:
         if isinstance(old, int | float) and isinstance(new, int | float) and old != 0:
             change = f"{(new - old) / abs(old):+.1%}"
         name = f"{metric} (primary)" if metric == primary else str(metric)
-        if str(metric).lower() in _LOWER_IS_BETTER:
+        if str(metric).lower() in LOWER_IS_BETTER:
             name += ", lower is better"
         rows.append((redact(name), _num(old), _num(new), change))
     return Table("Champion vs challenger", rows, ("metric", "champion", "challenger", "change"))
@@ -398,7 +268,7 @@ def _digest_blocks(
 ) -> tuple[str, list[Block]]:
     members: list[dict[str, Any]] = list(payload.get("members") or [])
     members.sort(
-        key=lambda m: (_SEVERITY_ORDER.get(m["payload"].get("severity"), 3), m["created_at"])
+        key=lambda m: (SEVERITY_ORDER.get(m["payload"].get("severity"), 3), m["created_at"])
     )
     models = sorted({m["payload"].get("model") or "-" for m in members})
     headline = f"{len(members)} alerts for {len(models)} model(s)"
@@ -452,7 +322,7 @@ def _digest_blocks(
                 )
             )
     blocks.append(Table("Alerts", rows, ("when", "severity", "model", "what", "drifted features")))
-    links = [("Grafana overview", grafana_link(settings, None))]
+    links = [("Grafana: drift overview", grafana_link(settings, None))]
     links += [(f"Grafana: {m}", grafana_link(settings, m)) for m in models if m != "-"]
     blocks.append(Links("Links", links))
     if reports:

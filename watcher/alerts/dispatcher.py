@@ -41,7 +41,8 @@ from typing import Any
 import stamina
 
 from watcher.alerts import Severity, alert_action
-from watcher.alerts.compose import KINDS, compose, secret_values
+from watcher.alerts.compose import compose, secret_values
+from watcher.alerts.kinds import KINDS, SEVERITY_ORDER
 from watcher.alerts.render import format_duration, label
 from watcher.alerts.smtp import MessageRefused, SmtpSender, redact
 from watcher.config import Settings
@@ -51,8 +52,6 @@ from watcher.state import Action, OutboxItem, StateStore
 from watcher.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
-
-_SEVERITY_ORDER = ("critical", "warning", "info")
 
 
 def _severity(value: object) -> Severity:
@@ -216,9 +215,7 @@ class MailDispatcher:
         keys = sorted(m.key for m in members)
         key = "digest:" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
         severities = [str(m.payload.get("severity")) for m in members]
-        severity = min(
-            severities, key=lambda s: _SEVERITY_ORDER.index(s) if s in _SEVERITY_ORDER else 9
-        )
+        severity = min(severities, key=lambda s: SEVERITY_ORDER.get(s, 9))
         payload = {
             "alert": "digest",
             "severity": severity,

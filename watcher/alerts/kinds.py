@@ -1,0 +1,169 @@
+"""What each alert kind says, and which payload keys it reads.
+
+The payload is the one `watcher.alerts.alert_action` builds: ``alert`` (the kind),
+``severity``, ``model``, ``title``, ``details``, ``features``, ``batch``, ``run``,
+``report_path`` and ``incident``. Every kind renders the same parts; what differs is the
+headline, the advice and which ``details`` keys it usually carries:
+
+=====================  ==========================================================================
+kind                   details keys read (all optional)
+=====================  ==========================================================================
+drift_persisting       streak, drift_share, drifted_features, decision, reason
+drift_resolved         clean_batches, opened_at, duration_seconds
+retrain_triggered      dag_id, reason, dry_run
+retrain_deployed       version, previous_version, primary_metric, champion, challenger
+retrain_not_deployed   reason (the gate's), version, primary_metric, champion, challenger, margin
+retrain_failed         state, failed_task, error
+trigger_refused        dag_id, status, error
+dag_paused             dag_id, unpaused
+airflow_unreachable    down_since, down_seconds, error
+airflow_recovered      down_since, down_seconds
+source_silent          last_batch_at, silent_seconds
+source_recovered       silent_seconds
+batch_rejected         reason, check
+reminder               reminder, incident_kind, opened_at, open_seconds, last_notified_at
+=====================  ==========================================================================
+
+``champion`` and ``challenger`` are ``{metric: value}`` dicts, shown side by side. Any other
+key is shown as a row of a key/value table; keys ending in ``_at``/``since`` (Unix time),
+``_seconds`` and ``share`` are formatted as times, durations and percentages; keys that
+look like secrets are masked. ``features`` rows carry ``feature`` (or ``column``),
+``stattest`` (or ``test``), ``score``, ``threshold`` and ``drifted``; only drifted ones
+are listed. ``run`` carries ``dag_id`` and ``run_id`` (linked to the Airflow UI);
+``batch`` carries ``batch_id``, ``uri``, ``rows`` and whatever else the pipeline records.
+
+A digest (kind ``digest``, built by the dispatcher) lists its ``members`` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Grafana dashboard uids the links point at; dashboards/ provisions them with these uids.
+GRAFANA_MODEL_DASHBOARD = "watcher-model-detail"  # has a `model` variable
+GRAFANA_OVERVIEW_DASHBOARD = "watcher-drift-overview"
+GRAFANA_OPERATIONS_DASHBOARD = "watcher-operations"
+# Kinds about watcher's machinery (Airflow, retrains) rather than the data.
+OPERATIONS_KINDS = {
+    "retrain_triggered",
+    "retrain_deployed",
+    "retrain_not_deployed",
+    "retrain_failed",
+    "trigger_refused",
+    "dag_paused",
+    "airflow_unreachable",
+    "airflow_recovered",
+}
+
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+
+@dataclass(frozen=True)
+class KindText:
+    headline: str
+    advice: str
+
+
+KINDS: dict[str, KindText] = {
+    "drift_persisting": KindText(
+        "Dataset drift persists",
+        "The production data no longer looks like the reference. Check the drifted features "
+        "and the drift report; a retrain starts on its own when the policy allows it.",
+    ),
+    "drift_resolved": KindText(
+        "Drift resolved",
+        "Recent batches look like the reference again. Nothing to do.",
+    ),
+    "retrain_triggered": KindText(
+        "Retraining started",
+        "watcher asked Airflow to retrain the model. You will get a mail when the run ends.",
+    ),
+    "retrain_deployed": KindText(
+        "New model version deployed",
+        "The challenger beat the champion and is now in production; drift is measured "
+        "against its training data from now on.",
+    ),
+    "retrain_not_deployed": KindText(
+        "Retrain ended without deploying",
+        "The challenger did not pass the deployment gate, so the current model stays. "
+        "If drift continues, look at the data before retraining again.",
+    ),
+    "retrain_failed": KindText(
+        "Retrain failed",
+        "The Airflow run failed. Open the run, read the failed task's log, fix the cause; "
+        "the next persisting drift triggers a new run.",
+    ),
+    "trigger_refused": KindText(
+        "Airflow refused the retrain trigger",
+        "The DAG run was not created. Check that the DAG exists and the Airflow user may "
+        "trigger it.",
+    ),
+    "dag_paused": KindText(
+        "Retrain DAG is paused",
+        "Runs of a paused DAG never start. Unpause it in Airflow, or set "
+        "airflow.unpause_paused_dags to let watcher do it.",
+    ),
+    "airflow_unreachable": KindText(
+        "Airflow unreachable",
+        "watcher cannot reach the Airflow API; retrains wait in the outbox until it answers. "
+        "Check the api-server and the scheduler.",
+    ),
+    "airflow_recovered": KindText(
+        "Airflow reachable again",
+        "Pending triggers are being delivered. Nothing to do.",
+    ),
+    "source_silent": KindText(
+        "No new batches",
+        "The source delivered no batch for longer than expected. Check the upstream job "
+        "that writes predictions.",
+    ),
+    "source_recovered": KindText(
+        "Batches arrive again",
+        "The source delivers batches again. Nothing to do.",
+    ),
+    "batch_rejected": KindText(
+        "Batch rejected",
+        "The batch failed an input check and was set aside without scoring. Fix the "
+        "producer and deliver the batch again under a new name.",
+    ),
+    "reminder": KindText(
+        "Incident still open",
+        "This incident is still open. Nothing changed since the last mail.",
+    ),
+    "digest": KindText(
+        "Alert digest",
+        "Many alerts fired at once; they are listed here in one mail instead of one each.",
+    ),
+}
+
+# Rows of the details table, in this order; other keys follow in their payload order.
+DETAIL_LABELS: dict[str, str] = {
+    "reason": "Reason",
+    "check": "Check",
+    "decision": "Policy decision",
+    "streak": "Drifted batches in a row",
+    "drift_share": "Share of drifted features",
+    "drifted_features": "Drifted features",
+    "clean_batches": "Clean batches in a row",
+    "version": "Version",
+    "previous_version": "Previous version",
+    "margin": "Required margin",
+    "dag_id": "DAG",
+    "state": "Run state",
+    "failed_task": "Failed task",
+    "status": "HTTP status",
+    "error": "Error",
+    "unpaused": "Unpaused by watcher",
+    "dry_run": "Dry run",
+    "down_since": "Down since",
+    "down_seconds": "Down for",
+    "last_batch_at": "Last batch",
+    "silent_seconds": "Silent for",
+    "reminder": "Reminder number",
+    "incident_kind": "Incident",
+    "opened_at": "Open since",
+    "open_seconds": "Open for",
+    "duration_seconds": "Lasted",
+    "last_notified_at": "Last mail",
+}
+LOWER_IS_BETTER = {"mae", "rmse", "mse", "mape", "log_loss"}
