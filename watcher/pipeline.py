@@ -219,8 +219,9 @@ class Pipeline:
         drift: engine.DriftResult,
     ) -> Verdict:
         result: dict[str, Any] = {"drift": drift.to_json_dict(), "quality": quality.to_dict()}
-        # The drift report is rendered only for a batch that raises a drift alert, and
-        # before the transaction, so the mail that cites it never points at nothing. Not
+        # The drift report is rendered only for a batch that opens a drift incident, inside
+        # the transaction (so only once, and the mail that cites it never points at nothing).
+        # That holds the state lock for a second or so, a few times a day at most. Not
         # inside it: rendering (and evidently's first import) takes seconds, and the
         # transaction holds the store's lock, which the dispatchers and the tracker on the
         # event loop need for every read.
@@ -434,7 +435,10 @@ class Pipeline:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ref.batch_id)
         path = self.settings.daemon.state_dir / "reports" / rt.name / f"{safe}.html"
         try:
-            return str(write_drift_report(rt.reference.frame, frame, rt.cfg.columns, path))
+            written = write_drift_report(
+                rt.reference.frame, frame, rt.cfg.columns, path, drift=rt.cfg.drift
+            )
+            return str(written)
         except Exception:  # a report is a convenience: never lose the alert over it
             log.exception("could not write the drift report for %s/%s", rt.name, ref.batch_id)
             return None
