@@ -219,9 +219,8 @@ class Pipeline:
         drift: engine.DriftResult,
     ) -> Verdict:
         result: dict[str, Any] = {"drift": drift.to_json_dict(), "quality": quality.to_dict()}
-        # The drift report is rendered only for a batch that opens a drift incident, inside
-        # the transaction (so only once, and the mail that cites it never points at nothing).
-        # That holds the state lock for a second or so, a few times a day at most. Not
+        # The drift report is rendered only for a batch that opens a drift incident, and
+        # before the transaction, so the mail that cites it never points at nothing. Not
         # inside it: rendering (and evidently's first import) takes seconds, and the
         # transaction holds the store's lock, which the dispatchers and the tracker on the
         # event loop need for every read.
