@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -17,12 +18,13 @@ import pytest
 from fixtures_postgres import CATEGORICAL, NUMERIC, PgDatabase, PredictionLog, day
 from prometheus_client import CollectorRegistry
 
-from watcher.config import ColumnsConfig, SqlSourceConfig
+from watcher.config import ColumnsConfig, Settings, SqlSourceConfig, load_config
+from watcher.daemon import Daemon
 from watcher.errors import BatchRejected, ConfigError, SourceError
 from watcher.metrics import Metrics
 from watcher.sources.base import BatchRef
 from watcher.sources.labels import read_training_window
-from watcher.sources.sql import SqlSource
+from watcher.sources.sql import Progress, SqlSource
 from watcher.state import StateStore
 
 pytestmark = pytest.mark.postgres
@@ -610,3 +612,230 @@ def test_labels_join_by_id_newest_wins_and_training_window(
     sample = read_training_window(cfg, COLUMNS, day(1), day(3), max_rows=20)
     assert len(sample) == 20
     assert sample.attrs["sampled_from"] == len(two_days)
+
+
+# ---- the daemon on a live table -------------------------------------------------------------
+
+
+def daemon_settings(tmp: Path, db: PgDatabase, bikeshare: pd.DataFrame, table: str) -> Settings:
+    reference = tmp / "reference.parquet"
+    days(bikeshare, *range(1, 22))[[*NUMERIC, *CATEGORICAL, "predicted"]].to_parquet(reference)
+    listed = ", ".join(f'"{c}"' for c in NUMERIC)
+    cats = ", ".join(f'"{c}"' for c in CATEGORICAL)
+    config = tmp / "watcher.toml"
+    config.write_text(
+        f"""
+[daemon]
+state_dir = "{tmp / "state"}"
+poll_interval_seconds = 0.2
+
+[metrics]
+enabled = false
+
+[registry]
+path = "{tmp / "registry"}"
+
+[models.bikes]
+reference = "{reference}"
+
+[models.bikes.source]
+kind = "sql"
+dsn = "{db.url}"
+table = "{table}"
+window_seconds = 86400
+allowed_lateness_seconds = 3600
+late_check_interval_seconds = 0
+labels_table = "labels"
+
+[models.bikes.columns]
+numeric = [{listed}]
+categorical = [{cats}]
+prediction = "predicted"
+id = "id"
+timestamp = "ts"
+target = "bikers"
+"""
+    )
+    return load_config(config)
+
+
+Done = Callable[[StateStore, CollectorRegistry], bool]
+
+
+class DaemonRun:
+    """The real daemon in this process (its own event loop), stopped like SIGTERM would.
+
+    `phases`: wait for each condition in turn, then run its action (in a thread, while the
+    daemon keeps running); `meanwhile` runs between checks of every phase.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+
+    def until(
+        self,
+        done: Done,
+        *then: tuple[Callable[[], None], Done],
+        meanwhile: Callable[[], None] | None = None,
+        timeout: float = 120,
+    ) -> None:
+        phases: list[tuple[Callable[[], None] | None, Done]] = [(None, done), *then]
+
+        async def main() -> None:
+            daemon = Daemon(self.settings, self.registry)
+            task = asyncio.create_task(daemon.run())
+            store = StateStore(self.settings.daemon.state_dir / "state.db")
+            try:
+                deadline = time.monotonic() + timeout
+                for action, condition in phases:
+                    if action is not None:
+                        await asyncio.to_thread(action)
+                    while not condition(store, self.registry):
+                        assert not task.done(), f"the daemon stopped: {task.exception()!r}"
+                        assert time.monotonic() < deadline, "timed out waiting for the daemon"
+                        if meanwhile is not None:
+                            await asyncio.to_thread(meanwhile)
+                        await asyncio.sleep(0.1)
+            finally:
+                store.close()
+                daemon.request_stop()
+                await asyncio.wait_for(task, 30)
+
+        asyncio.run(main())
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, {"model": "bikes", **labels}) or 0.0
+
+
+def scored(n: int) -> Callable[[StateStore, CollectorRegistry], bool]:
+    return lambda store, _: len(store.processed_ids("bikes")) >= n
+
+
+def decisions_per_batch(state_db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(state_db)
+    try:
+        rows = conn.execute(
+            "SELECT batch_id, count(*) FROM decisions WHERE model = 'bikes' GROUP BY batch_id"
+        ).fetchall()
+    finally:
+        conn.close()
+    return {str(b): int(n) for b, n in rows}
+
+
+@pytest.mark.slow
+def test_daemon_scores_every_window_once_through_killed_connections_and_a_restart(
+    prediction_log: PredictionLog,
+    bikeshare: pd.DataFrame,
+    pg_db: PgDatabase,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = daemon_settings(tmp_path, pg_db, bikeshare, "predictions")
+    prediction_log.log(days(bikeshare, *range(1, 21)))
+    kills: list[int] = []
+
+    def chaos() -> None:  # pg_terminate_backend on the daemon's connections, over and over
+        kills.append(pg_db.terminate_watcher_connections())
+
+    first = DaemonRun(settings)
+    with caplog.at_level(logging.WARNING):
+        first.until(scored(20), meanwhile=chaos)
+    assert sum(kills) >= 3, kills
+    lost = caplog.text.count("database connection lost") + caplog.text.count("unavailable")
+    assert lost >= 1, "no kill hit the daemon while it was reading"
+
+    # Late rows for a scored day, and new days, while the daemon keeps running.
+    def late_and_new(store: StateStore, registry: CollectorRegistry) -> bool:
+        return (
+            len(store.processed_ids("bikes")) >= 25
+            and (registry.get_sample_value("watcher_late_rows_total", {"model": "bikes"}) or 0) == 5
+        )
+
+    second = DaemonRun(settings)
+    prediction_log.log(late_rows(bikeshare, 3, 5, "late"))
+    prediction_log.log(days(bikeshare, *range(21, 26)))
+    second.until(late_and_new)
+    assert second.value("watcher_batches_total", outcome="scored") == 5  # days 21-25 only
+    assert second.value("watcher_source_up") == 1
+
+    third = DaemonRun(settings)  # a restart with nothing new: nothing is scored again
+    prediction_log.log(days(bikeshare, 26, 27))
+    third.until(scored(27))
+    # Jan 27 (a snowstorm) has 8 rows: rejected as too few, which is processed all the same.
+    assert third.value("watcher_batches_total", outcome="scored") == 1
+    assert third.value("watcher_batches_rejected_total", reason="too_few_rows") == 1
+    assert third.value("watcher_late_rows_total") == 0  # the 5 late rows were counted once
+
+    state_db = tmp_path / "state" / "state.db"
+    store = StateStore(state_db)
+    try:
+        assert sorted(store.processed_ids("bikes")) == sorted(wid(d) for d in range(1, 28))
+        rejected = {d for d in range(1, 28) if store.batch_status("bikes", wid(d)) == "rejected"}
+        progress = Progress.parse(store.watermark("sql:bikes"))
+    finally:
+        store.close()
+    assert rejected == {27}
+    per_batch = decisions_per_batch(state_db)  # one decision per scored window, no repeats
+    assert per_batch == {wid(d): 1 for d in range(1, 27)}
+    assert progress.end == day(28).timestamp()
+    assert progress.late_rows == 5
+
+
+@pytest.mark.slow
+def test_daemon_keeps_running_through_a_failing_view_a_type_change_and_null_timestamps(
+    prediction_log: PredictionLog,
+    bikeshare: pd.DataFrame,
+    pg_db: PgDatabase,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    columns = "id, ts, temp, atemp, windspeed, season, weathersit, workingday, predicted"
+    pg_db.execute(
+        f"CREATE VIEW served AS SELECT {columns}, "
+        "hum / (CASE WHEN ts >= '2011-01-02' AND ts < '2011-01-03' THEN 0 ELSE 1 END) AS hum "
+        "FROM predictions"
+    )
+    prediction_log.log(days(bikeshare, 1, 2, 3, 4))
+    no_ts = late_rows(bikeshare, 5, 3, "no-ts")
+    no_ts["ts"] = None
+    prediction_log.log(no_ts)
+    settings = daemon_settings(tmp_path, pg_db, bikeshare, "served")
+    run = DaemonRun(settings)
+
+    def first_days_done() -> None:
+        assert run.value("watcher_batches_rejected_total", reason="read_error") == 1
+        assert run.value("watcher_batches_total", outcome="scored") == 3
+        assert run.value("watcher_data_quality_violations_total", check="null_timestamp") == 1
+        # The view is redeployed with hum as text, and new days arrive.
+        pg_db.execute(
+            f"DROP VIEW served; CREATE VIEW served AS SELECT {columns}, hum::text AS hum "
+            "FROM predictions"
+        )
+        prediction_log.log(days(bikeshare, 5, 6))
+
+    def down(_: StateStore, registry: CollectorRegistry) -> bool:
+        return registry.get_sample_value("watcher_source_up", {"model": "bikes"}) == 0
+
+    def fix_view() -> None:
+        assert "served.hum is text, but it is listed as a numeric feature" in caplog.text
+        pg_db.execute(
+            f"DROP VIEW served; CREATE VIEW served AS SELECT {columns}, hum FROM predictions"
+        )
+
+    def resumed(store: StateStore, registry: CollectorRegistry) -> bool:
+        up = registry.get_sample_value("watcher_source_up", {"model": "bikes"}) == 1
+        return up and len(store.processed_ids("bikes")) >= 6
+
+    with caplog.at_level(logging.WARNING):
+        run.until(scored(4), (first_days_done, down), (fix_view, resumed))
+
+    store = StateStore(tmp_path / "state" / "state.db")
+    try:
+        assert store.batch_status("bikes", wid(2)) == "rejected"
+        reason = store.batch_reason("bikes", wid(2)) or ""
+        assert reason.startswith("read_error: reading window")
+        assert "division by zero" in reason
+        assert [store.batch_status("bikes", wid(d)) for d in (1, 3, 4, 5, 6)] == ["scored"] * 5
+    finally:
+        store.close()

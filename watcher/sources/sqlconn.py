@@ -9,15 +9,16 @@ windows are cut with ``extract(epoch ...)``. Every session runs with ``timezone=
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import stamina
-from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -83,7 +84,7 @@ def make_engine(cfg: SqlSourceConfig, application_name: str) -> Engine:
     url = build_url(cfg)
     statement_ms = int(cfg.statement_timeout_seconds * 1000)
     try:
-        return create_engine(
+        engine = create_engine(
             url,
             pool_size=2,
             max_overflow=2,
@@ -98,6 +99,38 @@ def make_engine(cfg: SqlSourceConfig, application_name: str) -> Engine:
         )
     except NoSuchModuleError as exc:  # pragma: no cover - psycopg is a dependency
         raise ConfigError(f"no driver for {redacted(url)}: {exc}") from exc
+    event.listen(engine, "handle_error", _close_cursors)
+    return engine
+
+
+def _close_cursors(context: ExceptionContext) -> None:
+    # When the connection dies while a server-side (named) cursor is being opened or read,
+    # SQLAlchemy lets go of the cursor without closing it; close it rather than leave it
+    # to a finaliser.
+    if not context.is_disconnect:
+        return
+    for cursor in (
+        getattr(context, "cursor", None),
+        getattr(context.execution_context, "cursor", None),
+    ):
+        if cursor is not None:
+            close_cursor(cursor)
+
+
+def close_cursor(cursor: Any) -> None:
+    """Close a DBAPI cursor whose connection may be dead.
+
+    psycopg closes a named cursor on the server first; on a connection that died but is
+    not marked so yet that fails and leaves the cursor open. Closing the connection (it
+    is being discarded anyway) marks it dead, and then the cursor closes.
+    """
+    try:
+        cursor.close()
+    except Exception:
+        with contextlib.suppress(Exception):
+            cursor.connection.close()
+        with contextlib.suppress(Exception):
+            cursor.close()
 
 
 # ---- identifiers --------------------------------------------------------------------------

@@ -10,7 +10,6 @@ cap plus one chunk, never for the whole range.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +23,7 @@ from watcher.config import ColumnsConfig, SqlSourceConfig
 from watcher.sources.sqlconn import (
     Column,
     check_schema,
+    close_cursor,
     quote_ident,
     quote_table,
     schema_error,
@@ -181,6 +181,7 @@ def read_range(
         text(plan.select_sql), params
     )
     names = list(streamed.keys())
+    cursor = streamed.cursor  # the server-side (named) DBAPI cursor
     sample = BottomK(cap, seed)
     try:
         for part in streamed.partitions():
@@ -189,10 +190,9 @@ def read_range(
                 chunk[c] = chunk[c].astype("float64")
             sample.add(chunk)
     except BaseException:
-        # A server-side cursor on a connection that died mid-read is not closed by
-        # SQLAlchemy; close it here so nothing is left to a finaliser.
-        with contextlib.suppress(Exception):
-            streamed.cursor.close()
+        # When the connection dies mid-read SQLAlchemy lets go of the named cursor without
+        # closing it; on a dead connection closing only marks it closed.
+        close_cursor(cursor)
         raise
     finally:
         streamed.close()
