@@ -12,4 +12,5 @@ pytest_plugins: list[str] = [
     "fixtures_smtp",
     "fixtures_dashboards",
     "fixtures_postgres",
+    "fixtures_retrain",
 ]

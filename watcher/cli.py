@@ -238,6 +238,87 @@ def trigger(
     out.print(f"queued {run_id} for {settings.dag_id(model)}; the running daemon delivers it")
 
 
+@app.command("bootstrap")
+def bootstrap_model(
+    model: Annotated[str, typer.Argument(help="Model to give a first version.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Training table (CSV/Parquet); default: the bundled Bikeshare data."),
+    ] = None,
+    weeks: Annotated[int | None, typer.Option(help="Train on the first N weeks only.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train version 1 with the retraining steps and put it in production (once)."""
+    from watcher.retrain import bootstrap as boot
+
+    settings = _load(config)
+    try:
+        if data is None:
+            frame = boot.load_example_data(settings, model)
+            weeks = weeks or boot.EXAMPLE_WEEKS
+        else:
+            frame = boot.read_dataset(data, "table")
+        info = boot.bootstrap(settings, model, frame, weeks=weeks)
+    except WatcherError as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in info.metrics.items())
+    out.print(f"{model} version {info.version} is in production ({metrics})")
+
+
+@app.command()
+def models(config: ConfigOpt = None) -> None:
+    """Every registered version of each model; the production one is marked."""
+    from watcher.registry import ModelRegistry
+
+    settings = _load(config)
+    registry = ModelRegistry(settings.registry.path)
+    names = sorted(set(settings.models) | set(registry.models()))
+    table = Table("model", "version", "", "created", "run", "metrics", "features", "rows")
+    try:
+        for name in names:
+            production = registry.production_version(name)
+            versions = registry.list_versions(name)
+            if not versions:
+                table.add_row(name, "-", "", "", "", "no version yet", "", "")
+            for v in versions:
+                table.add_row(
+                    name,
+                    v.version,
+                    "[bold green]production[/]" if v.version == production else "",
+                    v.created_at.strftime("%Y-%m-%d %H:%M"),
+                    v.run_id or "",
+                    ", ".join(f"{k} {m:.4g}" for k, m in v.metrics.items()),
+                    str(len(v.features)),
+                    str(v.training_rows),
+                )
+    except WatcherError as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    out.print(table)
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="Model whose production version to switch.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Version to switch to; default: the previous one.")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Switch production back, atomically; the daemon reloads the reference on its next loop."""
+    from watcher.registry import ModelRegistry
+
+    registry = ModelRegistry(_load(config).registry.path)
+    try:
+        before = registry.production_version(model)
+        after = registry.rollback(model, to)
+    except WatcherError as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    out.print(f"{model}: production switched from version {before} to version {after}")
+
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bikeshare" / "watcher.toml"
 
 

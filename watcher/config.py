@@ -291,7 +291,17 @@ class RetrainConfig(_Section):
     primary_metric: Literal["mae", "rmse", "r2", "accuracy", "f1", "roc_auc"] = "mae"
     # The challenger must beat the champion by this relative margin (0.02 = 2 % better).
     margin: float = 0.0
+    # After the gate, refit the winning pipeline on train + holdout (the most recent rows)
+    # before deploying it; the recorded metrics stay those measured on the holdout.
+    refit_on_all_data: bool = True
+    # Threads for training (OpenMP/BLAS). 1 by default: Airflow runs several tasks per
+    # worker, and oversubscribed OpenMP spins (9x slower measured on a busy 2-core host).
+    threads: int = Field(1, ge=1)
     notify: list[str] = Field(default_factory=list)
+    # Airflow task retries: exponential backoff from retry_delay up to max_retry_delay.
+    retries: int = Field(2, ge=0)
+    retry_delay_seconds: float = Field(60.0, gt=0)
+    max_retry_delay_seconds: float = Field(1800.0, gt=0)
 
 
 class ModelConfig(_Section):

@@ -48,6 +48,14 @@ class ChecksumMismatch(RegistryError):
     """An artifact's SHA-256 differs from the one recorded when it was deployed."""
 
 
+class TrainingDataError(WatcherError):
+    """The data a retraining run gathered cannot train a model (too few rows, no labels...).
+
+    Not transient: retrying will not help until the data changes, so the DAG fails the task
+    without retries and says what is wrong.
+    """
+
+
 class AirflowError(WatcherError):
     """The Airflow REST API refused or failed a request."""
 

@@ -1,0 +1,252 @@
+"""
+### Retrain a watcher model
+
+`ingest → validate → engineer_features → select_features → tune_and_train → evaluate →
+gate → deploy → notify`, one DAG `retrain_<model>` per model in the watcher config file
+(`WATCHER_CONFIG`, default `examples/bikeshare/watcher.toml`). The watcher daemon triggers
+it when drift persists; people can trigger it by hand.
+
+Each task calls one step function of `watcher.retrain.steps` on the run folder
+`<state_dir>/retrain/<model>/<run_id>/` and passes the path on: data never travels
+through XCom. The gate deploys only a challenger that beats the production model by the
+configured margin; otherwise `deploy` is skipped, the run succeeds and the decision (with
+its reason) is in `decision.json`, the registry's `runs/` folder and the mail.
+
+Data problems (no labels, too few rows, missing columns) and a tampered production model
+fail the task at once; anything else is retried with exponential backoff. Every failure
+and retry is mailed through the `smtp_default` connection. The end-of-run mail is skipped
+with a warning when there is no `smtp_default` connection or no recipient; a configured
+server that refuses it fails `notify`, which is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from watcher.config import Settings, load_config
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
+    from watcher.retrain.steps import RunContext
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "bikeshare" / "watcher.toml"
+CONFIG_PATH = Path(os.environ.get("WATCHER_CONFIG") or DEFAULT_CONFIG)
+
+_FAILURE_HTML = (
+    "<p>Task <b>{{ ti.task_id }}</b> of <b>{{ ti.dag_id }}</b> failed "
+    "(try {{ ti.try_number }}).</p><p>Run: {{ run_id }}</p>"
+    "<pre>{{ exception | default('see the task log') }}</pre>"
+)
+_RETRY_HTML = (
+    "<p>Task <b>{{ ti.task_id }}</b> of <b>{{ ti.dag_id }}</b> failed on try "
+    "{{ ti.try_number }} and will be retried.</p><p>Run: {{ run_id }}</p>"
+    "<pre>{{ exception | default('see the task log') }}</pre>"
+)
+
+
+def _params(model: str) -> dict[str, Param]:
+    """What a trigger may say. The daemon sends model/reason/batches/window/drift/
+    reference_version/data; people may add data_uris, window_end and margin."""
+    return {
+        "model": Param(model, type="string", enum=[model], description="the model to retrain"),
+        "reason": Param("manual", type="string", description="why this run was started"),
+        "batches": Param(
+            [], type="array", items={"type": "string"}, description="batch ids that drifted"
+        ),
+        "data_uris": Param(
+            [], type="array", items={"type": "string"}, description="extra batch files to use"
+        ),
+        "window_end": Param(
+            None,
+            type=["null", "string"],
+            description="ISO time: ignore rows after it (default: the newest row)",
+        ),
+        "margin": Param(
+            None, type=["null", "number"], description="override retrain.margin for this run"
+        ),
+        "window": Param(None, type=["null", "object"], description="drift window (daemon)"),
+        "drift": Param(None, type=["null", "object"], description="drift summary (daemon)"),
+        "reference_version": Param(None, type=["null", "string"]),
+        "data": Param(None, type=["null", "object"], description="where the data is (daemon)"),
+    }
+
+
+def _default_args(settings: Settings, model: str) -> dict[str, Any]:
+    cfg = settings.models[model].retrain
+    args: dict[str, Any] = {
+        "owner": "watcher",
+        "retries": cfg.retries,
+        "retry_delay": timedelta(seconds=cfg.retry_delay_seconds),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(seconds=cfg.max_retry_delay_seconds),
+    }
+    recipients = cfg.notify or settings.recipients(model)
+    if recipients:
+        # Task-level callbacks: a DAG-level SmtpNotifier crashes under `airflow dags test`.
+        common = {"to": recipients, "from_email": settings.smtp.sender}
+        args["on_failure_callback"] = SmtpNotifier(
+            subject="[watcher] {{ ti.dag_id }}: task {{ ti.task_id }} failed",
+            html_content=_FAILURE_HTML,
+            **common,
+        )
+        args["on_retry_callback"] = SmtpNotifier(
+            subject="[watcher] {{ ti.dag_id }}: task {{ ti.task_id }} will be retried",
+            html_content=_RETRY_HTML,
+            **common,
+        )
+    return args
+
+
+def _run_step(step: Callable[[], T]) -> T:
+    """Run a step; errors that a retry cannot fix fail the task without retries."""
+    from watcher.errors import ChecksumMismatch, TrainingDataError
+
+    try:
+        return step()
+    except (TrainingDataError, ChecksumMismatch) as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def build_dag(settings: Settings, model: str) -> DAG:
+    """The retraining DAG of one configured model."""
+    cfg = settings.models[model].retrain
+    recipients = cfg.notify or settings.recipients(model)
+
+    def ctx() -> RunContext:
+        from watcher.retrain.steps import RunContext
+
+        return RunContext(settings, model, str(get_current_context()["run_id"]))
+
+    @dag(
+        dag_id=settings.dag_id(model),
+        schedule=None,
+        catchup=False,
+        max_active_runs=1,
+        is_paused_upon_creation=False,
+        params=_params(model),
+        default_args=_default_args(settings, model),
+        doc_md=__doc__,
+        tags=["watcher", "retrain", model],
+    )
+    def retrain() -> None:
+        @task
+        def ingest() -> str:
+            """Labelled production data for the training window, into the run folder."""
+            from watcher.retrain import steps
+
+            params = get_current_context()["params"]
+            end = params.get("window_end")
+            uris = [*params.get("data_uris", []), *params.get("batches", [])]
+            return str(
+                _run_step(
+                    lambda: steps.ingest(
+                        ctx(),
+                        data_uris=uris,
+                        window_end=datetime.fromisoformat(end) if end else None,
+                    )
+                )
+            )
+
+        @task
+        def validate(_: str) -> str:
+            """Schema, minimum rows, label coverage, data quality."""
+            from watcher.retrain import steps
+
+            return str(_run_step(lambda: steps.validate(ctx())))
+
+        @task
+        def engineer_features(_: str) -> str:
+            """Time-ordered holdout split; imputation, outlier clipping, encoding, scaling."""
+            from watcher.retrain import steps
+
+            return str(_run_step(lambda: steps.engineer(ctx())))
+
+        @task
+        def select_features(_: str) -> str:
+            """Correlation filter, then the configured selection method."""
+            from watcher.retrain import steps
+
+            return str(_run_step(lambda: steps.select(ctx())))
+
+        @task
+        def tune_and_train(_: str) -> str:
+            """Hyperparameter search over the configured families, time-boxed."""
+            from watcher.retrain import steps
+
+            return str(_run_step(lambda: steps.train(ctx())))
+
+        @task
+        def evaluate(_: str) -> str:
+            """Challenger vs the production model on the most recent labelled rows."""
+            from watcher.retrain import steps
+
+            return str(_run_step(lambda: steps.evaluate(ctx())))
+
+        @task
+        def gate(_: str) -> dict[str, Any]:
+            """Deploy only if better by the margin; the decision and its reason are kept."""
+            from watcher.retrain import steps
+
+            margin = get_current_context()["params"].get("margin")
+            decision = _run_step(lambda: steps.gate(ctx(), margin=margin))
+            return {"deploy": decision.deploy, "reason": decision.reason}
+
+        @task
+        def deploy(decision: dict[str, Any]) -> str:
+            """Register the new version, switch production, prune old versions."""
+            from watcher.retrain import steps
+
+            info = _run_step(lambda: steps.deploy(ctx()))
+            if info is None:
+                raise AirflowSkipException(f"not deployed: {decision['reason']}")
+            return info.version
+
+        @task(trigger_rule="none_failed")
+        def notify() -> str:
+            """Mail the decision with champion vs challenger metrics."""
+            from watcher.retrain import steps
+
+            subject, html = steps.notification(ctx())
+            return _send_mail(subject, html, recipients, settings.smtp.sender)
+
+        engineered = engineer_features(validate(ingest()))
+        decided = gate(evaluate(tune_and_train(select_features(engineered))))
+        deploy(decided) >> notify()
+
+    return retrain()
+
+
+def _send_mail(subject: str, html: str, to: list[str], sender: str) -> str:
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    if not to:
+        log.warning("no recipients configured; not mailing: %s", subject)
+        return "skipped: no recipients"
+    try:
+        BaseHook.get_connection(SmtpHook.default_conn_name)
+    except AirflowNotFoundException:
+        log.warning("no smtp_default connection; not mailing: %s", subject)
+        return "skipped: no smtp_default connection"
+    with SmtpHook() as hook:
+        hook.send_email_smtp(to=to, from_email=sender, subject=subject, html_content=html)
+    return f"sent to {', '.join(to)}: {subject}"
+
+
+_settings = load_config(CONFIG_PATH)
+for _model in _settings.models:
+    globals()[_settings.dag_id(_model)] = build_dag(_settings, _model)

@@ -1,0 +1,201 @@
+"""All steps together without Airflow: the bundled example, bootstrap, deploy, champion."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fixtures_retrain import EXAMPLE_CONFIG, MODEL, REPO, Workspace, write_config
+
+from watcher.config import load_config
+from watcher.errors import ChecksumMismatch
+from watcher.registry import ModelRegistry
+from watcher.retrain import steps
+from watcher.retrain.bootstrap import bootstrap
+
+DATA_SHA256 = "ac6950ae6f11efcc69c29d6bb13e8881c001e27d36434660d59444a1414f712c"
+
+
+def test_the_example_ships_its_data_licence_and_a_leak_free_config() -> None:
+    data = REPO / "examples" / "bikeshare" / "data"
+    csv = data / "bikeshare_2011_hourly.csv"
+    assert hashlib.sha256(csv.read_bytes()).hexdigest() == DATA_SHA256
+    licence = (data / "LICENSE.md").read_text()
+    assert "CC BY 4.0" in licence
+    assert "Fanaee-T" in licence
+
+    settings = load_config(EXAMPLE_CONFIG)
+    columns = settings.models[MODEL].columns
+    assert columns.target == "bikers"
+    for never in ("casual", "registered", "day", "mnth", "season", "bikers"):
+        assert never not in columns.features
+    assert settings.dag_id(MODEL) == "retrain_bikeshare"
+
+
+def test_version_1_is_the_first_8_weeks_and_is_deterministic(
+    bikeshare_v1: Workspace, tmp_path: Path
+) -> None:
+    registry = bikeshare_v1.registry
+    v1 = registry.get(MODEL, "1")
+    assert registry.production_version(MODEL) == "1"
+    assert v1.run_id == "bootstrap"
+    assert v1.training_window is not None
+    assert str(v1.training_window[0]) == "2011-01-01 00:00:00+00:00"
+    assert v1.training_window[1] < pd.Timestamp("2011-02-26", tz="UTC")
+    assert "casual" not in v1.features
+    assert v1.metrics["r2"] > 0.6
+
+    # The module's command line, from scratch in another folder, gives the same model.
+    config = write_config(tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "watcher.retrain.bootstrap",
+            "--config",
+            str(config),
+            "--model",
+            MODEL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "bikeshare version 1 in production" in done.stdout
+    again = ModelRegistry(load_config(config).registry.path)
+    assert again.get(MODEL, "1").metrics == v1.metrics
+    assert again.get(MODEL, "1").params == v1.params
+    assert again.get(MODEL, "1").features == v1.features
+
+
+def test_bootstrap_leaves_an_existing_production_model_alone(
+    bikeshare_v1: Workspace, bikeshare_data: pd.DataFrame
+) -> None:
+    info = bootstrap(bikeshare_v1.settings, MODEL, bikeshare_data, weeks=2)
+    assert info.version == "1"
+    assert [v.version for v in bikeshare_v1.registry.list_versions(MODEL)] == ["1"]
+
+
+def test_run_all_deploys_a_better_model_once_per_run(
+    bikeshare_workspace: Callable[..., Workspace], bikeshare_data: pd.DataFrame
+) -> None:
+    ws = bikeshare_workspace()
+    ctx = steps.RunContext(ws.settings, MODEL, "manual__week-13")
+
+    outcome = steps.run_all(ctx)
+
+    assert outcome.decision.deploy, outcome.decision.reason
+    assert outcome.version is not None
+    assert outcome.version.version == "2"
+    registry = ws.registry
+    assert registry.production_version(MODEL) == "2"
+    # Deploy again (a retried task): the same version, promoted, nothing new registered.
+    assert steps.deploy(ctx) == registry.get(MODEL, "2")
+    assert [v.version for v in registry.list_versions(MODEL)] == ["1", "2"]
+
+    # The new model serves the following week better than version 1 does.
+    week13 = bikeshare_data[
+        (bikeshare_data.ts >= "2011-03-26") & (bikeshare_data.ts < "2011-04-02")
+    ]
+    errors = {}
+    for version in ("1", "2"):
+        info = registry.get(MODEL, version)
+        model = registry.load_model(MODEL, version)
+        errors[version] = float(np.abs(model.predict(week13[info.features]) - week13.bikers).mean())
+    assert errors["2"] < errors["1"]
+
+    subject, html = steps.notification(ctx)
+    assert subject.startswith(f"[watcher] {MODEL}: version 2 deployed (mae ")
+    assert "champion (v1)" in html
+
+
+def test_a_tampered_champion_fails_the_evaluation(
+    bikeshare_workspace: Callable[..., Workspace],
+) -> None:
+    ws = bikeshare_workspace()
+    ctx = steps.RunContext(ws.settings, MODEL, "manual__tampered")
+    for step in (steps.ingest, steps.validate, steps.engineer, steps.select, steps.train):
+        step(ctx)
+    reference = ws.registry.get(MODEL, "1").path / "model.skops"
+    reference.write_bytes(reference.read_bytes()[:-10])
+
+    with pytest.raises(ChecksumMismatch, match="refusing to load it"):
+        steps.evaluate(ctx)
+
+
+def test_the_ingest_snapshot_is_kept_for_the_whole_run(
+    bikeshare_workspace: Callable[..., Workspace], tmp_path: Path
+) -> None:
+    ws = bikeshare_workspace()
+    ctx = steps.RunContext(ws.settings, MODEL, "manual__snapshot")
+    first = pd.read_parquet(steps.ingest(ctx))
+    # A batch that lands after ingest ran does not change this run's data.
+    src = ws.settings.models[MODEL].source
+    extra = first.iloc[:5].assign(id=lambda f: f.id + 100_000)
+    extra.to_parquet(src.path / "processed" / "late.parquet")  # type: ignore[union-attr]
+
+    again = pd.read_parquet(steps.ingest(ctx))
+
+    assert len(again) == len(first)
+
+
+def test_a_classifier_runs_end_to_end(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "ts": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC"),
+            "amount": rng.gamma(2.0, 10.0, size=n),
+            "channel": rng.choice(["web", "shop", "phone"], size=n),
+        }
+    )
+    frame["churned"] = np.where(frame.amount + (frame.channel == "web") * 15 > 25, "yes", "no")
+    (tmp_path / "in" / "processed").mkdir(parents=True)
+    frame.to_parquet(tmp_path / "in" / "processed" / "b1.parquet")
+    config = tmp_path / "watcher.toml"
+    config.write_text(
+        f"""
+[daemon]
+state_dir = "{tmp_path / "state"}"
+[registry]
+path = "{tmp_path / "registry"}"
+[models.churn.source]
+kind = "directory"
+path = "{tmp_path / "in"}"
+[models.churn.columns]
+numeric = ["amount"]
+categorical = ["channel"]
+target = "churned"
+timestamp = "ts"
+id = "id"
+[models.churn.retrain]
+task = "classification"
+primary_metric = "f1"
+model_families = ["hist_gradient_boosting", "random_forest", "linear"]
+selection = "univariate"
+n_iter = 2
+cv_splits = 2
+min_rows = 100
+"""
+    )
+    settings = load_config(config)
+
+    outcome = steps.run_all(steps.RunContext(settings, "churn", "run-1"))
+
+    assert outcome.version is not None
+    assert set(outcome.version.metrics) == {"accuracy", "f1", "roc_auc"}
+    assert outcome.version.metrics["accuracy"] > 0.8
+    registry = ModelRegistry(settings.registry.path)
+    model = registry.load_model("churn", "1")  # every family's types are on the allowlist
+    assert set(model.predict(frame[outcome.version.features])) <= {"yes", "no"}
+    searched = outcome.version.extra["decision"]
+    assert searched["metric"] == "f1"
