@@ -40,7 +40,18 @@ def processes_of(workdir: Path) -> list[str]:
 
 def run_demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "watcher", "demo", "--workdir", str(workdir), "--speed", "0", *args],
+        [
+            sys.executable,
+            "-m",
+            "watcher",
+            "demo",
+            "--workdir",
+            str(workdir),
+            "--speed",
+            "0",
+            "--wait-for-retrain",
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

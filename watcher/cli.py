@@ -330,8 +330,15 @@ def demo(
     ),
     weeks: Annotated[int | None, typer.Option(help="Replay only this many weeks.")] = None,
     speed: Annotated[
-        float, typer.Option(help="Replay speed: the pause between weeks is 2 s / speed.")
-    ] = 10.0,
+        float, typer.Option(help="Weeks replayed per minute (0: as fast as possible).")
+    ] = 8.0,
+    wait_for_retrain: Annotated[
+        bool,
+        typer.Option(
+            "--wait-for-retrain",
+            help="Hold the replay while a retrain runs, so each one serves the next week.",
+        ),
+    ] = False,
     keep_running: Annotated[
         bool, typer.Option("--keep-running", help="Leave the services up until Ctrl-C.")
     ] = False,
@@ -350,6 +357,7 @@ def demo(
             bootstrap_example,
             weeks=weeks,
             speed=speed,
+            wait_for_retrain=wait_for_retrain,
             keep_running=keep_running,
             console=out,
         )
@@ -373,7 +381,12 @@ def replay(
     skip: Annotated[int, typer.Option(help="Periods to skip (the training period).")] = 8,
     weeks: Annotated[int | None, typer.Option(help="Replay only this many periods.")] = None,
     every: Annotated[str, typer.Option(help="Period length (pandas offset, e.g. 7D, 1D).")] = "7D",
-    speed: Annotated[float, typer.Option(help="The pause between periods is 2 s / speed.")] = 10.0,
+    speed: Annotated[
+        float, typer.Option(help="Periods replayed per minute (0: as fast as possible).")
+    ] = 0.0,
+    wait_for_retrain: Annotated[
+        bool, typer.Option("--wait-for-retrain", help="Hold the replay while a retrain runs.")
+    ] = False,
     wait: Annotated[bool, typer.Option(help="Wait for the daemon after each period.")] = True,
 ) -> None:
     """Feed a labelled data set to a running daemon period by period, as production would."""
@@ -399,7 +412,8 @@ def replay(
             limit=weeks,
             every=every,
             wait=wait,
-            pause=2.0 / speed if speed > 0 else 0.0,
+            period_seconds=60.0 / speed if speed > 0 else 0.0,
+            wait_for_retrain=wait_for_retrain,
             on_period=show,
         )
     except (WatcherError, OSError) as exc:

@@ -38,6 +38,7 @@ from watcher.localstack import (
     start_prometheus,
     wait_for_dag,
 )
+from watcher.registry import ModelRegistry
 from watcher.replay import PeriodResult, Replay, monthly_mae
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,7 +201,8 @@ def run_demo(
     bootstrap: Callable[[Settings, str], str],
     *,
     weeks: int | None = None,
-    speed: float = 10.0,
+    speed: float = 8.0,
+    wait_for_retrain: bool = False,
     keep_running: bool = False,
     console: Console | None = None,
 ) -> DemoRun:
@@ -283,8 +285,17 @@ def run_demo(
                     raise RuntimeError(f"the watcher daemon exited; see {daemon.log_path}")
 
             replay.run(
-                limit=weeks, pause=max(0.0, 2.0 / speed) if speed > 0 else 0.0, on_period=show
+                limit=weeks,
+                period_seconds=60.0 / speed if speed > 0 else 0.0,
+                wait_for_retrain=wait_for_retrain,
+                on_period=show,
             )
+        console.print("waiting for the last retrain to end …")
+        replay.wait_idle()
+        states = replay.run_states()
+        for r in demo.results:
+            if r.run_id in states:
+                r.run_state = states[r.run_id]
         save_summary(demo, daemon)
         print_summary(demo, console)
         if keep_running:
@@ -316,13 +327,16 @@ def save_summary(demo: DemoRun, daemon: Service) -> None:
 def print_summary(demo: DemoRun, console: Console) -> None:
     results = demo.results
     triggered = [r for r in results if r.decision == "triggered"]
-    served = {r.served_version for r in results}
-    deployed = [r for r in triggered if r.version_after and r.version_after != r.served_version]
+    versions = [
+        v.version for v in ModelRegistry(demo.settings.registry.path).list_versions(demo.model)
+    ]
+    production = ModelRegistry(demo.settings.registry.path).production_version(demo.model)
+    succeeded = sum(r.run_state == "success" for r in triggered)
     console.rule("[bold]summary")
     console.print(
-        f"weeks replayed: {len(results)}; retrains triggered: {len(triggered)}; "
-        f"deployed: {len(deployed)}; versions: "
-        f"{sorted(served | {r.version_after for r in deployed if r.version_after})}"
+        f"weeks replayed: {len(results)}; retrains triggered: {len(triggered)} "
+        f"({succeeded} succeeded); versions deployed: {len(versions) - 1} "
+        f"(registry: {versions}, production: {production})"
     )
     table = Table("month", "MAE with the loop", "MAE without retraining")
     monthly = monthly_mae(results) if results else pd.DataFrame()

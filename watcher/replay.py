@@ -4,8 +4,11 @@ For each period (a week by default) the replay serves the rows with the model cu
 in production (loaded from the registry, as a serving system would), writes them as a
 batch file into the model's source folder (write-then-rename), and delivers the labels of
 the previous period as a label file: labels arrive one period late, as in real life.
-With `wait=True` it waits for the daemon to score each batch and for any retraining the
-batch caused to end, so the next period is served by whatever model is then in production.
+With `wait=True` it waits for the daemon to score each batch. Retraining runs alongside,
+as in production: the replay goes on at its pace (`period_seconds` of wall time per
+period) while Airflow retrains, and each period is served by whatever model is in
+production when it is sent. `wait_for_retrain=True` instead holds the replay until a
+retrain the batch caused has ended and the daemon uses its result (deterministic: tests).
 """
 
 from __future__ import annotations
@@ -106,7 +109,8 @@ class Replay:
         limit: int | None = None,
         every: str = "7D",
         wait: bool = True,
-        pause: float = 0.0,
+        wait_for_retrain: bool = False,
+        period_seconds: float = 0.0,
         timeout: float = 900.0,
         on_period: Callable[[PeriodResult], None] | None = None,
     ) -> list[PeriodResult]:
@@ -121,6 +125,7 @@ class Replay:
         pending_labels: tuple[str, pd.DataFrame] | None = None
         chosen = list(periods(self.data, cols.timestamp, every))[skip:]
         for i, (start, chunk) in enumerate(chosen[:limit] if limit else chosen):
+            began = time.monotonic()
             version, estimator = self._production()
             served = chunk.drop(columns=[cols.target]).copy()
             served[cols.prediction] = predict(estimator, chunk)
@@ -140,17 +145,16 @@ class Replay:
                 baseline_mae=float(np.abs(predict(self._baseline, chunk) - y).mean()),
             )
             if wait:
-                self._follow(result, timeout)
+                self._follow(result, timeout, wait_for_retrain)
             results.append(result)
             if on_period is not None:
                 on_period(result)
-            if pause:
-                time.sleep(pause)
+            time.sleep(max(0.0, period_seconds - (time.monotonic() - began)))
         if pending_labels is not None:
             _write_atomically(pending_labels[1], self.labels / pending_labels[0])
         return results
 
-    def _follow(self, result: PeriodResult, timeout: float) -> None:
+    def _follow(self, result: PeriodResult, timeout: float, wait_for_retrain: bool) -> None:
         """Wait for the daemon to score the batch, then for any retraining it caused."""
         db = self.settings.daemon.state_dir / "state.db"
         deadline = time.monotonic() + timeout
@@ -191,7 +195,7 @@ class Replay:
             result.decision, result.reason, result.run_id = decision[0]
         elif reason:
             result.decision, result.reason = "rejected", reason
-        if result.run_id and result.decision == "triggered":
+        if result.run_id and result.decision == "triggered" and wait_for_retrain:
             while time.monotonic() < deadline:
                 state = _query(db, "SELECT state FROM runs WHERE run_id = ?", (result.run_id,))
                 result.run_state = state[0][0] if state else "pending"
@@ -199,7 +203,28 @@ class Replay:
                 if ended and self._daemon_caught_up(db):
                     break
                 time.sleep(0.5)
-            result.version_after = self.registry.production_version(self.model)
+        result.version_after = self.registry.production_version(self.model)
+
+    def wait_idle(self, timeout: float = 600.0) -> None:
+        """Wait until no retrain of the model is pending or running (end of a replay)."""
+        db = self.settings.daemon.state_dir / "state.db"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = _query(
+                db,
+                "SELECT 1 FROM runs WHERE model = ? AND state IN ('queued', 'running') UNION ALL "
+                "SELECT 1 FROM outbox WHERE model = ? AND kind = 'trigger' AND status = 'pending'",
+                (self.model, self.model),
+            )
+            if not busy and self._daemon_caught_up(db):
+                return
+            time.sleep(1)
+
+    def run_states(self) -> dict[str, str]:
+        """The final state of every retrain run of the model, by run id."""
+        db = self.settings.daemon.state_dir / "state.db"
+        rows = _query(db, "SELECT run_id, state FROM runs WHERE model = ?", (self.model,))
+        return {str(r[0]): str(r[1]) for r in rows}
 
     def _daemon_caught_up(self, db: Path) -> bool:
         """The daemon uses the registry's production version as its reference."""
