@@ -148,7 +148,9 @@ def build_dag(settings: Settings, model: str) -> DAG:
             from watcher.retrain import steps
 
             params = get_current_context()["params"]
-            end = params.get("window_end")
+            # A SQL source's drift window (from the daemon) ends the training window too.
+            source_window = (params.get("window") or {}).get("source_window") or [None, None]
+            end = params.get("window_end") or source_window[-1]
             uris = [*params.get("data_uris", []), *params.get("batches", [])]
             return str(
                 _run_step(

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures_postgres import PredictionLog, day
 from fixtures_retrain import EXAMPLE_CONFIG, MODEL, REPO, Workspace, write_config
 
 from watcher.config import load_config
 from watcher.errors import ChecksumMismatch
 from watcher.registry import ModelRegistry
-from watcher.retrain import steps
+from watcher.retrain import data, steps
 from watcher.retrain.bootstrap import bootstrap
 
 DATA_SHA256 = "ac6950ae6f11efcc69c29d6bb13e8881c001e27d36434660d59444a1414f712c"
@@ -199,3 +200,56 @@ min_rows = 100
     assert set(model.predict(frame[outcome.version.features])) <= {"yes", "no"}
     searched = outcome.version.extra["decision"]
     assert searched["metric"] == "f1"
+
+
+@pytest.mark.postgres
+def test_training_data_from_a_sql_prediction_log(
+    prediction_log: PredictionLog, bikeshare: pd.DataFrame, tmp_path: Path
+) -> None:
+    six_weeks = bikeshare[bikeshare.ts < day(43)]
+    prediction_log.log(six_weeks, batch_size=500)
+    labelled = six_weeks[six_weeks.ts < day(36)]  # the last week's labels are not in yet
+    prediction_log.label(zip(labelled.id, labelled.bikers, strict=True))
+    config = tmp_path / "watcher.toml"
+    config.write_text(
+        f"""
+[daemon]
+state_dir = "{tmp_path / "state"}"
+[registry]
+path = "{tmp_path / "registry"}"
+[models.rides.source]
+kind = "sql"
+dsn = "{prediction_log.db.url}"
+table = "predictions"
+labels_table = "labels"
+[models.rides.columns]
+numeric = ["temp", "atemp", "hum", "windspeed"]
+categorical = ["season", "weathersit", "workingday"]
+prediction = "predicted"
+target = "bikers"
+timestamp = "ts"
+id = "id"
+[models.rides.retrain]
+window = "last_days"
+window_size = 21
+n_iter = 2
+cv_splits = 2
+min_rows = 100
+"""
+    )
+    settings = load_config(config)
+
+    frame, summary = data.gather(settings.models["rides"])
+
+    window = six_weeks[six_weeks.ts > six_weeks.ts.max() - pd.Timedelta(days=21)]
+    assert summary.production_rows == len(window)
+    assert summary.labelled_rows == int((window.ts < day(36)).sum())
+    assert summary.window_end == six_weeks.ts.max().isoformat()
+    assert set(frame["id"]) == set(window.id)
+
+    outcome = steps.run_all(steps.RunContext(settings, "rides", "sql-run"))
+
+    assert outcome.version is not None
+    reference = ModelRegistry(settings.registry.path).load_reference("rides", "1")
+    assert len(reference) == summary.labelled_rows  # unlabelled rows do not train
+    assert {"predicted", "bikers", "temp", "season"} <= set(reference.columns)

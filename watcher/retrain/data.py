@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -141,39 +141,40 @@ def _read_batches(files: list[Path], columns: ColumnsConfig, cfg: RetrainConfig)
 def _read_sql(
     src: SqlSourceConfig, columns: ColumnsConfig, cfg: RetrainConfig, end: datetime | None
 ) -> pd.DataFrame:
-    import sqlalchemy as sa
+    """The window's rows with their newest labels, read by the SQL source's own code."""
+    from watcher.sources.labels import read_training_window
 
-    url = sa.engine.make_url(src.dsn)
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
-    if src.password is not None:
-        url = url.set(password=src.password.get_secret_value())
-    engine = sa.create_engine(url)
+    if end is None:
+        end = _newest_sql_timestamp(src)
+        if end is None:
+            return pd.DataFrame()
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    span = _window_span(cfg, src.window_seconds)
+    start = end - span if span is not None else datetime(1970, 1, 1, tzinfo=UTC)
+    # The read is [start, end): take the newest row too.
+    return read_training_window(src, columns, start, end + timedelta(microseconds=1))
+
+
+def _newest_sql_timestamp(src: SqlSourceConfig) -> datetime | None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from watcher.sources.sqlconn import make_engine, quote_ident, quote_table
+
+    engine = make_engine(src, "watcher:training")
     try:
-        table = sa.Table(src.table, sa.MetaData(), autoload_with=engine)
-        query = sa.select(table)
-        ts = table.c[src.timestamp_column]
-        span = _window_span(cfg, src.window_seconds)
-        if end is not None:
-            query = query.where(ts <= end)
-            if span is not None:
-                query = query.where(ts > end - span)
         with engine.connect() as conn:
-            frame = pd.read_sql(query, conn)
-            if span is not None and end is None and len(frame):
-                newest = pd.to_datetime(frame[src.timestamp_column], utc=True).max()
-                frame = frame[pd.to_datetime(frame[src.timestamp_column], utc=True) > newest - span]
-            if src.labels_table and columns.id and columns.target:
-                labels = pd.read_sql(
-                    sa.select(sa.Table(src.labels_table, sa.MetaData(), autoload_with=engine)),
-                    conn,
+            value = conn.execute(
+                text(
+                    f"SELECT max({quote_ident(src.timestamp_column)}) FROM {quote_table(src.table)}"
                 )
-                frame = attach_labels(frame, labels[[columns.id, columns.target]], columns)
-    except sa.exc.SQLAlchemyError as exc:
-        raise SourceError(f"cannot read training data from {src.table}: {exc}") from exc
+            ).scalar_one()
+    except DBAPIError as exc:
+        raise SourceError(f"cannot read the newest row of {src.table}: {exc.orig}") from exc
     finally:
         engine.dispose()
-    return frame
+    return pd.Timestamp(value).to_pydatetime() if value is not None else None
 
 
 def _window_span(cfg: RetrainConfig, window_seconds: float = 0.0) -> timedelta | None:
