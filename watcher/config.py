@@ -110,6 +110,10 @@ class SmtpConfig(_Section):
     retry_timeout_seconds: float = Field(60.0, gt=0)
     # After this many failed delivery rounds an alert is parked as a dead letter.
     max_delivery_rounds: int = Field(20, ge=1)
+    # Wait before the next delivery round of a mail the server did not take: doubles per
+    # round up to the maximum, jittered down to half.
+    retry_backoff_seconds: float = Field(30.0, gt=0)
+    retry_backoff_max_seconds: float = Field(1800.0, gt=0)
 
     @model_validator(mode="after")
     def _secret_from_file(self) -> SmtpConfig:

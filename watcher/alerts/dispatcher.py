@@ -13,7 +13,8 @@ Each round (a `PeriodicWorker` named "mail-dispatcher"):
 3. **Delivery.** Each due mail is sent with its deterministic Message-ID. Transient SMTP
    errors are retried in place with stamina (bounded by ``smtp.retry_attempts`` and
    ``smtp.retry_timeout_seconds``), then the mail is rescheduled with jittered exponential
-   backoff and the round stops (the server is down; the rest waits). After
+   backoff (``smtp.retry_backoff_seconds`` doubling up to ``smtp.retry_backoff_max_seconds``)
+   and the round stops (the server is down; the rest waits). After
    ``smtp.max_delivery_rounds`` rounds, or when the server refuses the message itself (5xx),
    the mail is parked as a dead letter: `watcher_dead_letters_total{kind="alert"}` and an
    error log line. Configuration errors (login refused, untrusted certificate) are not
@@ -343,4 +344,12 @@ def build_mail_workers(
 ) -> list[PeriodicWorker]:
     """The workers that deliver alert mails; the daemon starts them when smtp.enabled."""
     metrics.outbox_pending.labels("alert").set(store.pending_counts()["alert"])
-    return [MailDispatcher(settings, store, metrics)]
+    return [
+        MailDispatcher(
+            settings,
+            store,
+            metrics,
+            backoff_initial_seconds=settings.smtp.retry_backoff_seconds,
+            backoff_max_seconds=settings.smtp.retry_backoff_max_seconds,
+        )
+    ]
