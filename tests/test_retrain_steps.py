@@ -11,7 +11,7 @@ import pytest
 
 from watcher.config import ColumnsConfig, DirectorySourceConfig, ModelConfig, RetrainConfig
 from watcher.errors import SourceError, TrainingDataError
-from watcher.retrain import data
+from watcher.retrain import data, validation
 from watcher.retrain.evaluation import gate, score, split_holdout
 from watcher.retrain.features import CategoryText, OutlierClipper, build_preprocessor
 from watcher.retrain.selection import correlation_filter, select_features
@@ -58,7 +58,7 @@ def test_validate_keeps_labelled_rows_in_time_order() -> None:
     frame = synthetic().sample(frac=1.0, random_state=1)  # shuffled
     frame.loc[frame.index[:30], "y"] = np.nan  # 10 % unlabelled
 
-    valid, report = data.validate(frame, COLUMNS, cfg())
+    valid, report = validation.validate(frame, COLUMNS, cfg())
 
     assert len(valid) == 270
     assert valid["ts"].is_monotonic_increasing
@@ -71,7 +71,7 @@ def test_validate_keeps_labelled_rows_in_time_order() -> None:
 
 def test_too_few_rows_is_refused_with_the_numbers() -> None:
     with pytest.raises(TrainingDataError, match="too few rows: 40 labelled rows") as caught:
-        data.validate(synthetic(40), COLUMNS, cfg())
+        validation.validate(synthetic(40), COLUMNS, cfg())
     assert "min_rows is 50" in str(caught.value)
     assert "window_size" in caught.value.hint
 
@@ -80,23 +80,23 @@ def test_no_labels_is_refused() -> None:
     frame = synthetic()
     frame["y"] = np.nan
     with pytest.raises(TrainingDataError, match="no labels: none of the 300 rows"):
-        data.validate(frame, COLUMNS, cfg())
+        validation.validate(frame, COLUMNS, cfg())
     with pytest.raises(TrainingDataError, match="no labels: the target column 'y' is absent"):
-        data.validate(frame.drop(columns="y"), COLUMNS, cfg())
+        validation.validate(frame.drop(columns="y"), COLUMNS, cfg())
 
 
 def test_low_label_coverage_is_refused() -> None:
     frame = synthetic()
     frame.loc[frame.index[:200], "y"] = np.nan
     with pytest.raises(TrainingDataError, match="only 33% of the 300 rows have a label"):
-        data.validate(frame, COLUMNS, cfg(min_rows=20))
+        validation.validate(frame, COLUMNS, cfg(min_rows=20))
 
 
 def test_a_constant_column_is_dropped_with_a_warning() -> None:
     frame = synthetic()
     frame["noise"] = 7.0
 
-    valid, report = data.validate(frame, COLUMNS, cfg())
+    valid, report = validation.validate(frame, COLUMNS, cfg())
 
     assert report.numeric == ["x1", "x2"]
     assert report.dropped_features == {"noise": "constant (np.float64(7.0))"}
@@ -108,7 +108,7 @@ def test_a_category_seen_once_is_reported_and_pooled_by_the_encoder() -> None:
     frame = synthetic()
     frame.loc[5, "color"] = "purple"  # seen once
 
-    valid, report = data.validate(frame, COLUMNS, cfg())
+    valid, report = validation.validate(frame, COLUMNS, cfg())
     assert any("categories seen only once ['purple']" in w for w in report.warnings)
 
     model = make_pipeline(cfg(), ["x1"], ["color"], "linear").fit(valid[["x1", "color"]], valid.y)
@@ -121,16 +121,16 @@ def test_a_category_seen_once_is_reported_and_pooled_by_the_encoder() -> None:
 
 def test_missing_feature_columns_and_text_in_numbers_are_refused() -> None:
     with pytest.raises(TrainingDataError, match=r"lacks configured feature column\(s\) \['x2'\]"):
-        data.validate(synthetic().drop(columns="x2"), COLUMNS, cfg())
+        validation.validate(synthetic().drop(columns="x2"), COLUMNS, cfg())
     frame = synthetic()
     frame["x1"] = "high"
     with pytest.raises(TrainingDataError, match="numeric feature 'x1' is mostly not numbers"):
-        data.validate(frame, COLUMNS, cfg())
+        validation.validate(frame, COLUMNS, cfg())
     frame = synthetic()
     frame["y"] = frame["y"].astype(object)
     frame.loc[3, "y"] = "n/a"
     with pytest.raises(TrainingDataError, match="non-numeric value"):
-        data.validate(frame, COLUMNS, cfg())
+        validation.validate(frame, COLUMNS, cfg())
 
 
 def test_all_features_constant_leaves_nothing_to_train_on() -> None:
@@ -139,12 +139,12 @@ def test_all_features_constant_leaves_nothing_to_train_on() -> None:
         frame[col] = 1.0
     frame["color"] = "red"
     with pytest.raises(TrainingDataError, match="no usable feature left"):
-        data.validate(frame, COLUMNS, cfg())
+        validation.validate(frame, COLUMNS, cfg())
 
 
 def test_duplicate_ids_keep_the_last_row() -> None:
     frame = pd.concat([synthetic(), synthetic().iloc[:10].assign(y=99.0)], ignore_index=True)
-    valid, report = data.validate(frame, COLUMNS, cfg())
+    valid, report = validation.validate(frame, COLUMNS, cfg())
     assert len(valid) == 300
     assert (valid.set_index("id").loc[:9, "y"] == 99.0).all()
     assert "10 rows repeat an id" in report.warnings[0]
@@ -153,7 +153,7 @@ def test_duplicate_ids_keep_the_last_row() -> None:
 def test_a_classifier_needs_two_classes() -> None:
     frame = synthetic().assign(y="yes")
     with pytest.raises(TrainingDataError, match="single class"):
-        data.validate(frame, COLUMNS, cfg(task="classification"))
+        validation.validate(frame, COLUMNS, cfg(task="classification"))
 
 
 # ---- ingest -----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from watcher.config import ModelConfig, RetrainConfig, Settings
 from watcher.errors import ChecksumMismatch, RegistryError, TrainingDataError
 from watcher.registry import ModelRegistry, VersionInfo, load_trusted_model, save_model
 from watcher.retrain import data as data_mod
+from watcher.retrain import validation
 from watcher.retrain.evaluation import Decision, limited_threads, score, split_holdout
 from watcher.retrain.evaluation import gate as gate_decision
 from watcher.retrain.features import build_preprocessor
@@ -140,7 +141,7 @@ def ingest(
 def validate(ctx: RunContext) -> Path:
     """Check the data can train a model (raises TrainingDataError saying why not)."""
     frame = pd.read_parquet(ctx.path("data.parquet"))
-    valid, report = data_mod.validate(frame, ctx.model_cfg.columns, ctx.cfg, model=ctx.model)
+    valid, report = validation.validate(frame, ctx.model_cfg.columns, ctx.cfg, model=ctx.model)
     for warning in report.warnings:
         log.warning("validate: %s", warning)
     _write_parquet(ctx.path("validated.parquet"), valid)
@@ -150,7 +151,7 @@ def validate(ctx: RunContext) -> Path:
 
 def engineer(ctx: RunContext) -> Path:
     """Split off the most recent rows as the holdout; fit the preprocessing on the rest."""
-    report = data_mod.ValidationReport.from_dict(_read_json(ctx.path("validation.json")))
+    report = validation.ValidationReport.from_dict(_read_json(ctx.path("validation.json")))
     frame = pd.read_parquet(ctx.path("validated.parquet"))
     train, holdout = split_holdout(frame, ctx.cfg.holdout_share)
     cols = [*report.numeric, *report.categorical]
