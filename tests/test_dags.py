@@ -248,3 +248,25 @@ def test_a_task_that_always_fails_sends_a_failure_mail(
     assert mail.rcpt_tos == ["oncall@example.org"]
     assert ws.registry.production_version(MODEL) == "1"
     assert time.monotonic() - started < 300
+
+
+def test_bad_training_data_fails_at_once_without_retries(
+    airflow_home: AirflowHome,
+    bikeshare_workspace: Callable[..., Workspace],
+    smtp_server: Any,
+) -> None:
+    # Retrying cannot create labelled rows: validate fails on its first try, mails why.
+    ws = bikeshare_workspace(retries=2, retry_delay_seconds=1, min_rows=100_000)
+
+    code, log = airflow_home.run(
+        ws.config, {}, AIRFLOW_CONN_SMTP_DEFAULT=smtp_connection(smtp_server.port)
+    )
+
+    assert code != 0
+    (mail,) = smtp_server.wait_for(1, timeout=30)
+    assert mail.message["Subject"] == f"[watcher] retrain_{MODEL}: task validate failed"
+    body = mail.message.get_body(("html",)).get_content()
+    assert "too few rows: 657 labelled rows, retrain.min_rows is 100000" in body
+    assert len(smtp_server.messages) == 1  # no "will be retried" mail
+    assert log.count("[DAG TEST] starting task_id=validate") == 1
+    assert ws.registry.production_version(MODEL) == "1"
