@@ -17,6 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import wait_for
 
+from watcher.drift import engine
+
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 
@@ -92,6 +94,26 @@ def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     db.close()
     assert reference == f"v{deployed[-1]['version_after']}"
     assert {"v1", reference} <= versions  # batches were scored against both references
+
+    # Against the deployed version's reference, the batch that triggered it drifts less
+    # than against version 1's: the new reference is the data the world has moved to.
+    from watcher.config import load_config
+    from watcher.pipeline import prepare, read_table
+    from watcher.registry import ModelRegistry
+
+    settings = load_config(workdir / "watcher.toml")
+    cfg = settings.models["bikeshare"]
+    registry = ModelRegistry(settings.registry.path)
+    batch = read_table(workdir / "data" / "incoming" / "processed" / deployed[0]["batch_file"])
+    shares = {}
+    for version in ("1", deployed[0]["version_after"]):
+        ref = prepare(
+            "bikeshare", cfg, f"v{version}", registry.load_reference("bikeshare", version)
+        )
+        shares[version] = engine.score(
+            ref.prepared, batch, drift_share=cfg.drift.drift_share
+        ).drift_share
+    assert shares[deployed[0]["version_after"]] < shares["1"], shares
 
     # The weeks after the first deployment were served by a retrained model, and better
     # than version 1 would have done on the very same weeks.
