@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -36,7 +35,7 @@ import pytest
 from fixtures_airflow import AirflowServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from support import drop, frame, free_port, model_toml, wait_for, write_config
+from support import DaemonProcess, drop, frame, free_port, model_toml, wait_for, write_config
 
 from watcher.config import Settings, load_config
 from watcher.daemon import Daemon
@@ -158,42 +157,6 @@ def watcher_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         env=env,
     )
-
-
-class DaemonProcess:
-    """`watcher run` as a subprocess in a process group of its own."""
-
-    def __init__(self, cfg: Path, log: Path) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with log.open("ab") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "watcher", "run", "--config", str(cfg)],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        self.log = log
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL for the whole group: no shutdown code runs, like a power cut."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        """SIGTERM and wait; SIGKILL if it does not exit in time."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
 
 
 class DaemonThread:

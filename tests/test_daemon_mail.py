@@ -10,11 +10,7 @@ Two drifted batches (policy.consecutive = 2) open the drift incident: its
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +21,7 @@ from typing import Any
 
 from fixtures_smtp import SmtpServer
 from prometheus_client.parser import text_string_to_metric_families
-from support import drop, frame, free_port, wait_for, write_config
+from support import DaemonProcess, drop, frame, free_port, wait_for, write_config
 
 from watcher.alerts.compose import message_id
 from watcher.state import StateStore
@@ -61,40 +57,6 @@ def mail_toml(server: SmtpServer, **smtp: Any) -> str:
         + "".join(f"{k} = {_toml_value(v)}\n" for k, v in cfg.items())
         + "[alerts]\ndigest_window_seconds = 0\n"
     )
-
-
-class DaemonProcess:
-    """`watcher run` as a subprocess in a process group of its own, output to `log`."""
-
-    def __init__(self, cfg: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        with log.open("ab") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "watcher", "run", "--config", str(cfg)],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                start_new_session=True,
-            )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL for the whole group: no shutdown code runs, like a power cut."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        """SIGTERM and wait; SIGKILL if it does not exit in time."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
 
 
 @contextmanager
