@@ -30,11 +30,15 @@ lint: $(STAMP)
 test: $(STAMP) system-deps
 	$(BIN)/pytest
 
+EXAMPLE := examples/bikeshare/watcher.toml
+
+# The daemon alone on the bundled example; version 1 is trained first if there is none.
 run: $(STAMP)
-	$(BIN)/watcher run --config examples/bikeshare/watcher.toml
+	$(BIN)/watcher bootstrap bikeshare --config $(EXAMPLE)
+	$(BIN)/watcher run --config $(EXAMPLE)
 
 demo: $(STAMP) system-deps
-	$(BIN)/watcher demo --config examples/bikeshare/watcher.toml
+	$(BIN)/watcher demo --config $(EXAMPLE)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scoring.py
