@@ -51,11 +51,12 @@ async def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
 
     def target() -> None:
         try:
-            result = fn(*args)
+            outcome: tuple[Any, BaseException | None] = (fn(*args), None)
         except BaseException as exc:
-            loop.call_soon_threadsafe(_settle, future, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
+            outcome = (None, exc)
+        # The loop is gone when a shutdown abandoned this job: there is no one to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, future, *outcome)
 
     threading.Thread(
         target=target, name=f"score-{getattr(fn, '__name__', 'job')}", daemon=True
@@ -196,8 +197,10 @@ class Daemon:
             if self.stop.is_set():
                 return
             job = asyncio.ensure_future(run_in_daemon_thread(self.pipeline.process, rt, ref))
+            if not await self._finish_or_abandon(job, rt.name, ref.batch_id):
+                return
             try:
-                await asyncio.shield(job)
+                job.result()
             except asyncio.CancelledError:
                 raise
             except SourceError as exc:
@@ -212,6 +215,32 @@ class Daemon:
                 self.metrics.batches.labels(rt.name, "failed").inc()
                 log.exception("unexpected error scoring %s/%s", rt.name, ref.batch_id)
             self.health.beat()
+
+    async def _finish_or_abandon(self, job: asyncio.Future[Any], model: str, batch: str) -> bool:
+        """Wait for a batch; after a stop request, only `shutdown_timeout_seconds` more.
+
+        False when the batch was abandoned: nothing of it is committed until its final
+        transaction, and its ledger claim makes the next start score it again.
+        """
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({job, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if job.done():
+            return True
+        timeout = self.settings.daemon.shutdown_timeout_seconds
+        done, _ = await asyncio.wait({job}, timeout=timeout)
+        if done:
+            return True
+        log.warning(
+            "abandoning %s/%s after waiting %.0fs on shutdown; it is scored again at the next "
+            "start",
+            model,
+            batch,
+            timeout,
+        )
+        return False
 
     async def _maybe_reload(self, rt: ModelRuntime) -> None:
         """Switch to a new reference when the registry's production version changed."""
