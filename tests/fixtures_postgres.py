@@ -78,12 +78,14 @@ class PgDatabase:
             row = conn.execute(statement.encode(), params).fetchone()
             return None if row is None else row[0]
 
-    def terminate_watcher_connections(self) -> int:
-        """pg_terminate_backend on every connection watcher holds to this database."""
+    def terminate_watcher_connections(self, *, busy_only: bool = False) -> int:
+        """pg_terminate_backend on the connections watcher holds to this database (only
+        those in the middle of a query or transaction with `busy_only`)."""
+        busy = " AND state <> 'idle'" if busy_only else ""
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND application_name LIKE 'watcher:%%'",
+                f"WHERE datname = %s AND application_name LIKE 'watcher:%%'{busy}",
                 (self.name,),
             ).fetchall()
         return len(rows)

@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -312,6 +313,34 @@ def test_row_cap_keeps_a_uniform_deterministic_sample_and_records_it(
     assert h.metric("watcher_sampled_out_rows_total") == 3800
 
 
+def test_reads_in_chunks_so_memory_follows_the_cap_not_the_window(
+    prediction_log: PredictionLog, pg_db: PgDatabase, harness: Callable[..., Harness]
+) -> None:
+    pg_db.execute(
+        "INSERT INTO predictions (id, ts, temp, atemp, hum, windspeed, season, weathersit, "
+        "workingday, predicted) SELECT 'g' || i, timestamptz '2011-01-01 00:00+00' "
+        "+ i * interval '2 seconds', random(), random(), random(), random(), 1, 'clear', 1, "
+        "random() FROM generate_series(0, 39999) AS i"
+    )
+
+    def peak_of_load(**overrides: Any) -> tuple[int, int]:
+        h = harness(Clock(day(3)), chunk_rows=1000, **overrides)
+        (ref,) = h.poll()
+        tracemalloc.start()
+        try:
+            frame = h.source.load(ref)
+            return len(frame), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    whole, whole_peak = peak_of_load(max_rows_per_window=100_000)
+    capped, capped_peak = peak_of_load(max_rows_per_window=1000)
+    assert (whole, capped) == (40_000, 1000)
+    # The capped read holds about 2,000 rows (the sample and one chunk) at any time, the
+    # uncapped one all 40,000: were the rows fetched all at once, both would peak alike.
+    assert capped_peak < whole_peak / 4, (capped_peak, whole_peak)
+
+
 # ---- late rows -----------------------------------------------------------------------------
 
 
@@ -401,7 +430,7 @@ def test_missing_column_is_a_source_error_naming_it_then_resumes(
 ) -> None:
     prediction_log.log(days(bikeshare, 1, 2))
     columns = COLUMNS.model_copy(update={"numeric": [*NUMERIC, "pressure"]})
-    h = harness(Clock(day(3) + timedelta(hours=1)), columns=columns)
+    h = harness(Clock(day(3) + timedelta(hours=1)), columns=columns, down_alert_after_seconds=0)
     with pytest.raises(SourceError) as err:
         h.poll()
     assert "predictions has no column pressure (a numeric feature (columns.numeric))" in str(
@@ -410,11 +439,20 @@ def test_missing_column_is_a_source_error_naming_it_then_resumes(
     assert "remove it from the model's columns" in err.value.hint
     assert h.metric("watcher_source_up") == 0
     assert h.source.down_since is not None
+    with pytest.raises(SourceError):
+        h.poll()
+    (alert,) = h.store.outbox_items("bikes")  # one alert per outage, not one per poll
+    assert alert["payload"]["incident"] == "source:bikes:down"
+    assert "no column pressure" in alert["payload"]["title"]
+    assert alert["payload"]["details"]["what_to_do"] == err.value.hint
 
     pg_db.execute("ALTER TABLE predictions ADD COLUMN pressure double precision")
     assert [r.batch_id for r in h.poll()] == [wid(1), wid(2)]
     assert h.metric("watcher_source_up") == 1
     assert h.source.down_since is None
+    _, recovered = h.store.outbox_items("bikes")
+    assert recovered["payload"]["alert"] == "source_recovered"
+    assert h.store.open_incidents() == []
 
 
 def test_type_change_is_reported_with_the_fix_and_nothing_is_lost(
@@ -732,53 +770,61 @@ def test_daemon_scores_every_window_once_through_killed_connections_and_a_restar
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = daemon_settings(tmp_path, pg_db, bikeshare, "predictions")
-    prediction_log.log(days(bikeshare, *range(1, 21)))
+    prediction_log.log(days(bikeshare, *range(1, 41)))
     kills: list[int] = []
+    last_kill = [0.0]
 
-    def chaos() -> None:  # pg_terminate_backend on the daemon's connections, over and over
-        kills.append(pg_db.terminate_watcher_connections())
+    def chaos() -> None:
+        # pg_terminate_backend on the daemon's connections while they are busy, at most
+        # every 0.2 s so that the daemon also gets work done in between.
+        if time.monotonic() - last_kill[0] >= 0.2:
+            killed = pg_db.terminate_watcher_connections(busy_only=True)
+            if killed:
+                kills.append(killed)
+                last_kill[0] = time.monotonic()
+
+    def all_scored_under_fire(store: StateStore, registry: CollectorRegistry) -> bool:
+        # Kills keep coming until at least two hit a read or a poll mid-way.
+        hits = caplog.text.count("database connection lost")
+        return scored(40)(store, registry) and len(kills) >= 2 and hits >= 2
 
     first = DaemonRun(settings)
     with caplog.at_level(logging.WARNING):
-        first.until(scored(20), meanwhile=chaos)
-    assert sum(kills) >= 3, kills
-    lost = caplog.text.count("database connection lost") + caplog.text.count("unavailable")
-    assert lost >= 1, "no kill hit the daemon while it was reading"
+        first.until(all_scored_under_fire, meanwhile=chaos)
+    # Jan 27 (a snowstorm) has 8 rows: rejected as too few, which is processed all the same.
+    assert first.value("watcher_batches_rejected_total", reason="too_few_rows") == 1
 
     # Late rows for a scored day, and new days, while the daemon keeps running.
     def late_and_new(store: StateStore, registry: CollectorRegistry) -> bool:
-        return (
-            len(store.processed_ids("bikes")) >= 25
-            and (registry.get_sample_value("watcher_late_rows_total", {"model": "bikes"}) or 0) == 5
-        )
+        late = registry.get_sample_value("watcher_late_rows_total", {"model": "bikes"})
+        return len(store.processed_ids("bikes")) >= 45 and late == 5
 
     second = DaemonRun(settings)
-    prediction_log.log(late_rows(bikeshare, 3, 5, "late"))
-    prediction_log.log(days(bikeshare, *range(21, 26)))
+    # (Day 30 is within the last late_check_windows=24 windows of the watermark.)
+    prediction_log.log(late_rows(bikeshare, 30, 5, "late"))
+    prediction_log.log(days(bikeshare, *range(41, 46)))
     second.until(late_and_new)
-    assert second.value("watcher_batches_total", outcome="scored") == 5  # days 21-25 only
+    assert second.value("watcher_batches_total", outcome="scored") == 5  # days 41-45 only
     assert second.value("watcher_source_up") == 1
 
-    third = DaemonRun(settings)  # a restart with nothing new: nothing is scored again
-    prediction_log.log(days(bikeshare, 26, 27))
-    third.until(scored(27))
-    # Jan 27 (a snowstorm) has 8 rows: rejected as too few, which is processed all the same.
-    assert third.value("watcher_batches_total", outcome="scored") == 1
-    assert third.value("watcher_batches_rejected_total", reason="too_few_rows") == 1
+    third = DaemonRun(settings)  # a restart: only the new days are scored
+    prediction_log.log(days(bikeshare, 46, 47))
+    third.until(scored(47))
+    assert third.value("watcher_batches_total", outcome="scored") == 2
     assert third.value("watcher_late_rows_total") == 0  # the 5 late rows were counted once
 
     state_db = tmp_path / "state" / "state.db"
     store = StateStore(state_db)
     try:
-        assert sorted(store.processed_ids("bikes")) == sorted(wid(d) for d in range(1, 28))
-        rejected = {d for d in range(1, 28) if store.batch_status("bikes", wid(d)) == "rejected"}
+        assert sorted(store.processed_ids("bikes")) == sorted(wid(d) for d in range(1, 48))
+        rejected = {d for d in range(1, 48) if store.batch_status("bikes", wid(d)) == "rejected"}
         progress = Progress.parse(store.watermark("sql:bikes"))
     finally:
         store.close()
     assert rejected == {27}
     per_batch = decisions_per_batch(state_db)  # one decision per scored window, no repeats
-    assert per_batch == {wid(d): 1 for d in range(1, 27)}
-    assert progress.end == day(28).timestamp()
+    assert per_batch == {wid(d): 1 for d in range(1, 48) if d != 27}
+    assert progress.end == day(48).timestamp()
     assert progress.late_rows == 5
 
 

@@ -48,26 +48,28 @@ Bad input
 Connection loss
     Retried briefly with backoff (stamina; connection errors only), then SourceError:
     ``watcher_source_up`` drops to 0, `down_since` is set, and the daemon tries again next
-    round from the watermark. The DSN in messages has its password replaced by ``***``.
+    round from the watermark. Down for ``down_alert_after_seconds`` (schema problems
+    included), one alert goes out per outage (incident ``source:<model>:down``), and a
+    ``source_recovered`` one when the source answers again. The DSN in messages and
+    alerts has its password replaced by ``***``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import pandas as pd
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
+from watcher.alerts import alert_action
 from watcher.config import ColumnsConfig, SqlSourceConfig
 from watcher.errors import ConfigError, SourceError
 from watcher.metrics import Metrics
@@ -87,6 +89,18 @@ from watcher.sources.sqlconn import (
     unreachable,
 )
 from watcher.sources.sqlread import RangeRead, plan_read, read_range
+from watcher.sources.sqlwindows import (
+    REV,
+    Progress,
+    Windows,
+    as_datetime,
+    as_utc,
+    iso,
+    parse_start,
+    read_progress,
+    split_revision,
+    utc_now,
+)
 from watcher.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -94,96 +108,6 @@ T = TypeVar("T")
 
 # A long backlog is handed out in slices so one poll stays cheap; the next poll continues.
 MAX_WINDOWS_PER_POLL = 500
-_REV = "#rev"
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _dt(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
-
-
-def _iso(epoch: float) -> str:
-    return _dt(epoch).isoformat()
-
-
-@dataclass(frozen=True)
-class Windows:
-    """Tumbling windows of `width` seconds aligned on `origin` (both Unix seconds)."""
-
-    origin: float
-    width: float
-
-    def index(self, t: float) -> int:
-        return math.floor((t - self.origin) / self.width)
-
-    def index_at_or_after(self, t: float) -> int:
-        return math.ceil((t - self.origin) / self.width)
-
-    def start(self, k: int) -> float:
-        return self.origin + k * self.width
-
-    def batch_id(self, k: int) -> str:
-        w = self.width
-        return f"{_iso(self.start(k))}/{int(w) if float(w).is_integer() else w}"
-
-
-@dataclass
-class Progress:
-    """What the watermark key holds (as JSON)."""
-
-    end: float | None = None  # windows ending at or before this are finished
-    first: float | None = None  # start of the first window watched
-    empty_windows: int = 0
-    null_timestamps: int = 0
-    late_rows: int = 0
-    # Finished windows still checked for late rows, by start ISO: rows scored, rows seen
-    # by the latest count, revision scored. None: not known (the window could not be read).
-    recent: dict[str, dict[str, int | None]] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, raw: str | None) -> Progress:
-        if raw is None:
-            return cls()
-        d = json.loads(raw)
-        return cls(
-            end=_epoch(d.get("end")),
-            first=_epoch(d.get("first")),
-            empty_windows=int(d.get("empty_windows", 0)),
-            null_timestamps=int(d.get("null_timestamps", 0)),
-            late_rows=int(d.get("late_rows", 0)),
-            recent=dict(d.get("recent", {})),
-        )
-
-    def dump(self) -> str:
-        return json.dumps(
-            {
-                "end": None if self.end is None else _iso(self.end),
-                "first": None if self.first is None else _iso(self.first),
-                "empty_windows": self.empty_windows,
-                "null_timestamps": self.null_timestamps,
-                "late_rows": self.late_rows,
-                "recent": self.recent,
-            },
-            sort_keys=True,
-        )
-
-
-def _epoch(iso: str | None) -> float | None:
-    return None if iso is None else datetime.fromisoformat(iso).timestamp()
-
-
-def _parse_start(value: str) -> float:
-    dt = datetime.fromisoformat(value)
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-
-
-def split_revision(batch_id: str) -> tuple[str, int]:
-    """`<window id>#rev<N>` -> (window id, N); a first scoring is revision 0."""
-    base, sep, rev = batch_id.partition(_REV)
-    return (base, int(rev)) if sep else (batch_id, 0)
 
 
 class SqlSource:
@@ -214,10 +138,11 @@ class SqlSource:
         self.url = build_url(cfg)
         self.dsn = redacted(self.url)  # for messages: the password is never shown
         self.engine = make_engine(cfg, f"watcher:{model}")
-        origin = _parse_start(cfg.start) if cfg.start else 0.0
+        origin = parse_start(cfg.start) if cfg.start else 0.0
         self.windows = Windows(origin, cfg.window_seconds)
         self.key = f"sql:{model}"
-        self.down_since: float | None = None
+        self.down_since: float | None = None  # when the current outage began (Unix time)
+        self._up_checked = False
         self._table = quote_table(cfg.table)
         self._ts = quote_ident(cfg.timestamp_column)
         self._rows_read: dict[str, int] = {}  # batch id -> rows in the window when loaded
@@ -227,11 +152,7 @@ class SqlSource:
     # ---- Source protocol ------------------------------------------------------------------
 
     async def poll(self) -> list[BatchRef]:
-        try:
-            refs = await asyncio.to_thread(self._poll)
-        except SourceError:
-            self._mark_down()
-            raise
+        refs = await asyncio.to_thread(self._poll)  # SourceError: marked down, raised
         self._mark_up()
         return refs
 
@@ -275,8 +196,8 @@ class SqlSource:
         start, end = ref.window[0].timestamp(), ref.window[1].timestamp()
         _, rev = split_revision(ref.batch_id)
         rows = self._rows_read.pop(ref.batch_id, None)
-        p = Progress.parse(_watermark(conn, self.key))
-        key = _iso(start)
+        p = read_progress(conn, self.key)
+        key = iso(start)
         if rev == 0:
             if p.end is not None and start > p.end:
                 skipped = self.windows.index(start) - self.windows.index_at_or_after(p.end)
@@ -374,11 +295,11 @@ class SqlSource:
         params: dict[str, Any] = {}
         if self.cfg.start:
             sql += f" WHERE {self._ts} >= :origin"
-            params["origin"] = _dt(self.windows.origin)
+            params["origin"] = as_datetime(self.windows.origin)
         oldest = conn.execute(text(sql), params).scalar_one()
         if oldest is None:
             return None
-        t = _as_utc(oldest).timestamp()
+        t = as_utc(oldest).timestamp()
         return self.windows.start(self.windows.index(t))
 
     def _counts(self, conn: Connection, lo: int, hi: int, limit: int | None) -> dict[int, int]:
@@ -391,8 +312,8 @@ class SqlSource:
         params: dict[str, Any] = {
             "origin": repr(self.windows.origin),
             "width": repr(self.windows.width),
-            "start": _dt(self.windows.start(lo)),
-            "end": _dt(self.windows.start(hi)),
+            "start": as_datetime(self.windows.start(lo)),
+            "end": as_datetime(self.windows.start(hi)),
         }
         if limit is not None:
             sql += " LIMIT :limit"
@@ -418,8 +339,8 @@ class SqlSource:
                 BatchRef(
                     model=self.model,
                     batch_id=w.batch_id(k),
-                    uri=f"{self.cfg.table}@[{_iso(s)},{_iso(e)})",
-                    window=(_dt(s), _dt(e)),
+                    uri=f"{self.cfg.table}@[{iso(s)},{iso(e)})",
+                    window=(as_datetime(s), as_datetime(e)),
                 )
             )
         return refs
@@ -427,7 +348,7 @@ class SqlSource:
     def _skip_empty(self, seen_end: float | None, start: float, new_end: float, n: int) -> None:
         """Only empty windows are ready: move the watermark past them and say so."""
         with self.store.transaction() as conn:
-            p = Progress.parse(_watermark(conn, self.key))
+            p = read_progress(conn, self.key)
             if p.end != seen_end:
                 return  # a commit moved it meanwhile; the next poll decides again
             p.end = new_end
@@ -439,8 +360,8 @@ class SqlSource:
             "%s: %d empty window(s) [%s, %s) skipped, nothing to score",
             self.model,
             n,
-            _iso(start),
-            _iso(new_end),
+            iso(start),
+            iso(new_end),
         )
 
     # ---- late rows ------------------------------------------------------------------------
@@ -462,10 +383,10 @@ class SqlSource:
         late: dict[str, int] = {}
         new_nulls = 0
         with self.store.transaction() as sconn:
-            q = Progress.parse(_watermark(sconn, self.key))
+            q = read_progress(sconn, self.key)
             horizon = (q.end or 0.0) - self.cfg.late_check_windows * self.windows.width
             for k in range(lo, hi):
-                key = _iso(self.windows.start(k))
+                key = iso(self.windows.start(k))
                 n = counts.get(k, 0)
                 entry = q.recent.get(key)
                 if self.windows.start(k) < horizon or (
@@ -524,9 +445,9 @@ class SqlSource:
             refs.append(
                 BatchRef(
                     model=self.model,
-                    batch_id=f"{self.windows.batch_id(k)}{_REV}{rev + 1}",
-                    uri=f"{self.cfg.table}@[{key},{_iso(e)}) rev {rev + 1}",
-                    window=(_dt(s), _dt(e)),
+                    batch_id=f"{self.windows.batch_id(k)}{REV}{rev + 1}",
+                    uri=f"{self.cfg.table}@[{key},{iso(e)}) rev {rev + 1}",
+                    window=(as_datetime(s), as_datetime(e)),
                 )
             )
         return refs
@@ -569,49 +490,92 @@ class SqlSource:
                 )
 
     def _guard(self, fn: Callable[[], T], what: str, *, reject: bool = True) -> T:
-        """Run a database call with retries and turn failures into watcher errors."""
-        try:
-            result = retrying(fn, what)
-        except SourceError:
-            self._mark_down()
-            raise
-        except DBAPIError as exc:
-            if is_transient(exc):
-                self._mark_down()
-                raise unreachable(exc, self.url, self.cfg.table) from exc
-            if isinstance(exc, ProgrammingError) or not reject:
-                # Permissions, a column dropped under us, a view that no longer compiles:
-                # the table's problem, not the window's.
-                self._mark_down()
-                raise SourceError(
-                    f"reading {what} from {self.cfg.table} ({self.dsn}) failed: {db_message(exc)}",
-                    hint="fix the table or view (or the config); watcher resumes from its "
-                    "watermark once the query works",
-                ) from exc
-            raise read_failed(exc, self.cfg.table, what) from exc
-        return result
+        """Run a database call with retries; failures become watcher errors.
 
-    def _mark_down(self) -> None:
+        SourceError (the table or the database is the problem) marks the source down;
+        with `reject`, a query that fails on the data becomes BatchRejected.
+        """
+        try:
+            try:
+                return retrying(fn, what)
+            except DBAPIError as exc:
+                if is_transient(exc):
+                    raise unreachable(exc, self.url, self.cfg.table) from exc
+                if isinstance(exc, ProgrammingError) or not reject:
+                    # Permissions, a column dropped under us, a view that no longer
+                    # compiles: the table's problem, not the window's.
+                    raise SourceError(
+                        f"reading {what} from {self.cfg.table} ({self.dsn}) failed: "
+                        f"{db_message(exc)}",
+                        hint="fix the table or view (or the config); watcher resumes from "
+                        "its watermark once the query works",
+                    ) from exc
+                raise read_failed(exc, self.cfg.table, what) from exc
+        except SourceError as exc:
+            self._mark_down(exc)
+            raise
+
+    # ---- up and down ----------------------------------------------------------------------
+
+    @property
+    def _incident(self) -> str:
+        return f"source:{self.model}:down"
+
+    def _mark_down(self, exc: SourceError) -> None:
+        """source_up=0; past `down_alert_after_seconds`, one alert per outage (an incident)."""
         self.metrics.source_up.labels(self.model).set(0)
+        now = time.time()
         if self.down_since is None:
-            self.down_since = time.time()
+            self.down_since = now
+        down_for = now - self.down_since
+        if down_for < self.cfg.down_alert_after_seconds:
+            return
+        details = {
+            "down_since": self.down_since,
+            "down_seconds": round(down_for),
+            "table": self.cfg.table,
+            "dsn": self.dsn,
+            "error": exc.message,
+            "what_to_do": exc.hint,
+        }
+        with self.store.transaction() as conn:
+            if StateStore.open_incident(conn, self._incident, "source_down", self.model, details):
+                # No dedicated kind yet: "source_silent" is the nearest (no batches come).
+                StateStore.enqueue(
+                    conn,
+                    alert_action(
+                        "source_silent",
+                        key=f"{self._incident}:{self.down_since:.0f}",
+                        model=self.model,
+                        title=f"sql source {self.cfg.table} down for {down_for / 60:.0f} min: "
+                        f"{exc.message}"[:300],
+                        severity="critical",
+                        details=details,
+                        incident=self._incident,
+                    ),
+                )
 
     def _mark_up(self) -> None:
         self.metrics.source_up.labels(self.model).set(1)
-        self.down_since = None
-
-
-def _watermark(conn: sqlite3.Connection, key: str) -> str | None:
-    # Read through the caller's transaction, so a read-modify-write cannot lose an update.
-    row = conn.execute("SELECT value FROM watermarks WHERE key = ?", (key,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _as_utc(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    # A `date` column: midnight UTC.
-    return datetime(value.year, value.month, value.day, tzinfo=UTC)
+        # After a restart the outage start is unknown here, but its incident may be open.
+        if self.down_since is None and self._up_checked:
+            return
+        since, self.down_since, self._up_checked = self.down_since, None, True
+        with self.store.transaction() as conn:
+            if StateStore.resolve_incident(conn, self._incident):
+                StateStore.enqueue(
+                    conn,
+                    alert_action(
+                        "source_recovered",
+                        key=f"{self._incident}:recovered:{time.time():.0f}",
+                        model=self.model,
+                        title=f"sql source {self.cfg.table} answers again",
+                        severity="info",
+                        details={} if since is None else {"down_seconds": time.time() - since},
+                        incident=self._incident,
+                    ),
+                )
+                log.info("%s: source %s answers again", self.model, self.cfg.table)
 
 
 __all__ = ["MAX_WINDOWS_PER_POLL", "Progress", "SqlSource", "Windows", "split_revision"]

@@ -107,13 +107,11 @@ def _close_cursors(context: ExceptionContext) -> None:
     # When the connection dies while a server-side (named) cursor is being opened or read,
     # SQLAlchemy lets go of the cursor without closing it; close it rather than leave it
     # to a finaliser.
-    if not context.is_disconnect:
-        return
     for cursor in (
         getattr(context, "cursor", None),
         getattr(context.execution_context, "cursor", None),
     ):
-        if cursor is not None:
+        if cursor is not None and not getattr(cursor, "closed", True):
             close_cursor(cursor)
 
 

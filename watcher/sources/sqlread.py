@@ -177,8 +177,12 @@ def read_range(
     window's row count in the same snapshot as the rows.
     """
     params = {"start": start, "end": end, **plan.params}
-    streamed = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(
-        text(plan.select_sql), params
+    # stream_results: a named (server-side) cursor; yield_per on the result: FETCH that many
+    # rows at a time (as an execution option alone it does not size Core partitions).
+    streamed = (
+        conn.execution_options(stream_results=True)
+        .execute(text(plan.select_sql), params)
+        .yield_per(chunk_rows)
     )
     names = list(streamed.keys())
     cursor = streamed.cursor  # the server-side (named) DBAPI cursor
@@ -189,13 +193,12 @@ def read_range(
             for c in plan.float_columns:
                 chunk[c] = chunk[c].astype("float64")
             sample.add(chunk)
-    except BaseException:
-        # When the connection dies mid-read SQLAlchemy lets go of the named cursor without
-        # closing it; on a dead connection closing only marks it closed.
-        close_cursor(cursor)
-        raise
     finally:
         streamed.close()
+        # When the connection dies mid-read (or just before the cursor's CLOSE), SQLAlchemy
+        # lets go of the named cursor without it being closed: close it for good here.
+        if not getattr(cursor, "closed", True):
+            close_cursor(cursor)
     frame = sample.result(names)
     if plan.timestamp_column is not None:
         frame[plan.timestamp_column] = pd.to_datetime(frame[plan.timestamp_column], utc=True)
