@@ -11,8 +11,9 @@ features, a prediction, an id and a timestamp, plus a wide column the source mus
 Each table is then scored in a fresh Python process, as the daemon does it: `SqlSource.poll`,
 then per window `load` (server-side chunks of 50k rows, max_rows_per_window 200k) and the
 drift engine's `score` against a 20k-row reference, then `commit`. The child reports its
-peak RSS (ru_maxrss) and time per window. A last run on the largest table with the row cap
-lifted shows what the cap is bounding.
+peak RSS (ru_maxrss) and time per window. Two more runs on the largest table: with the row
+cap lifted (what the cap bounds), and cut into windows as small as the smallest table's
+(memory follows the window, not the table).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ ANALYZE {name};
 """
 
 
-def child(dsn: str, table: str, cap: int) -> None:
+def child(dsn: str, table: str, cap: int, window_seconds: float) -> None:
     """Score every window of `table` and print one JSON line of measurements."""
     import numpy as np
     import pandas as pd
@@ -79,7 +80,7 @@ def child(dsn: str, table: str, cap: int) -> None:
     cfg = SqlSourceConfig(
         dsn=dsn,
         table=table,
-        window_seconds=3600,
+        window_seconds=window_seconds,
         allowed_lateness_seconds=0,
         chunk_rows=CHUNK,
         max_rows_per_window=cap,
@@ -151,10 +152,10 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="500000,1000000,5000000")
-    parser.add_argument("--child", nargs=3, metavar=("DSN", "TABLE", "CAP"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], int(args.child[2]))
+        child(args.child[0], args.child[1], int(args.child[2]), float(args.child[3]))
         return 0
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -163,7 +164,7 @@ def main() -> int:
     with psycopg.connect(ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"'.encode())
     try:
-        runs: list[tuple[str, int]] = []
+        runs: list[tuple[str, int, float]] = []
         with psycopg.connect(f"{ADMIN.rsplit('=', 1)[0]}={db}", autocommit=True) as conn:
             for n in sizes:
                 t0 = time.perf_counter()
@@ -176,26 +177,29 @@ def main() -> int:
                     f"{time.perf_counter() - t0:.1f}s",
                     flush=True,
                 )
-                runs.append((f"t{n}", CAP))
-        runs.append((f"t{max(sizes)}", 10**9))  # the same table without a row cap
+                runs.append((f"t{n}", CAP, 3600))
+        largest = f"t{max(sizes)}"
+        runs.append((largest, 10**9, 3600))  # the same table without a row cap
+        # ... and in windows as small as the smallest table's: memory follows the window.
+        runs.append((largest, CAP, 3600 * min(sizes) / max(sizes)))
 
         header = (
-            f"{'table rows':>11} {'cap':>8} {'windows':>7} {'rows/window':>11} "
+            f"{'table rows':>11} {'window s':>8} {'cap':>8} {'windows':>7} {'rows/window':>11} "
             f"{'kept/window':>11} {'sampled out':>11} {'baseline MB':>11} {'peak RSS MB':>11} "
             f"{'load s/win':>10} {'score s/win':>11}"
         )
         print(header)
         print("-" * len(header))
-        for table, cap in runs:
+        for table, cap, window in runs:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", dsn, table, str(cap)],
+                [sys.executable, __file__, "--child", dsn, table, str(cap), str(window)],
                 check=True,
                 capture_output=True,
                 text=True,
             )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(
-                f"{r['rows']:>11,} {('none' if cap >= 10**9 else f'{cap:,}'):>8} "
+                f"{r['rows']:>11,} {window:>8g} {('none' if cap >= 10**9 else f'{cap:,}'):>8} "
                 f"{r['windows']:>7} {r['rows'] // r['windows']:>11,} "
                 f"{r['kept'] // r['windows']:>11,} {r['sampled_out']:>11,} "
                 f"{r['baseline_mb']:>11.0f} {r['peak_mb']:>11.0f} "
