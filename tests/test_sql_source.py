@@ -885,3 +885,30 @@ def test_daemon_keeps_running_through_a_failing_view_a_type_change_and_null_time
         assert [store.batch_status("bikes", wid(d)) for d in (1, 3, 4, 5, 6)] == ["scored"] * 5
     finally:
         store.close()
+
+
+def test_daemon_performance_from_the_labels_table(
+    prediction_log: PredictionLog,
+    bikeshare: pd.DataFrame,
+    harness: Callable[..., Harness],
+    tmp_path: Path,
+) -> None:
+    from watcher.config import ModelConfig
+    from watcher.performance import PerformanceTracker
+
+    two_days = days(bikeshare, 1, 2)
+    prediction_log.log(two_days)
+    labelled = two_days.head(30)
+    prediction_log.label(zip(labelled["id"], labelled["bikers"], strict=True), at=day(3))
+    h = harness(Clock(day(5)))
+    model_cfg = ModelConfig(source=h.source.cfg, columns=COLUMNS)
+    perf = PerformanceTracker("bikes", model_cfg, tmp_path, h.store, h.metrics, h.source)
+    assert perf.check_labels() is None  # no window finished yet: nothing to evaluate
+    for ref in h.poll():
+        h.finish(ref)
+    result = perf.check_labels()
+    assert result is not None
+    expected = float((labelled["predicted"] - labelled["bikers"]).abs().mean())
+    assert result["mae"] == pytest.approx(expected)
+    assert h.metric("watcher_model_performance", metric="mae") == pytest.approx(expected)
+    h.close()

@@ -120,7 +120,7 @@ class Daemon:
             reference = await run_in_daemon_thread(load_reference, name, model_cfg, cfg)
             source = build_source(name, model_cfg, self.store, self.metrics)
             performance = PerformanceTracker(
-                name, model_cfg, cfg.daemon.state_dir, self.store, self.metrics
+                name, model_cfg, cfg.daemon.state_dir, self.store, self.metrics, source
             )
             self.models[name] = ModelRuntime(name, model_cfg, source, reference, performance)
             self._use_reference(name, reference)

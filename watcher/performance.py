@@ -1,45 +1,45 @@
 """The production model's performance, once labels arrive.
 
-Predictions are kept (id + prediction, a small Parquet file per batch) when a batch is
-scored; label files (id + target) land later in the source's ``labels_path``. Each new
-label file is joined with the kept predictions and the model's metrics on those rows are
-exported as ``watcher_model_performance{model,metric}``. A label file is read once: its
-name is recorded in the state store.
+Directory sources: predictions are kept (id + prediction, a small Parquet file per batch)
+when a batch is scored; label files (id + target) land later in the source's
+``labels_path``. Each new label file is joined with the kept predictions and the model's
+metrics on those rows are exported as ``watcher_model_performance{model,metric}``. A label
+file is read once: its name is recorded in the state store.
+
+SQL sources with a ``labels_table``: the prediction log already holds the predictions, so
+every ``late_check_interval_seconds`` the labels of the recent finished windows
+(``late_check_windows`` of them) are joined by id and the metrics on them exported.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from watcher.config import ModelConfig
+from watcher.errors import SourceError
 from watcher.metrics import Metrics
+from watcher.retrain.evaluation import classification_metrics, regression_metrics
+from watcher.sources.base import Source
 from watcher.state import StateStore
 
 log = logging.getLogger(__name__)
 
 
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    err = y_pred - y_true
-    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
-    return {
-        "mae": float(np.abs(err).mean()),
-        "rmse": math.sqrt(float((err**2).mean())),
-        "r2": 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
-    }
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    return {"accuracy": float((y_true == y_pred).mean())}
-
-
 class PerformanceTracker:
     def __init__(
-        self, model: str, cfg: ModelConfig, state_dir: Path, store: StateStore, metrics: Metrics
+        self,
+        model: str,
+        cfg: ModelConfig,
+        state_dir: Path,
+        store: StateStore,
+        metrics: Metrics,
+        source: Source | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
@@ -50,6 +50,18 @@ class PerformanceTracker:
         src = cfg.source
         self.labels_path = src.labels_path if src.kind == "directory" else None
         self.enabled = bool(cols.id and cols.prediction and cols.target and self.labels_path)
+        from watcher.sources.sql import SqlSource  # SQLAlchemy only matters for sql sources
+
+        self.sql = (
+            source
+            if isinstance(source, SqlSource)
+            and src.kind == "sql"
+            and src.labels_table
+            and cols.id
+            and cols.prediction
+            else None
+        )
+        self._next_sql_check = 0.0
 
     def keep_predictions(self, batch_id: str, frame: pd.DataFrame) -> None:
         """Called after a batch is scored (worker thread)."""
@@ -66,7 +78,9 @@ class PerformanceTracker:
         tmp.replace(self.dir / f"{safe}.parquet")
 
     def check_labels(self) -> dict[str, float] | None:
-        """Read label files not seen before; export and return the metrics on them."""
+        """Read labels not seen before; export and return the metrics on them."""
+        if self.sql is not None:
+            return self._check_sql_labels()
         if not self.enabled or self.labels_path is None or not self.labels_path.is_dir():
             return None
         new = [
@@ -103,20 +117,47 @@ class PerformanceTracker:
         if frames and kept:
             joined = pd.concat(frames).merge(pd.concat(kept), on="id", how="inner")
             if len(joined):
-                y, p = joined["label"].to_numpy(), joined["prediction"].to_numpy()
-                if self.cfg.retrain.task == "regression":
-                    result = regression_metrics(y.astype(float), p.astype(float))
-                else:
-                    result = classification_metrics(y, p)
-                for metric, value in result.items():
-                    self.metrics.model_performance.labels(self.model, metric).set(value)
-                log.info(
-                    "%s: performance on %d newly labelled rows: %s",
-                    self.model,
-                    len(joined),
-                    ", ".join(f"{k}={v:.3g}" for k, v in result.items()),
-                )
+                result = self._export(joined["label"].to_numpy(), joined["prediction"].to_numpy())
         with self.store.transaction() as conn:
             for path in new:
                 self.store.set_watermark(conn, f"labels:{self.model}:{path.name}", "read")
+        return result
+
+    def _check_sql_labels(self) -> dict[str, float] | None:
+        src = self.cfg.source
+        assert self.sql is not None
+        assert src.kind == "sql"
+        if time.monotonic() < self._next_sql_check:
+            return None
+        self._next_sql_check = time.monotonic() + src.late_check_interval_seconds
+        end_ts = self.sql.progress.end
+        if end_ts is None:
+            return None
+        end = datetime.fromtimestamp(end_ts, UTC)
+        start = end - timedelta(seconds=src.window_seconds * src.late_check_windows)
+        try:
+            labels = self.sql.load_labels(start, end)
+        except SourceError as exc:  # the source's own metrics and alerts cover the outage
+            log.warning("%s: labels not read this round: %s", self.model, exc)
+            return None
+        label_col = self.cfg.columns.target or "target"
+        pred_col = self.cfg.columns.prediction
+        if labels.empty or label_col not in labels or pred_col not in labels:
+            return None
+        return self._export(labels[label_col].to_numpy(), labels[pred_col].to_numpy())
+
+    def _export(self, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+        # The same metric definitions the retraining DAG's gate uses.
+        if self.cfg.retrain.task == "regression":
+            result = regression_metrics(y.astype(float), p.astype(float))
+        else:
+            result = classification_metrics(y, p, None)
+        for metric, value in result.items():
+            self.metrics.model_performance.labels(self.model, metric).set(value)
+        log.info(
+            "%s: performance on %d labelled rows: %s",
+            self.model,
+            len(y),
+            ", ".join(f"{k}={v:.3g}" for k, v in result.items()),
+        )
         return result
