@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,7 @@ import pytest
 from fixtures_smtp import SmtpServer
 from prometheus_client import generate_latest
 
-from watcher.alerts import alert_action
+from watcher.alerts import AlertKind, alert_action
 from watcher.alerts.compose import message_id
 from watcher.alerts.dispatcher import MailDispatcher, build_mail_workers
 from watcher.alerts.kinds import (
@@ -253,6 +253,21 @@ def every_kind(report: str) -> list[Action]:
             incident="airflow:down",
         ),
         alert_action(
+            "source_down",
+            key="source:bikes:down:1",
+            model=m,
+            title="sql source predictions down for 6 min: connection refused",
+            severity="critical",
+            details={
+                "down_seconds": 360,
+                "table": "predictions",
+                "dsn": "postgresql+psycopg://watcher:***@db/prod",
+                "error": "connection refused",
+                "what_to_do": "check the database",
+            },
+            incident="source:bikes:down",
+        ),
+        alert_action(
             "source_silent",
             key="source:bikes:silent:1",
             model=m,
@@ -358,7 +373,8 @@ def test_every_alert_kind_arrives_with_subject_parts_table_links_and_report(
     run_round(dispatcher(settings, store, metrics))
 
     received = smtp_server.wait_for(len(actions))
-    assert len(received) == len(actions) == 14
+    # Every kind the daemon can raise, one mail each.
+    assert len(received) == len(actions) == len(get_args(AlertKind))
     mails = by_kind([r.message for r in received])
     assert set(mails) == {a.payload["alert"] for a in actions}
     for action in actions:
@@ -434,6 +450,10 @@ def test_every_alert_kind_arrives_with_subject_parts_table_links_and_report(
     assert f"{GRAFANA}/d/watcher-operations" in text_of(mails["retrain_failed"])
     assert "watcher-operations" not in text_of(mails["drift_persisting"])
     assert "45 min" in text_of(mails["source_silent"])
+    assert "Source unreachable" in str(mails["source_down"]["Subject"]) + text_of(
+        mails["source_down"]
+    )
+    assert "connection refused" in text_of(mails["source_down"])
     rejected = text_of(mails["batch_rejected"])
     assert "column temp is entirely missing" in rejected
     assert "all_missing" in rejected
@@ -455,7 +475,7 @@ def test_every_alert_kind_arrives_with_subject_parts_table_links_and_report(
     # Another round sends nothing again.
     run_round(dispatcher(settings, store, metrics))
     time.sleep(0.2)
-    assert len(smtp_server.messages) == 14
+    assert len(smtp_server.messages) == len(get_args(AlertKind))
 
 
 def test_report_too_large_is_linked_not_attached(

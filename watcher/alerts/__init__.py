@@ -17,6 +17,7 @@ AlertKind = Literal[
     "dag_paused",
     "airflow_unreachable",
     "airflow_recovered",
+    "source_down",
     "source_silent",
     "source_recovered",
     "batch_rejected",

@@ -18,6 +18,7 @@ trigger_refused        dag_id, status, error
 dag_paused             dag_id, unpaused
 airflow_unreachable    down_since, down_seconds, error
 airflow_recovered      down_since, down_seconds
+source_down            down_seconds, table, dsn (password redacted), error, what_to_do
 source_silent          last_batch_at, silent_seconds
 source_recovered       silent_seconds
 batch_rejected         reason, check
@@ -111,6 +112,11 @@ KINDS: dict[str, KindText] = {
     "airflow_recovered": KindText(
         "Airflow reachable again",
         "Pending triggers are being delivered. Nothing to do.",
+    ),
+    "source_down": KindText(
+        "Source unreachable",
+        "watcher cannot read the model's source (database down, table or view broken). "
+        "Nothing is lost: scoring resumes from the watermark once it answers. See the error.",
     ),
     "source_silent": KindText(
         "No new batches",

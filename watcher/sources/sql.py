@@ -540,11 +540,10 @@ class SqlSource:
         }
         with self.store.transaction() as conn:
             if StateStore.open_incident(conn, self._incident, "source_down", self.model, details):
-                # No dedicated kind yet: "source_silent" is the nearest (no batches come).
                 StateStore.enqueue(
                     conn,
                     alert_action(
-                        "source_silent",
+                        "source_down",
                         key=f"{self._incident}:{self.down_since:.0f}",
                         model=self.model,
                         title=f"sql source {self.cfg.table} down for {down_for / 60:.0f} min: "
