@@ -327,16 +327,18 @@ def save_summary(demo: DemoRun, daemon: Service) -> None:
 def print_summary(demo: DemoRun, console: Console) -> None:
     results = demo.results
     triggered = [r for r in results if r.decision == "triggered"]
-    versions = [
-        v.version for v in ModelRegistry(demo.settings.registry.path).list_versions(demo.model)
-    ]
-    production = ModelRegistry(demo.settings.registry.path).production_version(demo.model)
+    registry = ModelRegistry(demo.settings.registry.path)
+    kept = [v.version for v in registry.list_versions(demo.model)]
+    production = registry.production_version(demo.model)
+    # Versions are numbered in deployment order and only a deployment registers one; the
+    # oldest may have been pruned (registry.keep_versions), so count from the newest.
+    deployed = max((int(v) for v in kept), default=1) - 1
     succeeded = sum(r.run_state == "success" for r in triggered)
     console.rule("[bold]summary")
     console.print(
         f"weeks replayed: {len(results)}; retrains triggered: {len(triggered)} "
-        f"({succeeded} succeeded); versions deployed: {len(versions) - 1} "
-        f"(registry: {versions}, production: {production})"
+        f"({succeeded} succeeded); new versions deployed: {deployed} "
+        f"(production: {production}; kept in the registry: {kept})"
     )
     table = Table("month", "MAE with the loop", "MAE without retraining")
     monthly = monthly_mae(results) if results else pd.DataFrame()
