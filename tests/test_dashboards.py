@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -209,3 +210,15 @@ def test_names_and_labels_exist_in_the_exporter(query: Any) -> None:
         if name.endswith("_bucket"):
             allowed = allowed | {"le"}
         assert used <= allowed, f"{query.where}: {name} has no label(s) {sorted(used - allowed)}"
+
+
+def test_readme_lists_every_panel_as_generated() -> None:
+    """The README's panel list is the generated PANELS.md, not a stale hand copy."""
+    root = Path(__file__).resolve().parent.parent
+    generated = (root / "dashboards" / "grafana" / "PANELS.md").read_text()
+    readme = (root / "README.md").read_text()
+    listed = readme.split("<!-- PANELS:BEGIN -->", 1)[1].split("<!-- PANELS:END -->", 1)[0]
+    rows = [line for line in generated.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) > 50
+    for row in rows:
+        assert row in listed, f"README lacks the panel row: {row}"
