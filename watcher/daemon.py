@@ -31,6 +31,7 @@ from watcher.errors import SourceError, WatcherError
 from watcher.metrics import Health, Metrics, MetricsServer
 from watcher.performance import PerformanceTracker
 from watcher.pipeline import ModelRuntime, Pipeline, Reference, load_reference, reference_tag
+from watcher.registry import ModelRegistry
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
 from watcher.state import RunRecord, StateStore
@@ -89,6 +90,7 @@ class Daemon:
         self.health = Health(max(60.0, 5 * settings.daemon.poll_interval_seconds))
         self.store = StateStore(settings.daemon.state_dir / "state.db")
         self.pipeline = Pipeline(settings, self.store, self.metrics)
+        self.registry = ModelRegistry(settings.registry.path)
         self.models: dict[str, ModelRuntime] = {}
         self.stop = asyncio.Event()
         self._server: MetricsServer | None = None
@@ -244,9 +246,7 @@ class Daemon:
 
     async def _maybe_reload(self, rt: ModelRuntime) -> None:
         """Switch to a new reference when the registry's production version changed."""
-        from watcher.registry import ModelRegistry
-
-        version = ModelRegistry(self.settings.registry.path).production_version(rt.name)
+        version = self.registry.production_version(rt.name)
         forced = rt.name in self._reload_now
         self._reload_now.discard(rt.name)
         if version is None or (not forced and rt.reference.version == reference_tag(version)):

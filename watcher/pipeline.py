@@ -24,7 +24,7 @@ from watcher.drift.quality import QualityReport, ReferenceProfile, check_batch, 
 from watcher.errors import BatchRejected, ReferenceDataError
 from watcher.metrics import Metrics
 from watcher.performance import PerformanceTracker
-from watcher.policy import DAY, PolicyInput, Verdict, decide, run_id_for, streak_of
+from watcher.policy import DAY, PolicyInput, Verdict, decide, opens_incident, run_id_for, streak_of
 from watcher.sources.base import BatchRef, Source
 from watcher.state import Action, StateStore
 
@@ -286,7 +286,7 @@ class Pipeline:
                 "SELECT 1 FROM incidents WHERE key = ? AND resolved_at IS NULL",
                 (f"drift:{rt.name}",),
             ).fetchone()
-        return is_open is None and 1 + streak_of(flags) == rt.cfg.policy.consecutive
+        return is_open is None and opens_incident(1 + streak_of(flags), rt.cfg.policy)
 
     def _policy(self, rt: ModelRuntime) -> PolicyConfig:
         """Without Airflow a trigger could never be delivered: decide as a dry run instead of

@@ -69,10 +69,15 @@ def streak_of(flags: Sequence[bool], value: bool = True) -> int:
     return n
 
 
+def opens_incident(streak: int, cfg: PolicyConfig) -> bool:
+    """A drift incident opens when the streak reaches the trigger length, once."""
+    return streak == cfg.consecutive
+
+
 def decide(inp: PolicyInput, cfg: PolicyConfig) -> Verdict:
     streak = streak_of(inp.drift_flags, True)
     clean = streak_of(inp.drift_flags, False)
-    opened = streak == cfg.consecutive
+    opened = opens_incident(streak, cfg)
     resolved = clean == cfg.resolve_after
 
     def verdict(outcome: Outcome, reason: str) -> Verdict:
