@@ -48,7 +48,10 @@ def test_a_growing_file_is_not_read_until_it_stops_changing(
     assert poll(src) == []
     with path.open("a") as fh:  # it keeps writing between polls
         fh.write(text[half:])
-    os.utime(path, ns=(time.time_ns() + 1_000_000, time.time_ns() + 1_000_000))
+    # A distinct mtime in the past: the file changed (its size did too), and a mtime in the
+    # future would hold it back as "too fresh" whatever the settle time.
+    past = time.time_ns() - 1_000_000_000
+    os.utime(path, ns=(past, past))
     assert poll(src) == []  # changed since the last poll: still not complete
     assert poll(src) == ["growing.csv"]  # unchanged across two polls: complete
     df = src.load(BatchRef("m", "growing.csv", str(path)))
