@@ -84,7 +84,7 @@ def score(
 ) -> None:
     """Score CURRENT against REFERENCE once. Exit 0 no dataset drift, 1 drift, 2 error."""
     from watcher.drift import engine
-    from watcher.pipeline import read_table
+    from watcher.retrain.data import read_table
 
     try:
         ref_df, cur_df = read_table(reference), read_table(current)
@@ -390,8 +390,8 @@ def replay(
     wait: Annotated[bool, typer.Option(help="Wait for the daemon after each period.")] = True,
 ) -> None:
     """Feed a labelled data set to a running daemon period by period, as production would."""
-    from watcher.pipeline import read_table
     from watcher.replay import PeriodResult, Replay
+    from watcher.retrain.data import read_table
 
     settings = _load(config)
     name = model or next(iter(settings.models), None)

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,6 +24,7 @@ from watcher.errors import BatchRejected, ReferenceDataError
 from watcher.metrics import Metrics
 from watcher.performance import PerformanceTracker
 from watcher.policy import DAY, PolicyInput, Verdict, decide, opens_incident, run_id_for, streak_of
+from watcher.retrain.data import read_table
 from watcher.sources.base import BatchRef, Source
 from watcher.state import Action, StateStore
 
@@ -65,12 +65,6 @@ class BatchOutcome:
 def reference_tag(registry_version: str) -> str:
     """How a registry version is named as a reference (and in `watcher_model_info`)."""
     return registry_version if registry_version.startswith("v") else f"v{registry_version}"
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
 
 
 def load_reference(name: str, cfg: ModelConfig, settings: Settings) -> Reference:
