@@ -32,18 +32,14 @@ from typing import Any
 
 import pytest
 
+from watcher.localstack import airflow_env, free_port
+
 TEST_DAGS = Path(__file__).parent / "airflow_dags"
 # DAG ids in tests/airflow_dags and whether each must be paused once parsed.
 EXPECTED_DAGS = {"retrain_test": False, "retrain_fails": False, "retrain_paused": True}
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 STARTUP_TIMEOUT = 240.0
 ACTIVE = ("queued", "running")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -306,35 +302,18 @@ def _pids_with_env(name: str, value: str) -> list[int]:
 
 
 def _environment(home: Path, dags: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "WATCHER_"))}
-    env.update(
+    # Fixed secrets: tokens stay valid across an api-server restart, and every component
+    # verifies the others' tokens.
+    return airflow_env(
+        home,
+        port,
+        dags,
         {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__WORKERS": "1",
-            # Fixed secrets: tokens stay valid across an api-server restart, and every
-            # component verifies the others' tokens.
             "AIRFLOW__API_AUTH__JWT_SECRET": "watcher-tests-jwt-secret",
             "AIRFLOW__API__SECRET_KEY": "watcher-tests-secret-key",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
-            # The log servers default to fixed ports; two sessions on one machine would clash.
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "PYTHONDONTWRITEBYTECODE": "1",
-        }
+        },
     )
-    return env
 
 
 def start_airflow(home: Path) -> AirflowServer:
@@ -344,7 +323,6 @@ def start_airflow(home: Path) -> AirflowServer:
     dags.mkdir(parents=True)
     for dag_file in TEST_DAGS.glob("*.py"):
         shutil.copy(dag_file, dags / dag_file.name)
-    (home / "passwords.json").write_text(json.dumps({"admin": "admin"}))
     port = free_port()
     server = AirflowServer(
         url=f"http://127.0.0.1:{port}",

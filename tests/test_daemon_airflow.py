@@ -35,10 +35,11 @@ import pytest
 from fixtures_airflow import AirflowServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from support import DaemonProcess, drop, frame, free_port, model_toml, wait_for, write_config
+from support import DaemonProcess, drop, frame, model_toml, wait_for, write_config
 
 from watcher.config import Settings, load_config
 from watcher.daemon import Daemon
+from watcher.localstack import free_port
 from watcher.policy import run_id_for
 from watcher.state import Decision, RunRecord, StateStore
 

@@ -21,9 +21,10 @@ from typing import Any
 
 from fixtures_smtp import SmtpServer
 from prometheus_client.parser import text_string_to_metric_families
-from support import DaemonProcess, drop, frame, free_port, wait_for, write_config
+from support import DaemonProcess, drop, frame, wait_for, write_config
 
 from watcher.alerts.compose import message_id
+from watcher.localstack import free_port
 from watcher.state import StateStore
 
 SCORED_TIMEOUT = 90.0  # start, two batches scored and an evidently report, on a busy CI

@@ -11,7 +11,9 @@ import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from support import drop, frame, free_port, wait_for, write_config
+from support import drop, frame, wait_for, write_config
+
+from watcher.localstack import free_port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

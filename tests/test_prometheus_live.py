@@ -53,7 +53,9 @@ from dashboards_support import (
     rule_queries,
     substitute,
 )
-from support import drop, frame, free_port, wait_for, write_config
+from support import drop, frame, wait_for, write_config
+
+from watcher.localstack import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -88,33 +88,44 @@ def _http_json(url: str, timeout: float = 5.0) -> Any:
 def airflow_env(
     home: Path, port: int, dags: Path, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """Environment for a local Airflow 3 on SQLite with the LocalExecutor."""
+    """Environment for a local Airflow 3 on SQLite with the LocalExecutor.
+
+    Shared by the demo and the test suite's Airflow fixture; `extra` adds or overrides.
+    Inherited AIRFLOW_* and WATCHER_* variables are dropped, so a developer's own Airflow
+    settings never leak into it.
+    """
     home.mkdir(parents=True, exist_ok=True)
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({AIRFLOW_USER: AIRFLOW_PASSWORD}))
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        # The same secret for every component; without it tasks fail signature checks.
-        "AIRFLOW__API_AUTH__JWT_SECRET": "watcher-local-demo-secret",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-    }
-    env.pop("WATCHER_CONFIG", None)
-    # `airflow standalone` starts its components as `airflow ...` from PATH: make it ours.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "WATCHER_"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__WORKERS": "1",
+            # The API listens on 127.0.0.1 only; "localhost" may resolve to ::1 first.
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            # One secret for every component; without it tasks fail signature checks.
+            "AIRFLOW__API_AUTH__JWT_SECRET": "watcher-local-jwt-secret",
+            "AIRFLOW__API__SECRET_KEY": "watcher-local-secret-key",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+            # The log servers default to fixed ports; two local Airflows would clash.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            # `airflow standalone` starts its components as `airflow ...` from PATH.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -129,7 +140,11 @@ def start_airflow(
     """`airflow standalone` in `home`; returns once the API answers and every component is
     healthy. Raises WatcherError (and stops what it started) otherwise."""
     airflow = shutil.which("airflow", path=str(Path(sys.executable).parent)) or "airflow"
-    env = airflow_env(home, port, dags, extra_env)
+    quiet = {
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    }
+    env = airflow_env(home, port, dags, quiet | (extra_env or {}))
     svc = spawn(
         "airflow",
         [airflow, "standalone"],
