@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from watcher.config import Settings, load_config
-from watcher.demo import dump_toml
+from watcher.config import Settings, dump_toml, load_config
 from watcher.registry import ModelRegistry
 from watcher.retrain.bootstrap import EXAMPLE_WEEKS, bootstrap, load_example_data
 from watcher.retrain.example_data import batch_and_labels, weekly_batches
@@ -65,6 +64,8 @@ def write_config(
     raw["daemon"] = {"state_dir": str(folder / "state")}
     raw["registry"] = {"path": str(folder / "registry"), "keep_versions": 3}
     raw["smtp"] = {"sender": smtp_sender}
+    # Models last: tests append a copy of the models section to add a second model.
+    raw["models"] = raw.pop("models")
     path = folder / "watcher.toml"
     path.write_text(dump_toml(raw), encoding="utf-8")
     return path

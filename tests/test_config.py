@@ -127,3 +127,27 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert "does not exist" in missing.stderr
+
+
+def test_dump_toml_round_trips_through_load_config(tmp_path: Path) -> None:
+    from watcher.config import dump_toml
+
+    data = {
+        "daemon": {"state_dir": str(tmp_path / "s"), "poll_interval_seconds": 0.5},
+        "smtp": {"enabled": True, "recipients": ["a@example.com", "b@example.com"]},
+        "models": {
+            "bikes-1": {
+                "source": {"kind": "directory", "path": str(tmp_path / "in")},
+                "columns": {"numeric": ["wind speed", "température"], "categorical": ["c"]},
+                "drift": {"columns": {"wind speed": {"stattest": "psi", "threshold": 0.2}}},
+            }
+        },
+    }
+    path = tmp_path / "out.toml"
+    path.write_text(dump_toml(data))
+    s = load_config(path)
+    assert s.daemon.poll_interval_seconds == 0.5
+    assert s.smtp.recipients == ["a@example.com", "b@example.com"]
+    m = s.models["bikes-1"]
+    assert m.columns.numeric == ["wind speed", "température"]
+    assert m.drift.columns["wind speed"].threshold == 0.2

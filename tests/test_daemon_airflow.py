@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from support import DaemonProcess, drop, frame, model_toml, wait_for, write_config
 
-from watcher.config import Settings, load_config
+from watcher.config import Settings, load_config, toml_value
 from watcher.daemon import Daemon
 from watcher.localstack import free_port
 from watcher.policy import run_id_for
@@ -53,21 +53,13 @@ RUN_TIMEOUT = 120.0  # a retrain_test run takes seconds; the scheduler may be sl
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string of ASCII text is a valid TOML basic string
-    return repr(v)
-
-
 def airflow_toml(server: AirflowServer, **overrides: Any) -> str:
     """An [airflow] table pointing at the test Airflow, polling fast. A generous request
     timeout: on a busy CI machine the single api-server worker can take seconds to answer,
     and a POST that timed out on our side but created the run would come back as a 409."""
     defaults = {"poll_interval_seconds": 0.3, "request_timeout_seconds": 30.0}
     cfg = server.airflow_config(**(defaults | overrides))
-    return "[airflow]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in cfg.items())
+    return "[airflow]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in cfg.items())
 
 
 def new_tag() -> str:

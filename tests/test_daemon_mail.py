@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import DaemonProcess, drop, frame, wait_for, write_config
 
 from watcher.alerts.compose import message_id
+from watcher.config import toml_value
 from watcher.localstack import free_port
 from watcher.state import StateStore
 
@@ -32,16 +33,6 @@ DRIFT_KEY = "drift:m:opened:d2.parquet"  # the outbox key of the drift alert
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str | Path):
-        return json.dumps(str(v))  # a JSON string of ASCII text is a valid TOML basic string
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
 
 
 def mail_toml(server: SmtpServer, **smtp: Any) -> str:
@@ -55,7 +46,7 @@ def mail_toml(server: SmtpServer, **smtp: Any) -> str:
     )
     return (
         "[smtp]\n"
-        + "".join(f"{k} = {_toml_value(v)}\n" for k, v in cfg.items())
+        + "".join(f"{k} = {toml_value(v)}\n" for k, v in cfg.items())
         + "[alerts]\ndigest_window_seconds = 0\n"
     )
 

@@ -9,6 +9,8 @@ check-config FILE` runs the same validation. Nothing else in watcher reads the e
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -378,6 +380,43 @@ class Settings(BaseSettings):
         if model is not None and model in self.models and self.models[model].recipients:
             return self.models[model].recipients
         return self.smtp.recipients
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def toml_value(value: Any) -> str:
+    """A scalar or list as TOML (strings as JSON strings, which TOML reads the same)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as a TOML value")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def dump_toml(data: dict[str, Any], _prefix: str = "") -> str:
+    """A config dict as TOML: values first, then every mapping as a [table] of its own.
+
+    For tools that write configs (the demo, tests); `load_config(dump_toml(d))` reads d.
+    """
+    lines = []
+    values = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    if _prefix and (values or not data):
+        lines.append(f"\n[{_prefix}]")
+    lines += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in values.items()]
+    for key, sub in data.items():
+        if isinstance(sub, dict):
+            name = f"{_prefix}.{_toml_key(key)}" if _prefix else _toml_key(key)
+            lines.append(dump_toml(sub, name).rstrip("\n"))
+    return "\n".join(lines) + "\n"
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

@@ -19,14 +19,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from watcher.config import Settings, load_config
+from watcher.config import Settings, dump_toml, load_config
 from watcher.localstack import (
     AIRFLOW_PASSWORD,
     AIRFLOW_USER,
@@ -59,43 +58,6 @@ class DemoRun:
         for svc in reversed(self.services):
             svc.stop()
         self.mail.stop()
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str | Path):
-        return json.dumps(str(v))
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """Enough TOML for a config: tables of scalars, lists and inline tables."""
-    lines: list[str] = []
-
-    def table(prefix: str, d: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) or not _has_tables(v)}
-        nested = {k: v for k, v in d.items() if k not in scalars}
-        if prefix and scalars:
-            lines.append(f"\n[{prefix}]")
-        for k, v in scalars.items():
-            lines.append(f"{json.dumps(k) if not k.isidentifier() else k} = {_toml_value(v)}")
-        for k, v in nested.items():
-            table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", data)
-    return "\n".join(lines) + "\n"
-
-
-def _has_tables(d: dict[str, Any]) -> bool:
-    # Sections with sub-sections (or known section names) are written as [tables].
-    return any(isinstance(v, dict) for v in d.values()) or len(d) > 4
 
 
 def demo_config(example: Path, workdir: Path, ports: dict[str, int]) -> tuple[Path, str]:
