@@ -407,15 +407,19 @@ def replay(
         )
 
     try:
-        Replay(settings, name, read_table(data)).run(
-            skip=skip,
-            limit=weeks,
-            every=every,
-            wait=wait,
-            period_seconds=60.0 / speed if speed > 0 else 0.0,
-            wait_for_retrain=wait_for_retrain,
-            on_period=show,
-        )
+        replayer = Replay(settings, name, read_table(data))
+        try:
+            replayer.run(
+                skip=skip,
+                limit=weeks,
+                every=every,
+                wait=wait,
+                period_seconds=60.0 / speed if speed > 0 else 0.0,
+                wait_for_retrain=wait_for_retrain,
+                on_period=show,
+            )
+        finally:
+            replayer.close()
     except (WatcherError, OSError) as exc:
         err.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc

@@ -255,6 +255,7 @@ def run_demo(
         console.print("waiting for the last retrain to end …")
         replay.wait_idle()
         states = replay.run_states()
+        replay.close()
         for r in demo.results:
             if r.run_id in states:
                 r.run_state = states[r.run_id]

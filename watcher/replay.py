@@ -13,7 +13,6 @@ retrain the batch caused has ended and the daemon uses its result (deterministic
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,9 @@ import pandas as pd
 
 from watcher.config import ModelConfig, Settings
 from watcher.errors import WatcherError
+from watcher.pipeline import reference_tag
 from watcher.registry import ModelRegistry
+from watcher.state import StateStore
 
 
 @dataclass
@@ -86,6 +87,8 @@ class Replay:
         self.labels = src.labels_path or (src.path.parent / "labels")
         self.data = data.sort_values(cols.timestamp)
         self.registry = ModelRegistry(settings.registry.path)
+        # The daemon's own state: the replay follows what it scored and decided.
+        self.store = StateStore(settings.daemon.state_dir / "state.db")
         self._served: tuple[str, Any] | None = None
         self._baseline: Any = None
 
@@ -156,99 +159,67 @@ class Replay:
 
     def _follow(self, result: PeriodResult, timeout: float, wait_for_retrain: bool) -> None:
         """Wait for the daemon to score the batch, then for any retraining it caused."""
-        db = self.settings.daemon.state_dir / "state.db"
         deadline = time.monotonic() + timeout
-        row = None
+        record = None
         while time.monotonic() < deadline:
-            row = _query(
-                db,
-                "SELECT status, drift_share, dataset_drift, result, reason FROM batches "
-                "WHERE model = ? AND batch_id = ? AND status != 'claimed'",
-                (self.model, result.batch_file),
-            )
-            if row:
+            record = self.store.batch(self.model, result.batch_file)
+            if record is not None and record.status != "claimed":
                 break
             time.sleep(0.2)
-        if not row:
+        if record is None or record.status == "claimed":
             raise WatcherError(
                 f"the daemon did not score {result.batch_file} within {timeout:.0f}s",
                 hint="is `watcher run` running with the same config?",
             )
-        status, share, drifted, payload, reason = row[0]
-        result.status, result.drift_share = status, share
-        result.dataset_drift = None if drifted is None else bool(drifted)
-        if payload:
-            import json
-
-            cols = json.loads(payload)["drift"]["columns"]
+        result.status, result.drift_share = record.status, record.drift_share
+        result.dataset_drift = record.dataset_drift
+        if record.result:
+            cols = record.result["drift"]["columns"]
             ranked = sorted(
                 cols.items(), key=lambda kv: -float(kv[1]["score"] / kv[1]["threshold"])
             )
             result.top_features = [k for k, v in ranked if v["drifted"]][:3]
-        decision = _query(
-            db,
-            "SELECT outcome, reason, run_id FROM decisions WHERE model = ? "
-            "AND batch_id = ? ORDER BY id DESC LIMIT 1",
-            (self.model, result.batch_file),
-        )
-        if decision:
-            result.decision, result.reason, result.run_id = decision[0]
-        elif reason:
-            result.decision, result.reason = "rejected", reason
+        decisions = self.store.decisions(self.model, 1, batch_id=result.batch_file)
+        if decisions:
+            d = decisions[0]
+            result.decision, result.reason, result.run_id = d.outcome, d.reason, d.run_id
+        elif record.reason:
+            result.decision, result.reason = "rejected", record.reason
         if result.run_id and result.decision == "triggered" and wait_for_retrain:
             while time.monotonic() < deadline:
-                state = _query(db, "SELECT state FROM runs WHERE run_id = ?", (result.run_id,))
-                result.run_state = state[0][0] if state else "pending"
-                ended = state and state[0][0] not in ("queued", "running")
-                if ended and self._daemon_caught_up(db):
+                result.run_state = self.run_states().get(result.run_id, "pending")
+                ended = result.run_state not in ("pending", "queued", "running")
+                if ended and self._daemon_caught_up():
                     break
                 time.sleep(0.5)
         result.version_after = self.registry.production_version(self.model)
 
     def wait_idle(self, timeout: float = 600.0) -> None:
         """Wait until no retrain of the model is pending or running (end of a replay)."""
-        db = self.settings.daemon.state_dir / "state.db"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = _query(
-                db,
-                "SELECT 1 FROM runs WHERE model = ? AND state IN ('queued', 'running') UNION ALL "
-                "SELECT 1 FROM outbox WHERE model = ? AND kind = 'trigger' AND status = 'pending'",
-                (self.model, self.model),
-            )
-            if not busy and self._daemon_caught_up(db):
+            if not self.store.retraining(self.model) and self._daemon_caught_up():
                 return
             time.sleep(1)
 
     def run_states(self) -> dict[str, str]:
-        """The final state of every retrain run of the model, by run id."""
-        db = self.settings.daemon.state_dir / "state.db"
-        rows = _query(db, "SELECT run_id, state FROM runs WHERE model = ?", (self.model,))
-        return {str(r[0]): str(r[1]) for r in rows}
+        """The state of every retrain run of the model, by run id."""
+        return {r.run_id: r.state for r in self.store.runs(self.model, limit=100_000)}
 
-    def _daemon_caught_up(self, db: Path) -> bool:
+    def close(self) -> None:
+        self.store.close()
+
+    def _daemon_caught_up(self) -> bool:
         """The daemon uses the registry's production version as its reference."""
         version = self.registry.production_version(self.model)
-        row = _query(db, "SELECT reference_version FROM model_state WHERE model = ?", (self.model,))
-        return bool(row) and version is not None and row[0][0] in (version, f"v{version}")
+        in_use = self.store.reference_version(self.model)
+        return version is not None and in_use == reference_tag(version)
 
 
 def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     frame.to_parquet(tmp, index=False)
     tmp.rename(path)
-
-
-def _query(db: Path, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return list(conn.execute(sql, params).fetchall())
-    except sqlite3.OperationalError:
-        return []  # tables not created yet
-    finally:
-        conn.close()
 
 
 def monthly_mae(results: list[PeriodResult]) -> pd.DataFrame:

@@ -230,17 +230,19 @@ class StateStore:
         )
         return bool(rows)
 
-    def batch_status(self, model: str, batch_id: str) -> BatchStatus | None:
+    def batch(self, model: str, batch_id: str) -> BatchRecord | None:
         rows = self._read(
-            "SELECT status FROM batches WHERE model = ? AND batch_id = ?", (model, batch_id)
+            "SELECT * FROM batches WHERE model = ? AND batch_id = ?", (model, batch_id)
         )
-        return rows[0]["status"] if rows else None
+        return _batch(rows[0]) if rows else None
+
+    def batch_status(self, model: str, batch_id: str) -> BatchStatus | None:
+        record = self.batch(model, batch_id)
+        return record.status if record else None
 
     def batch_reason(self, model: str, batch_id: str) -> str | None:
-        rows = self._read(
-            "SELECT reason FROM batches WHERE model = ? AND batch_id = ?", (model, batch_id)
-        )
-        return rows[0]["reason"] if rows else None
+        record = self.batch(model, batch_id)
+        return record.reason if record else None
 
     def processed_ids(self, model: str) -> set[str]:
         rows = self._read(
@@ -376,9 +378,14 @@ class StateStore:
         ).fetchall()
         return [float(r["at"]) for r in rows]
 
-    def decisions(self, model: str, limit: int = 10) -> list[Decision]:
+    def decisions(
+        self, model: str, limit: int = 10, *, batch_id: str | None = None
+    ) -> list[Decision]:
+        """Newest first; only those about `batch_id` when given."""
         rows = self._read(
-            "SELECT * FROM decisions WHERE model = ? ORDER BY id DESC LIMIT ?", (model, limit)
+            "SELECT * FROM decisions WHERE model = ? AND (? IS NULL OR batch_id = ?) "
+            "ORDER BY id DESC LIMIT ?",
+            (model, batch_id, batch_id, limit),
         )
         return [
             Decision(r["model"], r["batch_id"], r["at"], r["outcome"], r["reason"], r["run_id"])
@@ -511,6 +518,11 @@ class StateStore:
             sql += " AND handled = 0"
         rows = self._read(sql + " ORDER BY triggered_at DESC LIMIT ?", (*params, limit))
         return [_run(r) for r in rows]
+
+    def retraining(self, model: str) -> bool:
+        """A retrain of the model is queued, running, or waiting in the outbox."""
+        with self._lock:
+            return self.has_active_run(self._conn, model)
 
     @staticmethod
     def has_active_run(conn: sqlite3.Connection, model: str) -> bool:
