@@ -62,6 +62,7 @@ class PerformanceTracker:
             else None
         )
         self._next_sql_check = 0.0
+        self._read_files: set[str] = set()  # label files known to be read (recorded in the store)
 
     def keep_predictions(self, batch_id: str, frame: pd.DataFrame) -> None:
         """Called after a batch is scored (worker thread)."""
@@ -83,13 +84,20 @@ class PerformanceTracker:
             return self._check_sql_labels()
         if not self.enabled or self.labels_path is None or not self.labels_path.is_dir():
             return None
-        new = [
+        candidates = [
             p
             for p in sorted(self.labels_path.iterdir())
             if p.suffix in (".csv", ".parquet")
             and not p.name.startswith(".")
-            and self.store.watermark(f"labels:{self.model}:{p.name}") is None
+            and p.name not in self._read_files
         ]
+        # This runs every loop round: ask the store about a file name once per process.
+        new = []
+        for p in candidates:
+            if self.store.watermark(f"labels:{self.model}:{p.name}") is None:
+                new.append(p)
+            else:
+                self._read_files.add(p.name)
         if not new:
             return None
         target = self.cfg.columns.target
@@ -121,6 +129,7 @@ class PerformanceTracker:
         with self.store.transaction() as conn:
             for path in new:
                 self.store.set_watermark(conn, f"labels:{self.model}:{path.name}", "read")
+        self._read_files.update(path.name for path in new)
         return result
 
     def _check_sql_labels(self) -> dict[str, float] | None:
