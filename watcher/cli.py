@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,9 +47,12 @@ def run(config: ConfigOpt = None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C."""
     from watcher.daemon import Daemon
     from watcher.logs import setup_logging
+    from watcher.secrets import secret_values
 
     settings = _load(config)
-    setup_logging(settings.daemon.log_format, settings.daemon.log_level)
+    setup_logging(
+        settings.daemon.log_format, settings.daemon.log_level, secrets=secret_values(settings)
+    )
     try:
         code = asyncio.run(Daemon(settings).run())
     except WatcherError as exc:
@@ -60,7 +64,14 @@ def run(config: ConfigOpt = None) -> None:
 @app.command("check-config")
 def check_config(config: Annotated[Path, typer.Argument(help="TOML config file.")]) -> None:
     """Validate a config file (and WATCHER_* overrides). Exit 0 valid, 2 invalid."""
+    from watcher.config import check_runtime
+
     settings = _load(config)
+    try:
+        check_runtime(settings)
+    except WatcherError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from exc
     out.print(f"[green]ok[/green]: {config} is valid")
     for name, model in settings.models.items():
         src = model.source
@@ -154,9 +165,12 @@ def _ago(ts: float | None) -> str:
 @app.command()
 def status(config: ConfigOpt = None) -> None:
     """Per model: last batches, drift streak, pending actions, last runs, last decision."""
+    from watcher.secrets import Scrubber, secret_values
     from watcher.state import StateStore
 
     settings = _load(config)
+    # Errors stored before the store scrubbed them may still hold an echoed secret.
+    scrub = Scrubber(secret_values(settings))
     store = StateStore(settings.daemon.state_dir / "state.db")
     try:
         for name in settings.models:
@@ -182,7 +196,7 @@ def status(config: ConfigOpt = None) -> None:
                 f"pending actions: {len(pending)}"
                 + "".join(
                     f"\n  {p['kind']} {p['key']} (attempts {p['attempts']}"
-                    f"{', last error: ' + p['last_error'] if p['last_error'] else ''})"
+                    f"{', last error: ' + scrub(p['last_error']) if p['last_error'] else ''})"
                     for p in pending
                 )
             )
@@ -210,7 +224,8 @@ def trigger(
         err.print(f"error: unknown model {model!r}; configured: {sorted(settings.models)}")
         raise typer.Exit(2)
     store = StateStore(settings.daemon.state_dir / "state.db")
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    # Microseconds and a random tail: two triggers in the same second are two runs.
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
     run_id = run_id_for(model, f"manual-{stamp}")
     conf: dict[str, Any] = {"model": model, "reason": reason, "manual": True, "batches": []}
     try:

@@ -41,9 +41,22 @@ StatTest = Literal[
 ]
 
 
+# The one rule for model names: ASCII, because a name becomes part of DAG ids, metric
+# labels and registry folders (the registry checks names with this same pattern).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _no_line_breaks(value: str, what: str) -> str:
+    # A CR/LF in a mail header field would let a value add headers (Bcc: ...).
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"{what} must not contain line breaks")
+    return value
+
+
 class _Section(BaseModel):
-    # Unknown keys are almost always typos: refuse them rather than ignore them.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are almost always typos: refuse them rather than ignore them. No value
+    # is meaningful as inf or nan (an infinite poll interval would stop polling).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _read_secret(value: SecretStr | None, file: Path | None, what: str) -> SecretStr | None:
@@ -57,7 +70,8 @@ def _read_secret(value: SecretStr | None, file: Path | None, what: str) -> Secre
 
 class DaemonConfig(_Section):
     state_dir: Path = Path(".watcher")
-    poll_interval_seconds: float = Field(5.0, gt=0)
+    # Below 10 ms an idle daemon busy-loops; above an hour nothing is watched.
+    poll_interval_seconds: float = Field(5.0, ge=0.01, le=3600)
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -117,6 +131,16 @@ class SmtpConfig(_Section):
     retry_backoff_seconds: float = Field(30.0, gt=0)
     retry_backoff_max_seconds: float = Field(1800.0, gt=0)
 
+    @field_validator("sender")
+    @classmethod
+    def _sender_one_line(cls, v: str) -> str:
+        return _no_line_breaks(v, "smtp.sender")
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients_one_line(cls, v: list[str]) -> list[str]:
+        return [_no_line_breaks(r, "a recipient") for r in v]
+
     @model_validator(mode="after")
     def _secret_from_file(self) -> SmtpConfig:
         self.password = _read_secret(self.password, self.password_file, "smtp.password")
@@ -131,6 +155,8 @@ class AlertsConfig(_Section):
     digest_window_seconds: float = Field(30.0, ge=0)
     digest_threshold: int = Field(5, ge=1)
     attach_report_max_bytes: int = Field(5_000_000, ge=0)
+    # Drift reports (HTML, several MB each) older than this are deleted; 0 keeps them all.
+    report_retention_days: float = Field(30.0, ge=0)
     source_silent_after_seconds: float = Field(0.0, ge=0)  # 0 disables the check
 
 
@@ -147,6 +173,10 @@ class DirectorySourceConfig(_Section):
     settle_seconds: float = Field(2.0, ge=0)
     # Label files (id + target) that arrive after the predictions.
     labels_path: Path | None = None
+    # Bigger batches are quarantined (check "too_large") instead of read: scoring takes
+    # about 5x the file size in memory. None: no cap.
+    max_batch_bytes: int | None = Field(1_000_000_000, ge=1)
+    max_batch_rows: int | None = Field(None, ge=1)
 
 
 class SqlSourceConfig(_Section):
@@ -321,6 +351,11 @@ class ModelConfig(_Section):
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     recipients: list[str] = Field(default_factory=list)
 
+    @field_validator("recipients")
+    @classmethod
+    def _recipients_one_line(cls, v: list[str]) -> list[str]:
+        return [_no_line_breaks(r, "a recipient") for r in v]
+
     @model_validator(mode="after")
     def _drift_columns_are_features(self) -> ModelConfig:
         unknown = sorted(set(self.drift.columns) - set(self.columns.features))
@@ -338,6 +373,7 @@ class Settings(BaseSettings):
         env_prefix="WATCHER_",
         env_nested_delimiter="__",
         extra="forbid",
+        allow_inf_nan=False,
         # Environment values for nested sections are parsed as JSON where they look like it.
         env_parse_none_str="null",
     )
@@ -366,10 +402,10 @@ class Settings(BaseSettings):
     @classmethod
     def _model_names(cls, v: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
         for name in v:
-            if not name.replace("_", "").replace("-", "").isalnum():
+            if not MODEL_NAME.match(name):
                 raise ValueError(
-                    f"model name {name!r} may hold only letters, digits, '_' and '-' "
-                    "(it becomes part of DAG ids and metric labels)"
+                    f"model name {name!r} may hold only ASCII letters, digits, '_' and '-' "
+                    "(it becomes part of DAG ids, metric labels and registry folders)"
                 )
         return v
 
@@ -437,16 +473,61 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             data[key] = str((base / value).resolve())
 
 
+_SECRET_KEY = re.compile(r"pass|secret|token|key|credential|dsn|auth", re.IGNORECASE)
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
-    """One line per problem, naming the field the way it is written in the file."""
+    """One line per problem, naming the field the way it is written in the file.
+
+    The offending value is shown only for known, non-secret fields: an unknown key may be
+    a misspelled secret (`pasword = ...`), so its value is never echoed.
+    """
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if p not in ("directory", "sql"))
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        hidden = (
+            err["type"] == "extra_forbidden"
+            or any(_SECRET_KEY.search(str(p)) for p in err["loc"])
+            or isinstance(got, dict | list)
+            or got is None
+        )
+        shown = "" if hidden else f" (got {_short(repr(got))})"
         lines.append(f"{loc or '<root>'}: {msg}{shown}")
     return lines
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_runtime(settings: Settings) -> None:
+    """The checks that need the scoring code (which stat tests apply to which column kind,
+    source URLs). `watcher run` and `watcher check-config` both call this, so check-config
+    accepts exactly what run accepts. Raises ConfigError listing every problem."""
+    from watcher.drift.engine import specs_from_config  # scipy: only when checking
+
+    problems = []
+    for name, model in settings.models.items():
+        try:
+            specs_from_config(model)
+            if model.source.kind == "sql":
+                from watcher.sources.sqlconn import build_url
+
+                build_url(model.source)
+                ts = model.columns.timestamp
+                if ts and ts != model.source.timestamp_column:
+                    raise ConfigError(
+                        f"columns.timestamp is {ts!r} but source.timestamp_column is "
+                        f"{model.source.timestamp_column!r}; make the two the same"
+                    )
+        except ConfigError as exc:
+            problems.append(f"models.{name}: {exc}")
+    if problems:
+        raise ConfigError(
+            f"the configuration has {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+        )
 
 
 def load_config(path: Path | None) -> Settings:

@@ -26,6 +26,7 @@ from prometheus_client import (
 )
 
 from watcher import __version__
+from watcher.errors import WatcherError
 
 # Scoring a batch takes milliseconds to minutes depending on its size.
 _STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -200,6 +201,20 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.problems = Counter(
+            "watcher_problems",
+            "Failures contained without stopping the daemon, by model and kind (label_file, "
+            "registry, source, name_reused, state_write, internal): each is logged and the "
+            "rest of the daemon keeps monitoring.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.state_writable = Gauge(
+            "watcher_state_writable",
+            "1 while the state store takes writes; 0 after a write failed (disk full, "
+            "read-only): outbox deliveries stop until it works again.",
+            registry=r,
+        )
         self.dag_paused = Counter(
             "watcher_dag_paused_detections",
             "Times a model's retrain DAG was found paused.",
@@ -219,6 +234,8 @@ class Metrics:
         for outcome in ("triggered", "failed"):
             self.retrain_triggers.labels(model, outcome)
         self.dag_paused.labels(model)
+        for kind in ("label_file", "registry", "source", "name_reused", "internal"):
+            self.problems.labels(model, kind)
         self.late_rows.labels(model)
         self.sampled_rows.labels(model)
         for kind in ("trigger", "alert"):
@@ -241,12 +258,44 @@ class Health:
         self.stale_after = stale_after_seconds
         self.ready = False
         self._beat = time.monotonic()
+        # Why the daemon cannot do its work although it is alive (the state store refuses
+        # writes, ...): /readyz answers 503 with these, /healthz names them.
+        self.problems: dict[str, Callable[[], str | None]] = {}
 
     def beat(self) -> None:
         self._beat = time.monotonic()
 
     def alive(self) -> bool:
         return time.monotonic() - self._beat < self.stale_after
+
+    def current_problems(self) -> list[str]:
+        found = []
+        for name, check in self.problems.items():
+            why = check()
+            if why:
+                found.append(f"{name}: {why}")
+        return found
+
+
+class MetricsPortError(WatcherError):
+    """The metrics endpoint cannot listen on its address."""
+
+
+def _healthz(health: Health) -> tuple[int, str, bytes]:
+    # Liveness: a restart would not cure a full disk (and would resend what it cannot
+    # record), so problems are named here but only /readyz fails on them.
+    if not health.alive():
+        return 503, "text/plain", b"main loop stalled\n"
+    body = "".join(f"degraded: {p}\n" for p in health.current_problems()) or "ok\n"
+    return 200, "text/plain", body.encode()
+
+
+def _readyz(health: Health) -> tuple[int, str, bytes]:
+    problems = health.current_problems()
+    if health.ready and health.alive() and not problems:
+        return 200, "text/plain", b"ready\n"
+    body = "not ready\n" + "".join(f"{p}\n" for p in problems)
+    return 503, "text/plain", body.encode()
 
 
 class MetricsServer:
@@ -260,16 +309,8 @@ class MetricsServer:
         registry = metrics.registry
         routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
             "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry)),
-            "/healthz": lambda: (
-                (200, "text/plain", b"ok\n")
-                if health.alive()
-                else (503, "text/plain", b"main loop stalled\n")
-            ),
-            "/readyz": lambda: (
-                (200, "text/plain", b"ready\n")
-                if health.ready and health.alive()
-                else (503, "text/plain", b"not ready\n")
-            ),
+            "/healthz": lambda: _healthz(health),
+            "/readyz": lambda: _readyz(health),
         }
 
         class Handler(BaseHTTPRequestHandler):
@@ -285,7 +326,14 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 return  # scrapes every few seconds would drown the daemon's own log
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise MetricsPortError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror}",
+                hint="another process holds the port (a second watcher?); choose a free "
+                "metrics.port, 0 for any free port, or set metrics.enabled = false",
+            ) from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True

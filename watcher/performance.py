@@ -4,7 +4,12 @@ Directory sources: predictions are kept (id + prediction, a small Parquet file p
 when a batch is scored; label files (id + target) land later in the source's
 ``labels_path``. Each new label file is joined with the kept predictions and the model's
 metrics on those rows are exported as ``watcher_model_performance{model,metric}``. A label
-file is read once: its name is recorded in the state store.
+file is read once: its name is recorded in the state store. Like a batch, a label file is
+read only once it has settled (size and mtime unchanged across two checks and at least
+``settle_seconds`` old), so one read mid-write does not lose its later rows. A file that
+cannot be used (empty, not UTF-8, damaged Parquet, no id/target column, text labels for a
+regression model) is set aside: recorded in the store with the reason, logged, counted in
+``watcher_problems_total{kind="label_file"}`` and mailed; the other files are still used.
 
 SQL sources with a ``labels_table``: the prediction log already holds the predictions, so
 every ``late_check_interval_seconds`` the labels of the recent finished windows
@@ -21,14 +26,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from watcher.alerts import alert_action
 from watcher.config import ModelConfig
-from watcher.errors import SourceError
+from watcher.errors import SourceError, WatcherError
 from watcher.metrics import Metrics
 from watcher.retrain.evaluation import classification_metrics, regression_metrics
 from watcher.sources.base import Source
 from watcher.state import StateStore
 
 log = logging.getLogger(__name__)
+
+
+class LabelFileError(WatcherError):
+    """A label file cannot be used; it is set aside with this reason."""
 
 
 class PerformanceTracker:
@@ -63,6 +73,8 @@ class PerformanceTracker:
         )
         self._next_sql_check = 0.0
         self._read_files: set[str] = set()  # label files known to be read (recorded in the store)
+        self._seen: dict[str, tuple[int, int]] = {}  # (size, mtime_ns) at the previous check
+        self.settle_seconds = src.settle_seconds if src.kind == "directory" else 0.0
 
     def keep_predictions(self, batch_id: str, frame: pd.DataFrame) -> None:
         """Called after a batch is scored (worker thread)."""
@@ -90,32 +102,24 @@ class PerformanceTracker:
             if p.suffix in (".csv", ".parquet")
             and not p.name.startswith(".")
             and p.name not in self._read_files
+            and p.is_file()
         ]
         # This runs every loop round: ask the store about a file name once per process.
         new = []
-        for p in candidates:
+        for p in self._settled(candidates):
             if self.store.watermark(f"labels:{self.model}:{p.name}") is None:
                 new.append(p)
             else:
                 self._read_files.add(p.name)
         if not new:
             return None
-        target = self.cfg.columns.target
-        assert target is not None
-        assert self.cfg.columns.id is not None
         frames = []
+        rejected: dict[Path, str] = {}
         for path in new:
-            df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-            if self.cfg.columns.id not in df or target not in df:
-                log.warning(
-                    "label file %s lacks %s or %s; ignored", path, self.cfg.columns.id, target
-                )
-                continue
-            frames.append(
-                df[[self.cfg.columns.id, target]].rename(
-                    columns={self.cfg.columns.id: "id", target: "label"}
-                )
-            )
+            try:
+                frames.append(self._read_label_file(path))
+            except LabelFileError as exc:
+                rejected[path] = str(exc)
         kept = (
             [pd.read_parquet(p) for p in sorted(self.dir.glob("*.parquet"))]
             if self.dir.is_dir()
@@ -128,9 +132,87 @@ class PerformanceTracker:
                 result = self._export(joined["label"].to_numpy(), joined["prediction"].to_numpy())
         with self.store.transaction() as conn:
             for path in new:
-                self.store.set_watermark(conn, f"labels:{self.model}:{path.name}", "read")
+                why = rejected.get(path)
+                value = "read" if why is None else f"rejected: {why}"[:1000]
+                self.store.set_watermark(conn, f"labels:{self.model}:{path.name}", value)
+                if why is not None:
+                    self.store.enqueue(
+                        conn,
+                        alert_action(
+                            "label_file_rejected",
+                            key=f"labels:{self.model}:{path.name}:rejected",
+                            model=self.model,
+                            title=f"label file {path.name} set aside",
+                            severity="warning",
+                            details={"file": str(path), "reason": why},
+                        ),
+                    )
+        for path, why in rejected.items():
+            self.metrics.problems.labels(self.model, "label_file").inc()
+            log.warning(
+                "%s: label file %s set aside, its labels are not used: %s",
+                self.model,
+                path.name,
+                why,
+                extra={"model": self.model},
+            )
         self._read_files.update(path.name for path in new)
         return result
+
+    def _settled(self, paths: list[Path]) -> list[Path]:
+        """The files whose size and mtime did not change since the last check and that are
+        at least `settle_seconds` old: the same rule as for batches."""
+        now = time.time()
+        current: dict[str, tuple[int, int]] = {}
+        settled = []
+        for p in paths:
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            current[p.name] = sig
+            if self._seen.get(p.name) == sig and now - st.st_mtime >= self.settle_seconds:
+                settled.append(p)
+        self._seen = current
+        return settled
+
+    def _read_label_file(self, path: Path) -> pd.DataFrame:
+        """id + label of one file; LabelFileError says why a file cannot be used."""
+        id_col, target = self.cfg.columns.id, self.cfg.columns.target
+        assert id_col is not None
+        assert target is not None
+        if path.stat().st_size == 0:
+            raise LabelFileError(f"{path.name} is empty (0 bytes)")
+        try:
+            if path.suffix == ".parquet":
+                df = pd.read_parquet(path)
+            else:
+                df = pd.read_csv(path, encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise LabelFileError(
+                f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from exc
+        except Exception as exc:  # pandas and pyarrow raise many types for damaged files
+            kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+            raise LabelFileError(
+                f"{path.name} is not a readable {kind} file: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from exc
+        missing = [c for c in (id_col, target) if c not in df.columns]
+        if missing:
+            raise LabelFileError(f"{path.name} lacks column(s) {missing}")
+        out = df[[id_col, target]].rename(columns={id_col: "id", target: "label"})
+        if self.cfg.retrain.task == "regression":
+            numbers = pd.to_numeric(out["label"], errors="coerce")
+            bad = out["label"].notna() & numbers.isna()
+            if bad.any():
+                examples = sorted(map(str, out["label"][bad].unique()[:3]))
+                raise LabelFileError(
+                    f"{path.name}: {int(bad.sum())} label(s) are not numbers (e.g. "
+                    f"{examples}), but retrain.task is regression"
+                )
+            out["label"] = numbers
+        return out
 
     def _check_sql_labels(self) -> dict[str, float] | None:
         src = self.cfg.source

@@ -6,12 +6,14 @@ the event loop (dispatchers, the run tracker, signal handling) stays responsive.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -106,6 +108,18 @@ def prepare(name: str, cfg: ModelConfig, version: str, frame: pd.DataFrame) -> R
         prediction = None  # a first reference may predate predictions; score features only
     prepared = engine.prepare_reference(frame, specs, version=version, prediction=prediction)
     return Reference(version, frame, prepared, profile_reference(frame, cfg.columns))
+
+
+def _prune_reports(folder: Path, retention_days: float) -> None:
+    """Delete a model's drift reports older than `alerts.report_retention_days` (several
+    MB each: kept for ever they fill the state disk)."""
+    if retention_days <= 0:
+        return
+    cutoff = time.time() - retention_days * DAY
+    for old in folder.glob("*.html"):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
 
 
 class Pipeline:
@@ -431,6 +445,7 @@ class Pipeline:
             written = write_drift_report(
                 rt.reference.frame, frame, rt.cfg.columns, path, drift=rt.cfg.drift
             )
+            _prune_reports(path.parent, self.settings.alerts.report_retention_days)
             return str(written)
         except Exception:  # a report is a convenience: never lose the alert over it
             log.exception("could not write the drift report for %s/%s", rt.name, ref.batch_id)

@@ -9,15 +9,19 @@ that make each delivery idempotent (a deterministic dag_run_id, a deterministic 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from watcher.errors import WatcherError
 
 ActionKind = Literal["trigger", "alert"]
 BatchStatus = Literal["claimed", "scored", "rejected"]
@@ -181,6 +185,12 @@ class StateStore:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self._conn.executescript(_SCHEMA)
+        # Why the last write failed (disk full, read-only, I/O error), None once one works:
+        # the daemon's health and `watcher_state_writable` read it.
+        self.write_error: str | None = None
+        # Error texts stored in the outbox pass through this (the daemon sets its scrubber,
+        # so a secret echoed by a server never reaches the state file or `watcher status`).
+        self.scrub: Callable[[str], str] = lambda text: text
 
     def close(self) -> None:
         with self._lock:
@@ -190,13 +200,22 @@ class StateStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT; everything inside is written together or not at all."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    # A COMMIT that failed (disk full) leaves the transaction open: without
+                    # this rollback every later BEGIN would fail too.
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if _is_write_failure(exc):
+                    self.write_error = str(exc)
                 raise
-            self._conn.execute("COMMIT")
+            self.write_error = None
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -446,7 +465,7 @@ class StateStore:
             conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
                 "WHERE id = ?",
-                (next_attempt_at, error, item_id),
+                (next_attempt_at, self.scrub(error), item_id),
             )
 
     def mark_dead(self, item_id: int, error: str) -> None:
@@ -454,8 +473,48 @@ class StateStore:
             conn.execute(
                 "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?, "
                 "done_at = ? WHERE id = ?",
-                (error, time.time(), item_id),
+                (self.scrub(error), time.time(), item_id),
             )
+            conn.execute("DELETE FROM watermarks WHERE key = ?", (f"outbox:sending:{item_id}",))
+
+    def mark_sending(self, item_id: int) -> None:
+        """Record that a delivery of the action starts now, before the side effect.
+
+        A crash after the side effect but before `mark_done` leaves this mark, so the action
+        is known to be possibly delivered (a mail is then resent alone, with its own
+        Message-ID, never folded into a digest). When this write fails nothing is sent.
+        """
+        with self.transaction() as conn:
+            self.set_watermark(conn, f"outbox:sending:{item_id}", str(time.time()))
+
+    def sending_ids(self) -> set[int]:
+        """Pending actions whose delivery started at least once (see `mark_sending`)."""
+        rows = self._read(
+            "SELECT o.id FROM outbox o JOIN watermarks w ON w.key = 'outbox:sending:' || o.id "
+            "WHERE o.status = 'pending'"
+        )
+        return {int(r["id"]) for r in rows}
+
+    def mark_sent(self, item_id: int) -> None:
+        """`mark_done` for an action marked with `mark_sending`: drops the mark too."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET status = 'done', done_at = ?, attempts = attempts + 1 "
+                "WHERE id = ?",
+                (time.time(), item_id),
+            )
+            conn.execute("DELETE FROM watermarks WHERE key = ?", (f"outbox:sending:{item_id}",))
+
+    def earliest_backing_off(self, kind: ActionKind) -> int | None:
+        """The oldest pending action that failed before and waits for its next attempt.
+
+        Later actions wait behind it, so that after an outage they go out in order."""
+        rows = self._read(
+            "SELECT MIN(id) AS id FROM outbox WHERE kind = ? AND status = 'pending' "
+            "AND attempts > 0",
+            (kind,),
+        )
+        return None if not rows or rows[0]["id"] is None else int(rows[0]["id"])
 
     def pending_counts(self) -> dict[str, int]:
         rows = self._read(
@@ -584,6 +643,53 @@ class StateStore:
             "updated_at = excluded.updated_at",
             (key, value, time.time()),
         )
+
+
+def _is_write_failure(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return any(
+        what in text for what in ("full", "readonly", "read-only", "disk i/o", "unable to open")
+    )
+
+
+class StateLocked(WatcherError):
+    """Another daemon runs on the same state directory."""
+
+
+class StateDirLock:
+    """One daemon per state directory: an exclusive `flock` on ``<state_dir>/daemon.lock``.
+
+    Two daemons on one state would both claim the same batches and mail the same alerts.
+    The kernel drops the lock when the process dies (even by SIGKILL), so a crash never
+    leaves a stale lock behind. CLI commands (`status`, `trigger`) do not take it.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "daemon.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateLocked(
+                f"another watcher daemon (pid {holder}) is running on the state directory "
+                f"{self.path.parent}; refusing to start a second one",
+                hint="stop the other daemon first, or give this one its own daemon.state_dir",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def _batch(r: sqlite3.Row) -> BatchRecord:

@@ -41,6 +41,7 @@ from watcher.alerts.render import (
     to_text,
 )
 from watcher.config import Settings
+from watcher.secrets import secret_values
 from watcher.state import OutboxItem
 
 
@@ -57,13 +58,6 @@ def message_id(key: str, sender: str) -> str:
     room = 78 - len("In-Reply-To: <watcher..@>") - len(digest) - len(domain)
     readable = re.sub(r"[^A-Za-z0-9_-]+", "-", key)[: max(room, 0)].strip("-")
     return f"<watcher.{readable + '.' if readable else ''}{digest}@{domain}>"
-
-
-def secret_values(settings: Settings) -> tuple[str, ...]:
-    """Every password the configuration holds; none may appear in a mail."""
-    found = [settings.smtp.password, settings.airflow.password]
-    found += [getattr(m.source, "password", None) for m in settings.models.values()]
-    return tuple(s.get_secret_value() for s in found if s is not None and s.get_secret_value())
 
 
 def grafana_link(settings: Settings, model: str | None, dashboard: str | None = None) -> str:

@@ -25,7 +25,18 @@ While no mail is due, the server is probed (connect, TLS, login, NOOP) once a mi
 
 A sent mail touches its incident (`StateStore.touch_incident`), which restarts the
 reminder clock. A crash between sending and marking done re-sends the mail on restart with
-the same Message-ID.
+the same Message-ID: each delivery is marked in the state before the mail is handed over
+(`StateStore.mark_sending`), and a mail so marked is never folded into a digest (which
+would reach people a second time under another Message-ID).
+
+The state must be writable for any of this: when the mark before sending fails, nothing
+is sent; when marking a sent mail done fails (disk full), the mail is remembered as sent
+in memory and no further mail goes out until the state takes writes again
+(`watcher_state_writable` 0, /readyz 503). A mail is never sent again because its
+delivery could not be recorded.
+
+After an outage mails go out in the order they were enqueued: mails behind one that is
+backing off wait for it.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -42,13 +54,14 @@ from typing import Any
 import stamina
 
 from watcher.alerts import Severity, alert_action
-from watcher.alerts.compose import compose, secret_values
+from watcher.alerts.compose import compose
 from watcher.alerts.kinds import KINDS, SEVERITY_ORDER
 from watcher.alerts.render import format_duration, label
 from watcher.alerts.smtp import MessageRefused, SmtpSender, redact
 from watcher.config import Settings
 from watcher.errors import MailError
 from watcher.metrics import Metrics
+from watcher.secrets import secret_values
 from watcher.state import Action, OutboxItem, StateStore
 from watcher.workers import PeriodicWorker
 
@@ -99,6 +112,9 @@ class MailDispatcher:
         self.probe_interval = probe_interval_seconds
         self._last_contact = float("-inf")
         self._up: bool | None = None
+        # Mails handed to the server whose delivery the state could not record (disk full):
+        # never sent again by this process; recorded as soon as the state takes writes.
+        self._unrecorded: dict[int, OutboxItem] = {}
 
     def _set_up(self, up: bool, why: str = "") -> None:
         self._last_contact = self.clock()
@@ -126,8 +142,14 @@ class MailDispatcher:
 
     async def run_once(self) -> None:
         now = self.clock()
+        if not self._record_unrecorded():
+            return  # the state takes no writes: sending now could only repeat mails
         self._enqueue_reminders(now)
         due = self.store.due_actions("alert", now, limit=1000)
+        waiting = self.store.earliest_backing_off("alert")
+        if waiting is not None:
+            # Keep the order: nothing enqueued after a mail that waits for its next try.
+            due = [i for i in due if i.id <= waiting]
         for item in self._plan(due, now):
             if not await self._deliver(item):
                 break  # the server is down or misconfigured: the rest waits for a later round
@@ -192,11 +214,26 @@ class MailDispatcher:
 
     def _plan(self, due: list[OutboxItem], now: float) -> list[OutboxItem]:
         """The mails to send this round: single alerts, or digests that replace them."""
-        cfg = self.settings.alerts
-        while self._sent_at and self._sent_at[0] < now - cfg.digest_window_seconds:
+        window = self.settings.alerts.digest_window_seconds
+        while self._sent_at and self._sent_at[0] < now - window:
             self._sent_at.popleft()
-        singles = [i for i in due if i.payload.get("alert") != "digest"]
-        digests = [i for i in due if i.payload.get("alert") == "digest"]
+        # A mail whose delivery started (maybe it reached people before a crash) goes out
+        # again alone, under its own Message-ID, so a receiver can tell it is a repeat.
+        started = self.store.sending_ids() if due else set()
+        resent = [i for i in due if i.id in started]
+        fresh = [i for i in due if i.id not in started]
+        singles = [i for i in fresh if i.payload.get("alert") != "digest"]
+        digests = [i for i in fresh if i.payload.get("alert") == "digest"]
+        return resent + self._plan_singles(singles, digests, now, fresh)
+
+    def _plan_singles(
+        self,
+        singles: list[OutboxItem],
+        digests: list[OutboxItem],
+        now: float,
+        due: list[OutboxItem],
+    ) -> list[OutboxItem]:
+        cfg = self.settings.alerts
         if len(singles) < 2 or len(singles) + len(self._sent_at) <= cfg.digest_threshold:
             return due
         if now - min(i.created_at for i in singles) < cfg.digest_window_seconds:
@@ -265,6 +302,12 @@ class MailDispatcher:
             self._dead(item, kind, f"cannot compose the mail: {exc!r}")
             return True
 
+        try:
+            self.store.mark_sending(item.id)
+        except sqlite3.Error as exc:
+            self._state_failed(item, exc, sent=False)
+            return False
+
         cfg = self.settings.smtp
         try:
             async for attempt in stamina.retry_context(
@@ -284,8 +327,13 @@ class MailDispatcher:
             return False
 
         now = self.clock()
-        self.store.mark_done(item.id)
         self._set_up(True)
+        try:
+            self.store.mark_sent(item.id)
+        except sqlite3.Error as exc:
+            self._unrecorded[item.id] = item
+            self._state_failed(item, exc, sent=True)
+            return False
         self.metrics.alerts.labels(kind, "sent").inc()
         if kind != "digest":
             self._sent_at.append(now)
@@ -300,6 +348,30 @@ class MailDispatcher:
             len(recipients),
             extra={"model": item.model},
         )
+        return True
+
+    def _state_failed(self, item: OutboxItem, exc: sqlite3.Error, *, sent: bool) -> None:
+        self.metrics.problems.labels(item.model or "", "state_write").inc()
+        log.error(
+            "the state store takes no writes (%s): %s; no mail is sent until it does "
+            "(free disk space under %s)",
+            exc,
+            f"mail {item.key} was sent and will not be sent again"
+            if sent
+            else f"mail {item.key} was not sent",
+            self.store.path.parent,
+            extra={"model": item.model},
+        )
+
+    def _record_unrecorded(self) -> bool:
+        """Record sent-but-unrecorded mails as done. False while the state refuses writes."""
+        for item_id in list(self._unrecorded):
+            try:
+                self.store.mark_sent(item_id)
+            except sqlite3.Error:
+                return False
+            item = self._unrecorded.pop(item_id)
+            log.info("recorded mail %s as sent now that the state takes writes", item.key)
         return True
 
     def _failed_round(self, item: OutboxItem, kind: str, exc: MailError) -> None:

@@ -108,8 +108,14 @@ def check_batch(
     known_roles = {columns.target, columns.timestamp, columns.id} - {None}
     extra = [c for c in extra if c not in known_roles]
     if extra:
+        # Bounded: a batch with 100,000 extra columns must not store all their names.
+        shown = extra[:20]
+        more = f" and {len(extra) - len(shown)} more" if len(extra) > len(shown) else ""
+        names = ", ".join(_short(c) for c in shown)
         report.violations.append(
-            Violation("extra_columns", None, len(extra), f"columns not in the reference: {extra}")
+            Violation(
+                "extra_columns", None, len(extra), f"columns not in the reference: {names}{more}"
+            )
         )
 
     out = batch.copy()
@@ -124,6 +130,17 @@ def check_batch(
             report.violations.append(
                 Violation("non_finite", col, n_inf / rows, f"{n_inf} infinite value(s) in {col}")
             )
+    if columns.prediction and out[columns.prediction].isna().all():
+        # Not a rejection: the features can still be scored, only prediction drift cannot.
+        report.violations.append(
+            Violation(
+                "all_missing",
+                columns.prediction,
+                1.0,
+                f"prediction column {columns.prediction!r} has no values: prediction drift "
+                "is not scored",
+            )
+        )
     for col in columns.categorical:
         out[col] = _align_categorical(out[col], profile.categorical_is_numeric.get(col, False))
 
@@ -180,7 +197,18 @@ def check_batch(
     return out, report
 
 
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _as_numeric(series: pd.Series, col: str, name: str) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
+        # pd.to_numeric would turn them into nanoseconds without a word.
+        raise BatchRejected(
+            f"{name}: numeric column {col!r} holds timestamps ({series.dtype})",
+            check="type_change",
+            hint="fix the writer's types, or leave the column out of columns.numeric",
+        )
     if pd.api.types.is_bool_dtype(series):
         return series.astype(float)
     if pd.api.types.is_numeric_dtype(series):
