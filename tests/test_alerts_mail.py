@@ -299,6 +299,14 @@ def every_kind(report: str) -> list[Action]:
             batch={"batch_id": "b7", "uri": "file:///data/bikes/b7.csv"},
         ),
         alert_action(
+            "label_file_rejected",
+            key="labels:bikes:week1.csv:rejected",
+            model=m,
+            title="label file week1.csv set aside",
+            severity="warning",
+            details={"file": "/data/labels/week1.csv", "reason": "week1.csv is empty (0 bytes)"},
+        ),
+        alert_action(
             "reminder",
             key="reminder:drift:bikes:2",
             model=m,
@@ -460,6 +468,7 @@ def test_every_alert_kind_arrives_with_subject_parts_table_links_and_report(
     assert "Custom thing" in rejected  # unknown details keys still shown
     assert "b7.csv" in rejected
     assert "Reminder number" in text_of(mails["reminder"])
+    assert "week1.csv is empty" in text_of(mails["label_file_rejected"])
 
     # Delivered items are done, and metrics say so.
     assert store.pending_counts()["alert"] == 0

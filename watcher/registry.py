@@ -292,7 +292,13 @@ class ModelRegistry:
             for p in vroot.iterdir()
             if p.is_dir() and p.name.isdigit() and (p / METADATA).exists()
         ]
-        return [self.get(model, p.name) for p in sorted(found, key=lambda p: int(p.name))]
+        versions = []
+        for p in sorted(found, key=lambda p: int(p.name)):
+            # A version whose metadata is damaged cannot be used; it must not hide the rest
+            # (nor keep the DAG from registering the next one).
+            with contextlib.suppress(RegistryError):
+                versions.append(self.get(model, p.name))
+        return versions
 
     def models(self) -> list[str]:
         """Names of the models that have a folder in the registry."""
@@ -394,7 +400,8 @@ class ModelRegistry:
                 name: Artifact(fname, sha256_file(tmp / fname), (tmp / fname).stat().st_size)
                 for name, fname in (("model", MODEL_FILE), ("reference", REFERENCE_FILE))
             }
-            number = max((int(v.version) for v in self.list_versions(model)), default=0) + 1
+            # Every numbered folder counts, damaged or not: a number is never reused.
+            number = max((int(p.name) for p in vroot.iterdir() if p.name.isdigit()), default=0) + 1
             while True:
                 info = VersionInfo(
                     model=model,
