@@ -472,6 +472,20 @@ def test_folder_batches_above_the_size_cap_are_rejected_with_a_reason(tmp_path: 
     assert reason.startswith("too_large:")
     assert "max_batch_bytes=20,000" in reason
 
+    cfg = config(tmp_path, {"m": model(tmp_path, "m", source={"max_batch_rows": 500})})
+    settings = load_config(cfg)
+    with Running(settings) as d:
+        drop(tmp_path / "incoming-m", "many.parquet", frame(600, seed=2))
+        drop(tmp_path / "incoming-m", "many.csv", frame(600, seed=2))
+        for name in ("many.parquet", "many.csv"):
+            wait_for(
+                lambda n=name: status(settings, "m", n) == "rejected",  # type: ignore[misc]
+                what=f"{name} rejected",
+            )
+        assert d.metric("watcher_batches_rejected_total", model="m", reason="too_large") == 2
+    with state(settings) as store:
+        assert "max_batch_rows=500" in (store.batch_reason("m", "many.parquet") or "")
+
 
 # ---- D8, D22: a damaged registry -----------------------------------------------------------
 

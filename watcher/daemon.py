@@ -289,11 +289,14 @@ class Daemon:
             refs = await rt.source.poll()
         except SourceError as exc:
             self.metrics.source_up.labels(rt.name).set(0)
-            log.warning("source of %s unavailable: %s; retrying next round", rt.name, exc)
+            if self._failing.get((rt.name, "source down")) != str(exc):  # once per cause
+                self._failing[(rt.name, "source down")] = str(exc)
+                log.warning("source of %s unavailable: %s; retrying every round", rt.name, exc)
             if isinstance(rt.source, DirectorySource):
                 self._folder_down(rt, exc)
             return
         self.metrics.source_up.labels(rt.name).set(1)
+        self._failing.pop((rt.name, "source down"), None)
         if isinstance(rt.source, DirectorySource):
             self._folder_up(rt)
             if rt.source.reused_names:

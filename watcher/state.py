@@ -176,7 +176,7 @@ class StateStore:
         self.path = path
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30
+            path, isolation_level=None, check_same_thread=False, timeout=30, factory=_Connection
         )
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -188,9 +188,17 @@ class StateStore:
         # Why the last write failed (disk full, read-only, I/O error), None once one works:
         # the daemon's health and `watcher_state_writable` read it.
         self.write_error: str | None = None
-        # Error texts stored in the outbox pass through this (the daemon sets its scrubber,
-        # so a secret echoed by a server never reaches the state file or `watcher status`).
-        self.scrub: Callable[[str], str] = lambda text: text
+
+    @property
+    def scrub(self) -> Callable[[str], str]:
+        return self._conn.scrub
+
+    @scrub.setter
+    def scrub(self, scrubber: Callable[[str], str]) -> None:
+        """Every text stored from outside (errors, alert payloads, incident details) passes
+        through this; the daemon sets its Scrubber, so a secret a server echoed never
+        reaches the state file or `watcher status`."""
+        self._conn.scrub = scrubber
 
     def close(self) -> None:
         with self._lock:
@@ -200,6 +208,7 @@ class StateStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT; everything inside is written together or not at all."""
         with self._lock:
+            changes = self._conn.total_changes
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -215,7 +224,8 @@ class StateStore:
                 if _is_write_failure(exc):
                     self.write_error = str(exc)
                 raise
-            self.write_error = None
+            if self._conn.total_changes > changes:  # an empty transaction proves nothing
+                self.write_error = None
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -426,7 +436,7 @@ class StateStore:
                 action.kind,
                 action.key,
                 action.model,
-                json.dumps(action.payload),
+                _scrub(conn, json.dumps(action.payload)),
                 now,
                 now if not_before is None else not_before,
             ),
@@ -607,7 +617,7 @@ class StateStore:
             "INSERT INTO incidents (key, kind, model, opened_at, details) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET opened_at = excluded.opened_at, resolved_at = NULL, "
             "last_notified_at = NULL, details = excluded.details",
-            (key, kind, model, time.time(), json.dumps(details)),
+            (key, kind, model, time.time(), _scrub(conn, json.dumps(details))),
         )
         return True
 
@@ -643,6 +653,18 @@ class StateStore:
             "updated_at = excluded.updated_at",
             (key, value, time.time()),
         )
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that carries the store's scrubber, so the static helpers that write
+    inside a transaction (`enqueue`, `open_incident`) scrub too."""
+
+    scrub: Callable[[str], str] = staticmethod(lambda text: text)
+
+
+def _scrub(conn: sqlite3.Connection, text: str) -> str:
+    scrub: Callable[[str], str] | None = getattr(conn, "scrub", None)
+    return text if scrub is None else scrub(text)
 
 
 def _is_write_failure(exc: sqlite3.OperationalError) -> bool:

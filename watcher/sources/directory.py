@@ -23,6 +23,7 @@ the share.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import logging
@@ -184,14 +185,16 @@ class DirectorySource:
                 hint="split it into smaller batches, or raise source.max_batch_bytes if the "
                 "host has the memory (scoring takes about 5x the file size)",
             )
-        frame = self._load(path, size)
         rows = self.cfg.max_batch_rows
-        if rows is not None and len(frame) > rows:
-            raise BatchRejected(
-                f"{path.name} has {len(frame):,} rows, more than source.max_batch_rows={rows:,}",
-                check="too_large",
-                hint="split it into smaller batches, or raise source.max_batch_rows",
-            )
+        if rows is not None and path.suffix.lower() == ".parquet":
+            counted = 0
+            with contextlib.suppress(Exception):  # unreadable: _load says so properly
+                # Parquet knows its row count: refuse before reading anything.
+                counted = pq.ParquetFile(path).metadata.num_rows
+            _too_many_rows(path, counted, rows)
+        frame = self._load(path, size)
+        if rows is not None:
+            _too_many_rows(path, len(frame), rows)
         return frame
 
     def _load(self, path: Path, size: int) -> pd.DataFrame:
@@ -236,6 +239,15 @@ class DirectorySource:
 
     async def close(self) -> None:
         return None
+
+
+def _too_many_rows(path: Path, n: int, cap: int) -> None:
+    if n > cap:
+        raise BatchRejected(
+            f"{path.name} has {n:,} rows, more than source.max_batch_rows={cap:,}",
+            check="too_large",
+            hint="split it into smaller batches, or raise source.max_batch_rows",
+        )
 
 
 def _free_name(folder: Path, name: str, taken: Callable[[str], bool] = lambda _: False) -> Path:
