@@ -331,7 +331,7 @@ def fill(disk: Path) -> Path:
 
 
 def test_d4_full_state_disk_holds_mail_instead_of_repeating_it_and_says_so(
-    tmp_path: Path, small_disk: Path, smtp_server: SmtpServer
+    tmp_path: Path, small_disk: Path, smtp_server: SmtpServer, logs: LogRecords
 ) -> None:
     smtp = smtp_server.smtp_settings(retry_attempts=1, retry_backoff_seconds=0.2)
     cfg = config(
@@ -368,6 +368,8 @@ def test_d4_full_state_disk_holds_mail_instead_of_repeating_it_and_says_so(
         code, body = d.get("/healthz")  # alive (a restart cures nothing) but says why
         assert code == 200
         assert "degraded" in body
+        said = logs.matching("the state store takes no writes")
+        assert 1 <= len(said) <= 2, said  # told once, not every round
         # Space again: the alert is delivered (or recorded) exactly once, and all is well.
         filler.unlink()
         wait_for(lambda: pending_attempts() == 0 and not _pending(settings), what="drained")

@@ -115,6 +115,7 @@ class MailDispatcher:
         # Mails handed to the server whose delivery the state could not record (disk full):
         # never sent again by this process; recorded as soon as the state takes writes.
         self._unrecorded: dict[int, OutboxItem] = {}
+        self._state_broken = False  # the last state write failed (logged once)
 
     def _set_up(self, up: bool, why: str = "") -> None:
         self._last_contact = self.clock()
@@ -307,6 +308,7 @@ class MailDispatcher:
         except sqlite3.Error as exc:
             self._state_failed(item, exc, sent=False)
             return False
+        self._state_works()
 
         cfg = self.settings.smtp
         try:
@@ -352,6 +354,9 @@ class MailDispatcher:
 
     def _state_failed(self, item: OutboxItem, exc: sqlite3.Error, *, sent: bool) -> None:
         self.metrics.problems.labels(item.model or "", "state_write").inc()
+        if self._state_broken and not sent:
+            return  # said already; /readyz and watcher_state_writable keep saying it
+        self._state_broken = True
         log.error(
             "the state store takes no writes (%s): %s; no mail is sent until it does "
             "(free disk space under %s)",
@@ -373,6 +378,11 @@ class MailDispatcher:
             item = self._unrecorded.pop(item_id)
             log.info("recorded mail %s as sent now that the state takes writes", item.key)
         return True
+
+    def _state_works(self) -> None:
+        if self._state_broken:
+            self._state_broken = False
+            log.info("the state store takes writes again; mail delivery goes on")
 
     def _failed_round(self, item: OutboxItem, kind: str, exc: MailError) -> None:
         rounds = item.attempts + 1
