@@ -860,6 +860,35 @@ def test_d19_extra_column_messages_and_drift_reports_are_bounded(tmp_path: Path)
     assert new.exists()
     assert Settings().alerts.report_retention_days == 30
 
+    # The mail cap counts the report as the mail carries it (base64), so a 3.9 MB evidently
+    # report no longer makes a 5.5 MB mail under a 5 MB limit: it is linked instead.
+    from watcher.alerts.compose import compose
+
+    report = folder / "big.html"
+    report.write_bytes(b"<html>" + os.urandom(3_880_000) + b"</html>")
+    action = alert_action(
+        "drift_persisting",
+        key="drift:m:opened:b1",
+        model="m",
+        title="drift",
+        severity="critical",
+        report_path=str(report),
+    )
+    store = StateStore(tmp_path / "mail.db")
+    try:
+        with store.transaction() as conn:
+            store.enqueue(conn, action)
+        [item] = store.due_actions("alert", time.time())
+    finally:
+        store.close()
+    for limit, attached in ((5_000_000, False), (6_000_000, True)):
+        settings = Settings(alerts={"attach_report_max_bytes": limit})
+        mail = bytes(compose(item, settings, ["oncall@example.org"]))
+        assert len(mail) <= limit + 100_000
+        assert bool(list(compose(item, settings, ["x@example.org"]).iter_attachments())) == (
+            attached
+        )
+
 
 # ---- D18, D23: configuration ---------------------------------------------------------------
 

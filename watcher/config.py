@@ -154,6 +154,8 @@ class AlertsConfig(_Section):
     # more than `digest_threshold` of them.
     digest_window_seconds: float = Field(30.0, ge=0)
     digest_threshold: int = Field(5, ge=1)
+    # The largest report attached, counted as it is in the mail (base64: 4/3 of the file).
+    # An evidently report is ~4 MB (5.3 MB mailed): larger ones are linked, not attached.
     attach_report_max_bytes: int = Field(5_000_000, ge=0)
     # Drift reports (HTML, several MB each) older than this are deleted; 0 keeps them all.
     report_retention_days: float = Field(30.0, ge=0)

@@ -181,13 +181,15 @@ def _alert_blocks(
         except OSError:
             blocks.append(Para(f"The drift report was written to {path}, which is gone now."))
         else:
-            if size <= limit:
+            # The limit is on what the mail carries: base64 makes 3 bytes 4, plus line ends.
+            if _encoded_size(size) <= limit:
                 attachment = (_report_name(model, batch), path.read_bytes())
                 blocks.append(Para(f"The evidently drift report is attached ({attachment[0]})."))
             else:
                 blocks.append(
                     Para(
-                        f"The evidently drift report ({size / 1e6:.1f} MB) is larger than "
+                        f"The evidently drift report ({size / 1e6:.1f} MB, "
+                        f"{_encoded_size(size) / 1e6:.1f} MB in a mail) is larger than "
                         f"alerts.attach_report_max_bytes ({limit} bytes); it is saved on "
                         f"the watcher host at {path}."
                     )
@@ -195,6 +197,12 @@ def _alert_blocks(
                 links.append(("Drift report", path.resolve().as_uri()))
     blocks.append(Links("Links", links))
     return headline, blocks, attachment
+
+
+def _encoded_size(size: int) -> int:
+    """Bytes an attachment of `size` bytes takes in a mail (base64, 76-character lines)."""
+    encoded = 4 * ((size + 2) // 3)
+    return encoded + 2 * (encoded // 76 + 1)
 
 
 def _report_name(model: str | None, batch: dict[str, Any]) -> str:
