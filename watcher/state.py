@@ -72,7 +72,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL,
     next_attempt_at REAL NOT NULL,
     done_at REAL,
-    last_error TEXT
+    last_error TEXT,
+    -- Set in its own commit right before a mail's SMTP transaction, cleared when it is done:
+    -- after a crash it names the one mail that may have been delivered already.
+    sending_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS runs (
@@ -123,6 +126,7 @@ class OutboxItem:
     payload: dict[str, Any]
     attempts: int
     created_at: float
+    sending_at: float | None = None  # a delivery began then and was never marked done
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,9 @@ class StateStore:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(outbox)")}
+            if "sending_at" not in columns:  # a state file from before in-flight marking
+                self._conn.execute("ALTER TABLE outbox ADD COLUMN sending_at REAL")
         # Why the last write failed (disk full, read-only, I/O error), None once one works:
         # the daemon's health and `watcher_state_writable` read it.
         self.write_error: str | None = None
@@ -451,11 +458,17 @@ class StateStore:
         )
         return [_outbox(r) for r in rows]
 
+    def mark_sending(self, item_id: int) -> None:
+        """Commit that a delivery starts now, before the SMTP transaction: a crash from here
+        to `mark_done` may deliver this one mail twice (same Message-ID), no other."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE outbox SET sending_at = ? WHERE id = ?", (time.time(), item_id))
+
     def mark_done(self, item_id: int) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE outbox SET status = 'done', done_at = ?, attempts = attempts + 1 "
-                "WHERE id = ?",
+                "UPDATE outbox SET status = 'done', done_at = ?, attempts = attempts + 1, "
+                "sending_at = NULL WHERE id = ?",
                 (time.time(), item_id),
             )
 
@@ -473,8 +486,8 @@ class StateStore:
     def reschedule(self, item_id: int, next_attempt_at: float, error: str) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
-                "WHERE id = ?",
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, "
+                "sending_at = NULL WHERE id = ?",
                 (next_attempt_at, self.scrub(error), item_id),
             )
 
@@ -482,38 +495,9 @@ class StateStore:
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?, "
-                "done_at = ? WHERE id = ?",
+                "done_at = ?, sending_at = NULL WHERE id = ?",
                 (self.scrub(error), time.time(), item_id),
             )
-            conn.execute("DELETE FROM watermarks WHERE key = ?", (f"outbox:sending:{item_id}",))
-
-    def mark_sending(self, item_id: int) -> None:
-        """Record that a delivery of the action starts now, before the side effect.
-
-        A crash after the side effect but before `mark_done` leaves this mark, so the action
-        is known to be possibly delivered (a mail is then resent alone, with its own
-        Message-ID, never folded into a digest). When this write fails nothing is sent.
-        """
-        with self.transaction() as conn:
-            self.set_watermark(conn, f"outbox:sending:{item_id}", str(time.time()))
-
-    def sending_ids(self) -> set[int]:
-        """Pending actions whose delivery started at least once (see `mark_sending`)."""
-        rows = self._read(
-            "SELECT o.id FROM outbox o JOIN watermarks w ON w.key = 'outbox:sending:' || o.id "
-            "WHERE o.status = 'pending'"
-        )
-        return {int(r["id"]) for r in rows}
-
-    def mark_sent(self, item_id: int) -> None:
-        """`mark_done` for an action marked with `mark_sending`: drops the mark too."""
-        with self.transaction() as conn:
-            conn.execute(
-                "UPDATE outbox SET status = 'done', done_at = ?, attempts = attempts + 1 "
-                "WHERE id = ?",
-                (time.time(), item_id),
-            )
-            conn.execute("DELETE FROM watermarks WHERE key = ?", (f"outbox:sending:{item_id}",))
 
     def earliest_backing_off(self, kind: ActionKind) -> int | None:
         """The oldest pending action that failed before and waits for its next attempt.
@@ -740,6 +724,7 @@ def _outbox(r: sqlite3.Row) -> OutboxItem:
         payload=json.loads(r["payload"]),
         attempts=r["attempts"],
         created_at=r["created_at"],
+        sending_at=r["sending_at"],
     )
 
 

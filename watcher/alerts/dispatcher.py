@@ -151,7 +151,11 @@ class MailDispatcher:
         if waiting is not None:
             # Keep the order: nothing enqueued after a mail that waits for its next try.
             due = [i for i in due if i.id <= waiting]
-        for item in self._plan(due, now):
+        # A mail whose delivery began before a crash goes first and alone, never folded into
+        # a digest: it may have reached people already, under its own Message-ID.
+        inflight = [i for i in due if i.sending_at is not None]
+        planned = self._plan([i for i in due if i.sending_at is None], now)
+        for item in [*inflight, *planned]:
             if not await self._deliver(item):
                 break  # the server is down or misconfigured: the rest waits for a later round
         if now - self._last_contact >= self.probe_interval:
@@ -215,26 +219,11 @@ class MailDispatcher:
 
     def _plan(self, due: list[OutboxItem], now: float) -> list[OutboxItem]:
         """The mails to send this round: single alerts, or digests that replace them."""
-        window = self.settings.alerts.digest_window_seconds
-        while self._sent_at and self._sent_at[0] < now - window:
-            self._sent_at.popleft()
-        # A mail whose delivery started (maybe it reached people before a crash) goes out
-        # again alone, under its own Message-ID, so a receiver can tell it is a repeat.
-        started = self.store.sending_ids() if due else set()
-        resent = [i for i in due if i.id in started]
-        fresh = [i for i in due if i.id not in started]
-        singles = [i for i in fresh if i.payload.get("alert") != "digest"]
-        digests = [i for i in fresh if i.payload.get("alert") == "digest"]
-        return resent + self._plan_singles(singles, digests, now, fresh)
-
-    def _plan_singles(
-        self,
-        singles: list[OutboxItem],
-        digests: list[OutboxItem],
-        now: float,
-        due: list[OutboxItem],
-    ) -> list[OutboxItem]:
         cfg = self.settings.alerts
+        while self._sent_at and self._sent_at[0] < now - cfg.digest_window_seconds:
+            self._sent_at.popleft()
+        singles = [i for i in due if i.payload.get("alert") != "digest"]
+        digests = [i for i in due if i.payload.get("alert") == "digest"]
         if len(singles) < 2 or len(singles) + len(self._sent_at) <= cfg.digest_threshold:
             return due
         if now - min(i.created_at for i in singles) < cfg.digest_window_seconds:
@@ -331,7 +320,7 @@ class MailDispatcher:
         now = self.clock()
         self._set_up(True)
         try:
-            self.store.mark_sent(item.id)
+            self.store.mark_done(item.id)
         except sqlite3.Error as exc:
             self._unrecorded[item.id] = item
             self._state_failed(item, exc, sent=True)
@@ -372,7 +361,7 @@ class MailDispatcher:
         """Record sent-but-unrecorded mails as done. False while the state refuses writes."""
         for item_id in list(self._unrecorded):
             try:
-                self.store.mark_sent(item_id)
+                self.store.mark_done(item_id)
             except sqlite3.Error:
                 return False
             item = self._unrecorded.pop(item_id)
