@@ -403,9 +403,9 @@ class Daemon:
             await self._maybe_reload(rt)
 
     def _folder_down(self, rt: ModelRuntime, exc: SourceError) -> None:
-        assert isinstance(rt.source, DirectorySource)
         """A folder that vanished (unmounted share) is an incident: one alert per outage.
         (sql sources alert on their own, after `down_alert_after_seconds`.)"""
+        assert isinstance(rt.source, DirectorySource)
         key = f"source:{rt.name}:down"
         details = {"path": str(rt.source.incoming), "error": exc.message, "what_to_do": exc.hint}
         with self.store.transaction() as conn:
