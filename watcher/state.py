@@ -499,14 +499,14 @@ class StateStore:
                 (self.scrub(error), time.time(), item_id),
             )
 
-    def earliest_backing_off(self, kind: ActionKind) -> int | None:
+    def earliest_backing_off(self, kind: ActionKind, now: float) -> int | None:
         """The oldest pending action that failed before and waits for its next attempt.
 
         Later actions wait behind it, so that after an outage they go out in order."""
         rows = self._read(
             "SELECT MIN(id) AS id FROM outbox WHERE kind = ? AND status = 'pending' "
-            "AND attempts > 0",
-            (kind,),
+            "AND attempts > 0 AND next_attempt_at > ?",
+            (kind, now),
         )
         return None if not rows or rows[0]["id"] is None else int(rows[0]["id"])
 

@@ -147,10 +147,10 @@ class MailDispatcher:
             return  # the state takes no writes: sending now could only repeat mails
         self._enqueue_reminders(now)
         due = self.store.due_actions("alert", now, limit=1000)
-        waiting = self.store.earliest_backing_off("alert")
+        waiting = self.store.earliest_backing_off("alert", now)
         if waiting is not None:
             # Keep the order: nothing enqueued after a mail that waits for its next try.
-            due = [i for i in due if i.id <= waiting]
+            due = [i for i in due if i.id < waiting]
         # A mail whose delivery began before a crash goes first and alone, never folded into
         # a digest: it may have reached people already, under its own Message-ID.
         inflight = [i for i in due if i.sending_at is not None]
