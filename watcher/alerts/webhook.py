@@ -140,11 +140,8 @@ class WebhookDispatcher:
             else settings.daemon.poll_interval_seconds
         )
         self.clock = clock
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            follow_redirects=False,
-            headers={"User-Agent": f"watcher/{__version__}"},
-        )
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
         self._sent_at: dict[str, deque[float]] = {name: deque() for name in settings.webhooks}
         for name in settings.webhooks:
             for outcome in ("sent", "retry", "dead", "digested"):
@@ -156,16 +153,23 @@ class WebhookDispatcher:
         self._fan_out(now)
         due = self.store.due_actions("webhook", now, limit=1000)
         down: set[str] = set()
-        for item in self._plan(due, now):
-            hook = str(item.payload.get("webhook"))
-            if hook in down:
-                continue
-            if not await self._deliver(item):
-                down.add(hook)  # this receiver is down: its other posts wait for a later round
+        # A client per round: rounds are seconds apart, and a pool must not outlive its loop.
+        async with httpx.AsyncClient(
+            transport=self._transport,
+            follow_redirects=False,
+            headers={"User-Agent": f"watcher/{__version__}"},
+        ) as self._client:
+            for item in self._plan(due, now):
+                hook = str(item.payload.get("webhook"))
+                if hook in down:
+                    continue
+                if not await self._deliver(item):
+                    down.add(hook)  # this receiver is down: its other posts wait
+        self._client = None
         self.metrics.outbox_pending.labels("webhook").set(self.store.pending_counts()["webhook"])
 
     async def close(self) -> None:
-        await self._client.aclose()
+        return  # one client per round: nothing stays open between rounds
 
     # ---- fan-out ---------------------------------------------------------------------------
 
@@ -242,6 +246,7 @@ class WebhookDispatcher:
         assert cfg.url is not None  # the config refuses a webhook without one
         body = slack_payload(item) if cfg.format == "slack" else json_payload(item)
         headers = cfg.headers | {"Idempotency-Key": item.key}
+        assert self._client is not None  # set for the duration of run_once
         try:
             resp = await self._client.post(
                 cfg.url.get_secret_value(), json=body, headers=headers, timeout=cfg.timeout_seconds
