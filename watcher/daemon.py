@@ -23,11 +23,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import stamina.instrumentation
 from prometheus_client import CollectorRegistry
 
 from watcher.alerts import alert_action
 from watcher.config import ModelConfig, Settings, check_runtime
-from watcher.errors import ReferenceDataError, SourceError, WatcherError
+from watcher.errors import ConfigError, ReferenceDataError, SourceError, WatcherError
 from watcher.metrics import Health, Metrics, MetricsServer
 from watcher.performance import PerformanceTracker
 from watcher.pipeline import (
@@ -85,7 +86,13 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 def build_source(name: str, cfg: ModelConfig, store: StateStore, metrics: Metrics) -> Source:
     if cfg.source.kind == "directory":
         return DirectorySource(name, cfg.source, store)
-    from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
+    try:
+        from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
+    except ImportError as exc:
+        raise ConfigError(
+            f"model {name!r} reads a sql source, but its drivers are not installed ({exc})",
+            hint="pip install 'watcher-drift[sql]'",
+        ) from exc
 
     return SqlSource(name, cfg.source, cfg.columns, store, metrics)
 
@@ -135,6 +142,10 @@ class Daemon:
             "are held until it can"
             if self.store.write_error
             else None
+        )
+        # stamina's own Prometheus hook counts on the global registry, which is never served.
+        stamina.instrumentation.set_on_retry_hooks(
+            [stamina.instrumentation.LoggingOnRetryHook, self.metrics.count_retry]
         )
         if cfg.metrics.enabled:
             self._server = MetricsServer(
@@ -492,4 +503,8 @@ class Daemon:
             from watcher.alerts.dispatcher import build_mail_workers
 
             workers += build_mail_workers(self.settings, self.store, self.metrics)
+        if self.settings.webhooks:
+            from watcher.alerts.webhook import build_webhook_workers
+
+            workers += build_webhook_workers(self.settings, self.store, self.metrics)
         return workers
