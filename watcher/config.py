@@ -618,18 +618,27 @@ def check_runtime(settings: Settings) -> None:
     for name, model in settings.models.items():
         try:
             specs_from_config(model)
-            if model.source.kind == "sql":
-                from watcher.sources.sqlconn import build_url
-
-                build_url(model.source)
-                ts = model.columns.timestamp
-                if ts and ts != model.source.timestamp_column:
-                    raise ConfigError(
-                        f"columns.timestamp is {ts!r} but source.timestamp_column is "
-                        f"{model.source.timestamp_column!r}; make the two the same"
-                    )
         except ConfigError as exc:
             problems.append(f"models.{name}: {exc}")
+        if model.source.kind != "sql":
+            continue
+        try:
+            from watcher.sources.sqlconn import build_url
+        except ImportError as exc:  # the sql extra is optional: say which one to install
+            raise ConfigError(
+                f"model {name!r} reads a sql source, but its drivers are not installed ({exc})",
+                hint="pip install 'watcher-drift[sql]'",
+            ) from exc
+        try:
+            build_url(model.source)
+        except ConfigError as exc:
+            problems.append(f"models.{name}: {exc}")
+        ts = model.columns.timestamp
+        if ts and ts != model.source.timestamp_column:
+            problems.append(
+                f"models.{name}: columns.timestamp is {ts!r} but source.timestamp_column is "
+                f"{model.source.timestamp_column!r}; make the two the same"
+            )
     if problems:
         raise ConfigError(
             f"the configuration has {len(problems)} problem(s):\n  " + "\n  ".join(problems)
