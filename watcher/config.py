@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,10 +36,22 @@ from watcher.errors import ConfigError
 
 ModelFamily = Literal["hist_gradient_boosting", "random_forest", "linear"]
 
-# Stat tests watcher can run; the names are evidently's.
-StatTest = Literal[
-    "ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi", "kl_div", "hellinger"
-]
+
+def _stattest_name(value: str | None) -> str | None:
+    """A registered test (watcher.drift.catalog) or a custom 'package.module:function',
+    which is imported here, once, so `watcher check-config` reports one that cannot load."""
+    if value is None:
+        return None
+    from watcher.drift.catalog import check_name  # light: no evidently import
+
+    try:
+        return check_name(value)
+    except ConfigError as exc:
+        raise ValueError(f"{exc.message}; {exc.hint}" if exc.hint else exc.message) from exc
+
+
+# Stat tests: evidently's names (see watcher.drift.catalog) or "package.module:function".
+StatTest = Annotated[str, AfterValidator(_stattest_name)]
 
 
 class _Section(BaseModel):
@@ -243,6 +256,11 @@ class DriftConfig(_Section):
     # num_stattest / cat_stattest; per-column settings win.
     num_stattest: StatTest | None = None
     cat_stattest: StatTest | None = None
+    # evidently's DataDriftPreset thresholds: per column, then num_/cat_threshold for the
+    # column's kind, then `threshold` for every column, then the test's own default.
+    threshold: float | None = Field(None, gt=0)
+    num_threshold: float | None = Field(None, gt=0)
+    cat_threshold: float | None = Field(None, gt=0)
     columns: dict[str, ColumnDriftConfig] = Field(default_factory=dict)
 
 

@@ -138,11 +138,7 @@ class Pipeline:
                 )
             with self._stage(rt.name, "drift"):
                 drift = engine.score(
-                    rt.reference.prepared,
-                    clean,
-                    drift_share=rt.cfg.drift.drift_share,
-                    num_stattest=rt.cfg.drift.num_stattest,
-                    cat_stattest=rt.cfg.drift.cat_stattest,
+                    rt.reference.prepared, clean, **engine.options_from_config(rt.cfg.drift)
                 )
         except BatchRejected as exc:
             return self._reject(rt, ref, exc)
