@@ -33,7 +33,8 @@ import pytest
 
 from watcher.drift import catalog, engine
 
-BIKESHARE = Path(__file__).resolve().parents[1] / "examples/bikeshare/data/bikeshare_2011_hourly.csv"
+REPO = Path(__file__).resolve().parents[1]
+BIKESHARE = REPO / "examples" / "bikeshare" / "data" / "bikeshare_2011_hourly.csv"
 
 # evidently reports the test it chose by display name.
 EVIDENTLY_NAMES = catalog.BY_DISPLAY_NAME
