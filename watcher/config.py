@@ -346,6 +346,23 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"drift.columns names {unknown}, which are not numeric or categorical features"
             )
+        from watcher.drift.catalog import check_kind
+
+        numeric = set(self.columns.numeric)
+        checks = [
+            (self.drift.num_stattest, "numeric", "drift.num_stattest"),
+            (self.drift.cat_stattest, "categorical", "drift.cat_stattest"),
+            *(
+                (c.stattest, "numeric" if name in numeric else "categorical", f"drift.{name}")
+                for name, c in self.drift.columns.items()
+                if name in self.columns.features
+            ),
+        ]
+        for test, kind, where in checks:
+            try:
+                check_kind(test, kind, where)  # type: ignore[arg-type]
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
         return self
 
 

@@ -453,6 +453,9 @@ class Pipeline:
             m.feature_drifted.labels(name, col).set(int(c.drifted))
         if drift.prediction is not None:
             m.prediction_drift_score.labels(name).set(drift.prediction.score)
+        for col, (test, why) in drift.failures.items():
+            m.drift_test_failures.labels(name, test).inc()
+            log.warning("%s: column %r not scored: %s", name, col, why)
         for col, share in quality.missing_share.items():
             m.missing_values_share.labels(name, col).set(share)
         for v in quality.violations:

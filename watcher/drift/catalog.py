@@ -201,6 +201,20 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_kind(test: str | None, kind: Kind, where: str) -> None:
+    """Refuse a registered test for a kind evidently does not run it on. A custom test
+    declares no kinds: it runs on whatever column it is given, as in evidently."""
+    info = TESTS.get(test) if test is not None else None
+    if info is not None and kind not in info.kinds:
+        allowed = " and ".join(sorted(info.kinds))
+        raise ConfigError(
+            f"{where}: stat test {test!r} does not apply to {kind} columns "
+            f"(evidently runs it on {allowed} columns only)",
+            hint=f"pick a test for {kind} columns: "
+            + ", ".join(n for n, t in TESTS.items() if kind in t.kinds),
+        )
+
+
 class TestFailed(Exception):
     """A test raised or returned something that is not (score, drifted)."""
 
