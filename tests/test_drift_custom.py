@@ -92,7 +92,8 @@ def test_a_broken_test_fails_its_column_only(test: str, message: str) -> None:
     assert set(result.failures) == {"a"}
     failed_test, why = result.failures["a"]
     assert failed_test == test
-    assert test in why and message in why
+    assert test in why
+    assert message in why
     assert set(result.columns) == {"b", "c"}  # the others are scored
     assert result.n_columns == 2
 
@@ -110,7 +111,8 @@ def test_every_test_failing_still_scores_the_batch() -> None:
     ref, cur = _frames()
     specs = [ColumnSpec(s.name, s.kind, "custom_stattests:raises") for s in SPECS]
     result = engine.score(engine.prepare_reference(ref, specs, version="v1"), cur)
-    assert result.n_columns == 0 and not result.dataset_drift
+    assert result.n_columns == 0
+    assert not result.dataset_drift
     assert set(result.failures) == {"a", "b", "c"}
 
 
@@ -138,7 +140,8 @@ def test_check_config_loads_custom_tests(tmp_path: Path) -> None:
     good = write_config(
         tmp_path,
         model_extra='[models.m.drift]\nnum_stattest = "custom_stattests:median_shift"\n'
-        'cat_threshold = 0.2\n[models.m.drift.columns.a]\nstattest = "custom_stattests:mean_shift"\n',
+        "cat_threshold = 0.2\n"
+        '[models.m.drift.columns.a]\nstattest = "custom_stattests:mean_shift"\n',
     )
     env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
     run = [sys.executable, "-m", "watcher", "check-config"]
@@ -148,7 +151,8 @@ def test_check_config_loads_custom_tests(tmp_path: Path) -> None:
     bad.write_text(good.read_text().replace("custom_stattests:mean_shift", "custom_stattests:nope"))
     out = subprocess.run([*run, str(bad)], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2
-    assert "custom_stattests:nope" in out.stderr and "has no 'nope'" in out.stderr
+    assert "custom_stattests:nope" in out.stderr
+    assert "has no 'nope'" in out.stderr
 
 
 def test_daemon_counts_a_broken_test_and_goes_on(tmp_path: Path) -> None:
