@@ -147,6 +147,35 @@ class AlertsConfig(_Section):
     source_silent_after_seconds: float = Field(0.0, ge=0)  # 0 disables the check
 
 
+class EvidentlyConfig(_Section):
+    """Snapshots of scored batches in an Evidently UI workspace (off by default)."""
+
+    # A local workspace folder (what `evidently ui --workspace PATH` serves), or the URL of
+    # a running `evidently ui` (http:// or https://).
+    workspace: str | None = None
+    project: str = "watcher"
+    snapshots: Literal["all", "drifted"] = "all"
+    # Where people open the UI, for the link in alert mails; default: `workspace` when it
+    # is a URL (a folder workspace has no link without it).
+    ui_url: str | None = None
+    # Batches waiting for their snapshot at most; more are dropped (and counted).
+    max_pending: int = Field(16, ge=1)
+
+    @field_validator("workspace", "ui_url")
+    @classmethod
+    def _no_trailing_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @property
+    def is_remote(self) -> bool:
+        ws = self.workspace
+        return ws is not None and ws.startswith(("http://", "https://"))
+
+    @property
+    def link_base(self) -> str | None:
+        return self.ui_url or (self.workspace if self.is_remote else None)
+
+
 class RegistryConfig(_Section):
     path: Path = Path(".watcher/registry")
     keep_versions: int = Field(5, ge=1)
@@ -383,6 +412,7 @@ class Settings(BaseSettings):
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    evidently: EvidentlyConfig = Field(default_factory=EvidentlyConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
     @classmethod
@@ -464,11 +494,17 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         "ca_file",
         "password_file",
         "base_training_data",
+        "workspace",
     }
     for key, value in data.items():
         if isinstance(value, dict):
             _resolve_paths(value, base)
-        elif key in path_keys and isinstance(value, str) and not Path(value).is_absolute():
+        elif (
+            key in path_keys
+            and isinstance(value, str)
+            and not Path(value).is_absolute()
+            and "://" not in value  # evidently.workspace may be a URL
+        ):
             data[key] = str((base / value).resolve())
 
 

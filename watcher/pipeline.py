@@ -20,6 +20,7 @@ from watcher.alerts import alert_action
 from watcher.config import ModelConfig, PolicyConfig, Settings
 from watcher.drift import engine
 from watcher.drift.quality import QualityReport, ReferenceProfile, check_batch, profile_reference
+from watcher.drift.snapshots import SnapshotPublisher
 from watcher.errors import BatchRejected, ReferenceDataError
 from watcher.metrics import Metrics
 from watcher.performance import PerformanceTracker
@@ -115,6 +116,14 @@ class Pipeline:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self.snapshots: SnapshotPublisher | None = None
+        if settings.evidently.workspace:
+            self.snapshots = SnapshotPublisher(settings.evidently, metrics)
+
+    def close(self) -> None:
+        """Stop the background work (Evidently snapshots) this pipeline started."""
+        if self.snapshots is not None:
+            self.snapshots.close()
 
     @contextmanager
     def _stage(self, model: str, stage: str) -> Iterator[None]:
@@ -147,6 +156,16 @@ class Pipeline:
         rt.source.archive(ref)
         rt.performance.keep_predictions(ref.batch_id, clean)
         self._export(rt, quality, drift, verdict)
+        if self.snapshots is not None:  # after the commit, in the background
+            self.snapshots.submit(
+                rt.name,
+                ref.batch_id,
+                rt.reference.frame,
+                clean,
+                rt.cfg,
+                dataset_drift=drift.dataset_drift,
+                reference_version=rt.reference.version,
+            )
         log.info(
             "scored %s/%s: %d rows, drift share %.2f (%d/%d features)%s; decision: %s (%s)",
             rt.name,
@@ -323,6 +342,8 @@ class Pipeline:
                     incident=incident,
                 )
             )
+            if self.snapshots is not None:
+                actions[-1].payload["evidently_url"] = self.snapshots.project_url()
         if verdict.resolve_incident and self.store.resolve_incident(conn, incident):
             actions.append(
                 alert_action(
