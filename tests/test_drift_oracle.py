@@ -508,3 +508,27 @@ def test_bikeshare_kinds_match_evidentlys_inference_on_the_batch(
     assert {s.name for s in ours if s.kind == "categorical"} == set(
         definition.get_categorical_columns()
     )
+
+
+def test_catalog_agrees_with_evidentlys_registry() -> None:
+    """Names, display names, kinds and default thresholds: evidently's registered tests,
+    all but its two text-only ones, are exactly the catalog's."""
+    from evidently.legacy.calculations.stattests import registry
+
+    kinds = {"num": "numeric", "cat": "categorical"}
+    theirs = {}
+    for name, by_type in registry._registered_stat_tests.items():
+        test = next(iter(by_type.values()))
+        allowed = {t.value for t in test.allowed_feature_types}
+        if allowed == {"text"}:
+            continue
+        theirs[name] = (
+            test.display_name,
+            frozenset(kinds[t] for t in allowed),
+            test.default_threshold,
+        )
+    ours = {
+        name: (t.display_name, t.kinds, t.default_threshold) for name, t in catalog.TESTS.items()
+    }
+    assert ours == theirs
+    assert len(registry._registered_stat_tests) == 20

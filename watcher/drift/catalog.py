@@ -89,7 +89,7 @@ TESTS: dict[str, TestInfo] = {
         # tests whose cost is the statistic on both sides together, not the reference side
         TestInfo("g_test", "g_test", _CAT, 0.1, "<", "evidently"),
         TestInfo("anderson", "Anderson-Darling", _NUM, 0.1, "<", "evidently"),
-        TestInfo("cramer_von_mises", "Cramer-von-Mises", _NUM, 0.1, "<=", "evidently"),
+        TestInfo("cramer_von_mises", "Cramer-von Mises", _NUM, 0.1, "<=", "evidently"),
         TestInfo("es", "Epps-Singleton", _NUM, 0.05, "<", "evidently"),
         TestInfo("mannw", "Mann-Whitney U-rank test", _NUM, 0.05, "<", "evidently"),
         TestInfo("empirical_mmd", "empirical_mmd", _NUM, 0.1, "<", "evidently"),
