@@ -17,10 +17,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from support import drop, frame, wait_for, write_config
 
+from watcher.alerts.compose import compose
 from watcher.config import Settings, load_config
 from watcher.daemon import Daemon
 from watcher.localstack import free_port
-from watcher.state import StateStore
+from watcher.state import OutboxItem, StateStore
 
 BATCHES = {"calm.parquet": 0.0, "drifted.parquet": 1.5}
 
@@ -174,7 +175,14 @@ def test_served_evidently_ui_gets_the_snapshots_and_the_mail_links_it(
     finally:
         store.close()
     assert alerts, "the drifted batch should have raised a drift alert"
-    assert alerts[0]["evidently_url"] in (f"{evidently_ui}/projects/{project.id}", evidently_ui)
+    link = alerts[0]["evidently_url"]
+    assert link in (f"{evidently_ui}/projects/{project.id}", evidently_ui)
+    # ... and the mail built from that alert carries the link.
+    item = OutboxItem(1, "alert", "k", "m", alerts[0], 0, 0.0)
+    mail = compose(item, settings, ["oncall@example.org"])
+    text = mail.get_body(("plain",))
+    assert text is not None
+    assert link in text.get_content()
 
 
 def test_unreachable_workspace_loses_no_batch(tmp_path: Path) -> None:
