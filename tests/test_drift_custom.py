@@ -96,6 +96,8 @@ def test_a_broken_test_fails_its_column_only(test: str, message: str) -> None:
     assert message in why
     assert set(result.columns) == {"b", "c"}  # the others are scored
     assert result.n_columns == 2
+    # What the state store keeps of the batch says so too.
+    assert result.to_json_dict()["failures"] == {"a": {"stattest": test, "error": why}}
 
 
 def test_evidentlys_own_errors_are_failures_too() -> None:

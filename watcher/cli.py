@@ -127,6 +127,8 @@ def score(
                 "[red]yes[/red]" if c.drifted else "no",
             )
         out.print(table)
+        for name, (_test, why) in result.failures.items():
+            out.print(f"[yellow]not scored[/yellow]: {name}: {why}", highlight=False)
         verdict = (
             "[red]DATASET DRIFT[/red]"
             if result.dataset_drift

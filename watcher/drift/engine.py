@@ -115,6 +115,16 @@ class DriftResult:
             "drift_share": self.drift_share,
             "columns": {name: c.to_dict() for name, c in self.columns.items()},
             "prediction": None if self.prediction is None else self.prediction.to_dict(),
+            **(
+                {
+                    "failures": {
+                        name: {"stattest": test, "error": why}
+                        for name, (test, why) in self.failures.items()
+                    }
+                }
+                if self.failures
+                else {}
+            ),
         }
 
 
