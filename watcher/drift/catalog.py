@@ -33,7 +33,8 @@ import pandas as pd
 from watcher.errors import ConfigError
 
 Kind = Literal["numeric", "categorical"]
-Path_ = Literal["fast", "evidently", "custom"]
+# How watcher computes a test: its own fast path, or evidently's function.
+Route = Literal["fast", "evidently"]
 
 _NUM: frozenset[Kind] = frozenset({"numeric"})
 _CAT: frozenset[Kind] = frozenset({"categorical"})
@@ -52,7 +53,7 @@ class TestInfo:
     kinds: frozenset[Kind]
     default_threshold: float
     rule: Rule
-    path: Path_
+    path: Route
 
     @property
     def p_value(self) -> bool:
@@ -239,8 +240,8 @@ def run_function(
     try:
         if not is_custom(test):
             # SciPy's notes on these tests (Anderson-Darling's capped p-value, a zero
-            # division in a permutation) say nothing the score does not; evidently's
-            # Report silences them too.
+            # division in a permutation) say nothing the score does not, and would be
+            # logged once per column and batch.
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore", UserWarning)
                 warnings.simplefilter("ignore", RuntimeWarning)
