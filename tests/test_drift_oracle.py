@@ -1,5 +1,13 @@
 """The correctness oracle: watcher's drift engine against evidently's own Report.
 
+Every test of `watcher.drift.catalog` (evidently's 18 tabular tests) is named as
+`num_method` / `cat_method` of a `DataDriftPreset` on numeric, binary and categorical
+columns, with fewer than 1,000 and more than 1,000 reference rows (PAIRS below); the
+kind-level thresholds (`threshold`, `num_threshold`, `cat_threshold`) are compared the same
+way (THRESHOLD_CASES). evidently's `empirical_mmd` permutes with NumPy's global random
+state, unseeded: its cases use a drifting column (p = 0) and a batch that is the
+reference reshuffled (p = 1), where every permutation gives the same answer.
+
 For each case, `Report([DataDriftPreset(...)], include_tests=True)` runs once (module
 scope, ~0.5 s each after evidently's first import) and watcher's engine scores the same
 frames. Per-column scores must agree to 1e-6; the chosen test, the threshold, each drift
