@@ -166,6 +166,18 @@ class EvidentlyConfig(_Section):
     def _no_trailing_slash(cls, v: str | None) -> str | None:
         return v.rstrip("/") if v else v
 
+    @field_validator("workspace")
+    @classmethod
+    def _evidently_installed(cls, v: str | None) -> str | None:
+        from watcher.drift.catalog import evidently_installed
+
+        if v and not evidently_installed():
+            raise ValueError(
+                "evidently.workspace needs evidently, which is not installed: "
+                "pip install 'watcher-drift[reports]'"
+            )
+        return v
+
     @property
     def is_remote(self) -> bool:
         ws = self.workspace
@@ -174,6 +186,38 @@ class EvidentlyConfig(_Section):
     @property
     def link_base(self) -> str | None:
         return self.ui_url or (self.workspace if self.is_remote else None)
+
+
+class WebhookConfig(_Section):
+    """An HTTP endpoint that receives every alert the mail channel gets, as JSON.
+
+    `format = "json"` posts watcher's own document (kind, severity, model, title, details,
+    ...); `"slack"` posts a Slack incoming-webhook message (`text` + `blocks`), which
+    Mattermost, Rocket.Chat and Teams' Slack-compatible connectors also take.
+    """
+
+    url: SecretStr | None = None  # a Slack webhook URL is a credential: kept out of logs
+    url_file: Path | None = None
+    format: Literal["json", "slack"] = "json"
+    # Models whose alerts go here; empty = every model (and alerts about no model).
+    models: list[str] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float = Field(10.0, gt=0)
+    retry_attempts: int = Field(3, ge=1)
+    retry_timeout_seconds: float = Field(30.0, gt=0)
+    max_delivery_rounds: int = Field(20, ge=1)
+    retry_backoff_seconds: float = Field(30.0, gt=0)
+    retry_backoff_max_seconds: float = Field(1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url(self) -> WebhookConfig:
+        self.url = _read_secret(self.url, self.url_file, "webhook url")
+        if self.url is None:
+            raise ValueError("a webhook needs `url` (or `url_file`)")
+        value = self.url.get_secret_value()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("webhook url must start with http:// or https://")
+        return self
 
 
 class RegistryConfig(_Section):
@@ -305,13 +349,62 @@ class QualityConfig(_Section):
     reject_all_missing: bool = True
 
 
+class PerformanceSignalConfig(_Section):
+    """The `performance` trigger signal: the production model's loss on labelled periods
+    against its loss at deployment (see watcher/signals.py)."""
+
+    detector: Literal["cusum", "page_hinkley"] = "cusum"
+    # Relative loss increase tolerated before it counts (0.1 = 10 % worse than deployment).
+    tolerance: float = Field(0.1, ge=0)
+    # cusum and page_hinkley fire when the accumulated excess reaches this.
+    threshold: float = Field(0.5, gt=0)
+    # Periods are pooled until they hold this many labelled rows.
+    min_rows: int = Field(30, ge=1)
+    # The level to compare with: the gate's holdout figure, or the first labelled period.
+    baseline: Literal["holdout", "first_period"] = "holdout"
+
+
+class DriftSignalConfig(_Section):
+    """The `drift` trigger signal (dataset drift is scored as `[models.X.drift]` says)."""
+
+    # Weight each feature's drift by the production model's feature importance.
+    importance_weighted: bool = False
+
+
+TriggerSignal = Literal["drift", "performance", "max_age"]
+
+
 class PolicyConfig(_Section):
+    # The signals that may trigger a retrain; drift is scored, exported and mailed anyway.
+    triggers: list[TriggerSignal] = Field(
+        default_factory=lambda: list[TriggerSignal](["drift"]), min_length=1
+    )
     consecutive: int = Field(2, ge=1)
     # Non-drifted batches in a row that end a drift incident (hysteresis).
     resolve_after: int = Field(2, ge=1)
     cooldown_seconds: float = Field(6 * 3600.0, ge=0)
     daily_cap: int = Field(3, ge=0)
     dry_run: bool = False
+    # A model older than this is retrained (`max_age` signal); None: no maximum.
+    max_age_batches: int | None = Field(None, ge=1)
+    max_age_seconds: float | None = Field(None, gt=0)
+    # Below this age nothing triggers (the model has not been seen at work yet).
+    min_age_batches: int = Field(0, ge=0)
+    min_age_seconds: float = Field(0.0, ge=0)
+    performance: PerformanceSignalConfig = Field(default_factory=PerformanceSignalConfig)
+    drift: DriftSignalConfig = Field(default_factory=DriftSignalConfig)
+
+    @model_validator(mode="after")
+    def _signals_configured(self) -> PolicyConfig:
+        if len(set(self.triggers)) != len(self.triggers):
+            raise ValueError(f"triggers lists a signal twice: {self.triggers}")
+        if "max_age" in self.triggers and (
+            self.max_age_batches is None and self.max_age_seconds is None
+        ):
+            raise ValueError(
+                "triggers has 'max_age' but neither max_age_batches nor max_age_seconds is set"
+            )
+        return self
 
 
 class RetrainConfig(_Section):
@@ -355,6 +448,11 @@ class RetrainConfig(_Section):
     retries: int = Field(2, ge=0)
     retry_delay_seconds: float = Field(60.0, gt=0)
     max_retry_delay_seconds: float = Field(1800.0, gt=0)
+    # A run still running after this is failed by Airflow's scheduler (`dagrun_timeout`),
+    # which frees the model for the next trigger; a task running longer than
+    # `task_timeout_seconds` is killed and failed (`execution_timeout`, then retried).
+    dagrun_timeout_seconds: float = Field(4 * 3600.0, gt=0)
+    task_timeout_seconds: float = Field(3600.0, gt=0)
 
 
 class ModelConfig(_Section):
@@ -413,6 +511,7 @@ class Settings(BaseSettings):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     evidently: EvidentlyConfig = Field(default_factory=EvidentlyConfig)
+    webhooks: dict[str, WebhookConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
     @classmethod
@@ -437,6 +536,22 @@ class Settings(BaseSettings):
                     "(it becomes part of DAG ids and metric labels)"
                 )
         return v
+
+    @model_validator(mode="after")
+    def _webhook_models_exist(self) -> Settings:
+        for name, hook in self.webhooks.items():
+            unknown = sorted(set(hook.models) - set(self.models))
+            if unknown:
+                raise ValueError(f"webhooks.{name}.models names unknown model(s) {unknown}")
+        return self
+
+    def webhooks_for(self, model: str | None) -> list[str]:
+        """The webhooks that receive alerts about `model` (every one when it is None)."""
+        return [
+            name
+            for name, hook in self.webhooks.items()
+            if not hook.models or model is None or model in hook.models
+        ]
 
     def dag_id(self, model: str) -> str:
         return self.models[model].retrain.dag_id or f"retrain_{model}"
@@ -495,6 +610,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         "password_file",
         "base_training_data",
         "workspace",
+        "url_file",
     }
     for key, value in data.items():
         if isinstance(value, dict):

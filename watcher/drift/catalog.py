@@ -18,6 +18,7 @@ configuration is validated, so `watcher check-config` reports a test that cannot
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import math
 import sys
@@ -189,16 +190,29 @@ def load_custom_test(spec: str) -> CustomTest:
     return CustomTest(spec, obj, 0.05, is_stattest=False)
 
 
+def evidently_installed() -> bool:
+    """Whether evidently (the `reports` extra) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec("evidently") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def check_name(name: str) -> str:
     """A configured test name: a registered test, or a custom test that loads."""
-    if is_custom(name):
-        load_custom_test(name)
-        return name
-    if name not in TESTS:
+    if name not in TESTS and not is_custom(name):
         raise ConfigError(
             f"unknown stat test {name!r}",
             hint=f"use one of {sorted(TESTS)}, or 'package.module:function' for your own",
         )
+    if (is_custom(name) or TESTS[name].path == "evidently") and not evidently_installed():
+        # These run evidently's own function, or are handed evidently's column types.
+        raise ConfigError(
+            f"stat test {name!r} needs evidently, which is not installed",
+            hint="pip install 'watcher-drift[reports]', or pick a test on the fast path",
+        )
+    if is_custom(name):
+        load_custom_test(name)
     return name
 
 
