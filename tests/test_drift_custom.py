@@ -194,3 +194,29 @@ def test_daemon_counts_a_broken_test_and_goes_on(tmp_path: Path) -> None:
         0,
         1,
     )
+
+
+def test_without_evidently_a_test_that_needs_it_is_refused_at_load(tmp_path: Path) -> None:
+    # evidently made unimportable in a fresh interpreter (test_extras' stand-in for an
+    # install without the `reports` extra): fast-path tests load, evidently's do not.
+    from test_extras import _BLOCK
+
+    cfg = write_config(tmp_path, model_extra='[models.m.drift]\nnum_stattest = "anderson"\n')
+    fast = tmp_path / "fast.toml"
+    fast.write_text(cfg.read_text().replace('"anderson"', '"t_test"'))
+    script = f"""
+from pathlib import Path
+from watcher.config import load_config
+from watcher.errors import ConfigError
+load_config(Path({str(fast)!r}))
+try:
+    load_config(Path({str(cfg)!r}))
+except ConfigError as exc:
+    print(exc)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", _BLOCK + script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "stat test 'anderson' needs evidently, which is not installed" in out.stdout
+    assert "watcher-drift[reports]" in out.stdout
