@@ -3,7 +3,7 @@
 evidently users look at drift in evidently's own UI; this puts every scored batch (or only
 the drifted ones) there, as a `DataDriftPreset` snapshot named after the model and batch,
 tagged with both. It runs off the hot path: the pipeline hands a batch over after its
-transaction committed, one background thread builds the report (about a second) and adds
+transaction committed, one background (daemon) thread builds the report (about a second) and adds
 it to the workspace. A failure (workspace unreachable, a report evidently cannot build) is
 logged and counted in `watcher_evidently_snapshots_total{outcome="failed"}`; the batch is
 already scored and committed, so nothing is lost or blocked. When the thread falls
@@ -13,8 +13,9 @@ behind by `max_pending` batches, further ones are dropped (outcome "dropped").
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import pandas as pd
@@ -33,7 +34,13 @@ class SnapshotPublisher:
             raise ValueError("SnapshotPublisher needs evidently.workspace")
         self.cfg = cfg
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="evidently-snapshots")
+        # A daemon thread, not an executor: evidently's remote client sets no timeout, and
+        # a hung workspace must not keep the process from exiting at shutdown.
+        self._queue: queue.Queue[tuple[Future[str | None], tuple[Any, ...]] | None] = queue.Queue()
+        self._thread = threading.Thread(
+            target=self._worker, name="evidently-snapshots", daemon=True
+        )
+        self._thread.start()
         self._lock = threading.Lock()
         self._pending = 0
         self._workspace: Any = None
@@ -77,16 +84,16 @@ class SnapshotPublisher:
                 )
                 return None
             self._pending += 1
-        return self._executor.submit(
-            self._publish,
-            model,
-            batch_id,
-            reference,
-            current,
-            cfg,
-            dataset_drift,
-            reference_version,
-        )
+        future: Future[str | None] = Future()
+        args = (model, batch_id, reference, current, cfg, dataset_drift, reference_version)
+        self._queue.put((future, args))
+        return future
+
+    def _worker(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, args = item
+            if future.set_running_or_notify_cancel():
+                future.set_result(self._publish(*args))
 
     def _publish(
         self,
@@ -155,7 +162,16 @@ class SnapshotPublisher:
             self.project_id = str(project.id)
         return self.project_id
 
-    def close(self, wait: bool = False) -> None:
-        """Stop taking batches; snapshots not started yet are given up (they are a view of
-        batches that are already committed)."""
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+    def close(self) -> None:
+        """Stop: snapshots not started yet are given up (they are a view of batches that
+        are already committed); one being added finishes, or dies with the process."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+                with self._lock:
+                    self._pending -= 1
+        self._queue.put(None)
