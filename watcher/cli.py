@@ -121,7 +121,7 @@ def score(
 
     try:
         ref_df, cur_df = read_table(reference), read_table(current)
-        drift_share, num_test, cat_test = 0.5, None, None
+        options: dict[str, Any] = {}
         if config is not None:
             settings = _load(config)
             name = model or (next(iter(settings.models)) if len(settings.models) == 1 else None)
@@ -130,8 +130,7 @@ def score(
                 raise typer.Exit(2)
             mcfg = settings.models[name]
             specs, prediction = engine.specs_from_config(mcfg)
-            drift_share = mcfg.drift.drift_share
-            num_test, cat_test = mcfg.drift.num_stattest, mcfg.drift.cat_stattest
+            options = engine.options_from_config(mcfg.drift)
         else:
             specs, prediction = engine.infer_columns(ref_df), None
         missing = sorted(
@@ -142,9 +141,7 @@ def score(
             err.print(f"error: column(s) {missing} missing from the reference or current data")
             raise typer.Exit(2)
         prepared = engine.prepare_reference(ref_df, specs, version="cli", prediction=prediction)
-        result = engine.score(
-            prepared, cur_df, drift_share=drift_share, num_stattest=num_test, cat_stattest=cat_test
-        )
+        result = engine.score(prepared, cur_df, **options)
     except (OSError, ValueError, WatcherError) as exc:
         err.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc
@@ -163,6 +160,8 @@ def score(
                 "[red]yes[/red]" if c.drifted else "no",
             )
         out.print(table)
+        for name, (_test, why) in result.failures.items():
+            out.print(f"[yellow]not scored[/yellow]: {name}: {why}", highlight=False)
         verdict = (
             "[red]DATASET DRIFT[/red]"
             if result.dataset_drift
@@ -170,7 +169,7 @@ def score(
         )
         out.print(
             f"{verdict}: {result.n_drifted}/{result.n_columns} columns drifted "
-            f"(share {result.drift_share:.2f}, threshold {drift_share})"
+            f"(share {result.drift_share:.2f}, threshold {options.get('drift_share', 0.5)})"
         )
     raise typer.Exit(1 if result.dataset_drift else 0)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,10 +36,22 @@ from watcher.errors import ConfigError
 
 ModelFamily = Literal["hist_gradient_boosting", "random_forest", "linear"]
 
-# Stat tests watcher can run; the names are evidently's.
-StatTest = Literal[
-    "ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi", "kl_div", "hellinger"
-]
+
+def _stattest_name(value: str | None) -> str | None:
+    """A registered test (watcher.drift.catalog) or a custom 'package.module:function',
+    which is imported here, once, so `watcher check-config` reports one that cannot load."""
+    if value is None:
+        return None
+    from watcher.drift.catalog import check_name  # light: no evidently import
+
+    try:
+        return check_name(value)
+    except ConfigError as exc:
+        raise ValueError(f"{exc.message}; {exc.hint}" if exc.hint else exc.message) from exc
+
+
+# Stat tests: evidently's names (see watcher.drift.catalog) or "package.module:function".
+StatTest = Annotated[str, AfterValidator(_stattest_name)]
 
 
 # The one rule for model names: ASCII, because a name becomes part of DAG ids, metric
@@ -160,6 +173,47 @@ class AlertsConfig(_Section):
     # Drift reports (HTML, several MB each) older than this are deleted; 0 keeps them all.
     report_retention_days: float = Field(30.0, ge=0)
     source_silent_after_seconds: float = Field(0.0, ge=0)  # 0 disables the check
+
+
+class EvidentlyConfig(_Section):
+    """Snapshots of scored batches in an Evidently UI workspace (off by default)."""
+
+    # A local workspace folder (what `evidently ui --workspace PATH` serves), or the URL of
+    # a running `evidently ui` (http:// or https://).
+    workspace: str | None = None
+    project: str = "watcher"
+    snapshots: Literal["all", "drifted"] = "all"
+    # Where people open the UI, for the link in alert mails; default: `workspace` when it
+    # is a URL (a folder workspace has no link without it).
+    ui_url: str | None = None
+    # Batches waiting for their snapshot at most; more are dropped (and counted).
+    max_pending: int = Field(16, ge=1)
+
+    @field_validator("workspace", "ui_url")
+    @classmethod
+    def _no_trailing_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @field_validator("workspace")
+    @classmethod
+    def _evidently_installed(cls, v: str | None) -> str | None:
+        from watcher.drift.catalog import evidently_installed
+
+        if v and not evidently_installed():
+            raise ValueError(
+                "evidently.workspace needs evidently, which is not installed: "
+                "pip install 'watcher-drift[reports]'"
+            )
+        return v
+
+    @property
+    def is_remote(self) -> bool:
+        ws = self.workspace
+        return ws is not None and ws.startswith(("http://", "https://"))
+
+    @property
+    def link_base(self) -> str | None:
+        return self.ui_url or (self.workspace if self.is_remote else None)
 
 
 class WebhookConfig(_Section):
@@ -307,6 +361,11 @@ class DriftConfig(_Section):
     # num_stattest / cat_stattest; per-column settings win.
     num_stattest: StatTest | None = None
     cat_stattest: StatTest | None = None
+    # evidently's DataDriftPreset thresholds: per column, then num_/cat_threshold for the
+    # column's kind, then `threshold` for every column, then the test's own default.
+    threshold: float | None = Field(None, gt=0)
+    num_threshold: float | None = Field(None, gt=0)
+    cat_threshold: float | None = Field(None, gt=0)
     columns: dict[str, ColumnDriftConfig] = Field(default_factory=dict)
 
 
@@ -451,6 +510,23 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"drift.columns names {unknown}, which are not numeric or categorical features"
             )
+        from watcher.drift.catalog import check_kind
+
+        numeric = set(self.columns.numeric)
+        checks = [
+            (self.drift.num_stattest, "numeric", "drift.num_stattest"),
+            (self.drift.cat_stattest, "categorical", "drift.cat_stattest"),
+            *(
+                (c.stattest, "numeric" if name in numeric else "categorical", f"drift.{name}")
+                for name, c in self.drift.columns.items()
+                if name in self.columns.features
+            ),
+        ]
+        for test, kind, where in checks:
+            try:
+                check_kind(test, kind, where)  # type: ignore[arg-type]
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
         return self
 
 
@@ -472,6 +548,7 @@ class Settings(BaseSettings):
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    evidently: EvidentlyConfig = Field(default_factory=EvidentlyConfig)
     webhooks: dict[str, WebhookConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
@@ -570,12 +647,18 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         "ca_file",
         "password_file",
         "base_training_data",
+        "workspace",
         "url_file",
     }
     for key, value in data.items():
         if isinstance(value, dict):
             _resolve_paths(value, base)
-        elif key in path_keys and isinstance(value, str) and not Path(value).is_absolute():
+        elif (
+            key in path_keys
+            and isinstance(value, str)
+            and not Path(value).is_absolute()
+            and "://" not in value  # evidently.workspace may be a URL
+        ):
             data[key] = str((base / value).resolve())
 
 

@@ -206,6 +206,7 @@ class Daemon:
         for rt in self.models.values():
             with contextlib.suppress(Exception):
                 await rt.source.close()
+        self.pipeline.close()
         if self._server is not None:
             self._server.stop()
         self.store.close()

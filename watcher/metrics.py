@@ -235,6 +235,18 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.drift_test_failures = Counter(
+            "watcher_drift_test_failures",
+            "Columns a stat test could not score (it raised or returned no finite score).",
+            ["model", "stattest"],
+            registry=r,
+        )
+        self.evidently_snapshots = Counter(
+            "watcher_evidently_snapshots",
+            "Batches sent to the Evidently UI workspace, by outcome (added, failed).",
+            ["model", "outcome"],
+            registry=r,
+        )
 
     def init_model(self, model: str) -> None:
         """Export a model's event counters at 0 before their first event.

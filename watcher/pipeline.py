@@ -22,6 +22,7 @@ from watcher.alerts import alert_action
 from watcher.config import ModelConfig, PolicyConfig, Settings
 from watcher.drift import engine
 from watcher.drift.quality import QualityReport, ReferenceProfile, check_batch, profile_reference
+from watcher.drift.snapshots import SnapshotPublisher
 from watcher.errors import BatchRejected, ReferenceDataError
 from watcher.metrics import Metrics
 from watcher.performance import PerformanceTracker
@@ -129,6 +130,14 @@ class Pipeline:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self.snapshots: SnapshotPublisher | None = None
+        if settings.evidently.workspace:
+            self.snapshots = SnapshotPublisher(settings.evidently, metrics)
+
+    def close(self) -> None:
+        """Stop the background work (Evidently snapshots) this pipeline started."""
+        if self.snapshots is not None:
+            self.snapshots.close()
 
     @contextmanager
     def _stage(self, model: str, stage: str) -> Iterator[None]:
@@ -152,11 +161,7 @@ class Pipeline:
                 )
             with self._stage(rt.name, "drift"):
                 drift = engine.score(
-                    rt.reference.prepared,
-                    clean,
-                    drift_share=rt.cfg.drift.drift_share,
-                    num_stattest=rt.cfg.drift.num_stattest,
-                    cat_stattest=rt.cfg.drift.cat_stattest,
+                    rt.reference.prepared, clean, **engine.options_from_config(rt.cfg.drift)
                 )
         except BatchRejected as exc:
             return self._reject(rt, ref, exc)
@@ -165,6 +170,16 @@ class Pipeline:
         rt.source.archive(ref)
         rt.performance.keep_predictions(ref.batch_id, clean)
         self._export(rt, quality, drift, verdict)
+        if self.snapshots is not None:  # after the commit, in the background
+            self.snapshots.submit(
+                rt.name,
+                ref.batch_id,
+                rt.reference.frame,
+                clean,
+                rt.cfg,
+                dataset_drift=drift.dataset_drift,
+                reference_version=rt.reference.version,
+            )
         log.info(
             "scored %s/%s: %d rows, drift share %.2f (%d/%d features)%s; decision: %s (%s)",
             rt.name,
@@ -341,6 +356,8 @@ class Pipeline:
                     incident=incident,
                 )
             )
+            if self.snapshots is not None:
+                actions[-1].payload["evidently_url"] = self.snapshots.project_url()
         if verdict.resolve_incident and self.store.resolve_incident(conn, incident):
             actions.append(
                 alert_action(
@@ -471,6 +488,9 @@ class Pipeline:
             m.feature_drifted.labels(name, col).set(int(c.drifted))
         if drift.prediction is not None:
             m.prediction_drift_score.labels(name).set(drift.prediction.score)
+        for col, (test, why) in drift.failures.items():
+            m.drift_test_failures.labels(name, test).inc()
+            log.warning("%s: column %r not scored: %s", name, col, why)
         for col, share in quality.missing_share.items():
             m.missing_values_ratio.labels(name, col).set(share)
         for v in quality.violations:

@@ -171,6 +171,9 @@ def _alert_blocks(
     if airflow:
         links.append(("Airflow run" if run.get("run_id") else "Airflow DAG", airflow))
 
+    if p.get("evidently_url"):
+        links.append(("Evidently UI: the model's batches", str(p["evidently_url"])))
+
     attachment = None
     report = p.get("report_path")
     if report:
