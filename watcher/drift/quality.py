@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from watcher.config import ColumnsConfig, QualityConfig
@@ -120,16 +121,22 @@ def check_batch(
 
     out = batch.copy()
     numeric_cols = [*columns.numeric, *([columns.prediction] if columns.prediction else [])]
+    # One float view per numeric column, reused by every check below (missing share,
+    # range): the checks are a few vector passes over the batch, no pandas per check.
+    as_float: dict[str, npt.NDArray[np.float64]] = {}
     for col in numeric_cols:
         out[col] = _as_numeric(out[col], col, name)
-        finite = np.isfinite(out[col].to_numpy(dtype=float, na_value=np.nan)) | out[col].isna()
-        n_inf = int((~finite).sum())
+        col_floats = out[col].to_numpy(dtype=float, na_value=np.nan)
+        infinite = np.isinf(col_floats)
+        n_inf = int(np.count_nonzero(infinite))
         if n_inf:
             # Infinite values break every distance; treat them as missing and say so.
-            out[col] = out[col].where(finite, np.nan)
+            out[col] = out[col].where(~infinite, np.nan)
+            col_floats = np.where(infinite, np.nan, col_floats)
             report.violations.append(
                 Violation("non_finite", col, n_inf / rows, f"{n_inf} infinite value(s) in {col}")
             )
+        as_float[col] = col_floats
     if columns.prediction and out[columns.prediction].isna().all():
         # Not a rejection: the features can still be scored, only prediction drift cannot.
         report.violations.append(
@@ -145,7 +152,11 @@ def check_batch(
         out[col] = _align_categorical(out[col], profile.categorical_is_numeric.get(col, False))
 
     for col in columns.features:
-        share = float(out[col].isna().mean())
+        floats = as_float.get(col)
+        if floats is not None:
+            share = float(np.count_nonzero(np.isnan(floats))) / rows
+        else:
+            share = float(out[col].isna().mean())
         report.missing_share[col] = share
         if share == 1.0 and cfg.reject_all_missing:
             raise BatchRejected(
@@ -164,10 +175,14 @@ def check_batch(
             )
 
     for col, (lo, hi) in profile.numeric_ranges.items():
-        values = out[col].dropna()
-        if values.empty:
+        floats = as_float.get(col)
+        if floats is None:
+            floats = out[col].to_numpy(dtype=float, na_value=np.nan)
+        n_present = np.count_nonzero(~np.isnan(floats))
+        if not n_present:
             continue
-        share = float(((values < lo) | (values > hi)).mean())
+        # NaN compares False on both sides: only present values can be out of range.
+        share = float(np.count_nonzero((floats < lo) | (floats > hi))) / n_present
         if share > cfg.max_out_of_range_share:
             report.violations.append(
                 Violation(

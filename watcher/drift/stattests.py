@@ -254,19 +254,22 @@ def _ks_statistic(ref: NumericSample, cur: NumericSample) -> float:
     return max(float(np.clip(-lowest, 0, 1)), highest)
 
 
-def _integral_at(ref: NumericReference, t: FloatArray, k: IntArray) -> tuple[FloatArray, ...]:
-    """Integrals of k(x) and k(x)^2 from -inf to each t, given k = #{r <= t} (or, at a
-    reference value, the position just after any of its copies: ties add nothing)."""
-    first, second = ref.cdf_integrals
+def _integral_at(ref: NumericReference, t: FloatArray, k: IntArray, power: int) -> FloatArray:
+    """Integral of k(x)^power (power 1 or 2) from -inf to each t, given k = #{r <= t} (or,
+    at a reference value, the position just after any of its copies: ties add nothing)."""
+    running = ref.cdf_integrals[power - 1]
     below = np.where(k > 0, t - ref.values[np.maximum(k - 1, 0)], 0.0)
     kf = k.astype(np.float64)
-    return first[k] + kf * below, second[k] + kf * kf * below
+    out: FloatArray = running[k] + (kf if power == 1 else kf * kf) * below
+    return out
 
 
-def _segments(ref: NumericReference, cur: NumericSample) -> tuple[FloatArray, ...]:
+def _segments(
+    ref: NumericReference, cur: NumericSample, power: int
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
     """The stretches over which the batch's CDF G is constant, with what both distances
     need over each: its ends a < c, G's value g there, the point m in [a, c] where the
-    reference CDF F reaches g, and the integrals of k and k^2 up to a, m and c.
+    reference CDF F reaches g, and the integrals of k^power up to a, m and c.
 
     One binary search per batch value into the reference; the rest is arithmetic on
     arrays of the batch's length.
@@ -278,8 +281,13 @@ def _segments(ref: NumericReference, cur: NumericSample) -> tuple[FloatArray, ..
     a = np.concatenate(([lo], b))
     c = np.concatenate((b, [hi]))
     k_b = np.searchsorted(r, b, "right")
-    k_a = np.concatenate(([np.searchsorted(r, lo, "right")], k_b))
+    k_lo = np.searchsorted(r, [lo], "right")
+    k_a = np.concatenate((k_lo, k_b))
     k_c = np.concatenate((k_b, [big_n]))
+    # Stretch ends are the batch's values, shared by neighbours: integrate once at each.
+    at_b = _integral_at(ref, b, k_b, power)
+    ia = np.concatenate((_integral_at(ref, np.array([lo]), k_lo, power), at_b))
+    ic = np.concatenate((at_b, _integral_at(ref, np.array([hi]), np.array([big_n]), power)))
     j = np.arange(n + 1, dtype=np.int64)
     g = j / n
     # F(x) >= j/n exactly when #{r <= x} >= ceil(j N / n), in integers: no rounding.
@@ -287,10 +295,8 @@ def _segments(ref: NumericReference, cur: NumericSample) -> tuple[FloatArray, ..
     cross = np.where(need > 0, r[np.maximum(need - 1, 0)], -np.inf)
     m = np.clip(cross, a, c)
     k_m = np.where(m == a, k_a, np.where(m == c, k_c, need))
-    ia, ia2 = _integral_at(ref, a, k_a)
-    im, im2 = _integral_at(ref, m, k_m)
-    ic, ic2 = _integral_at(ref, c, k_c)
-    return a, c, g, m, ia, ia2, im, im2, ic, ic2
+    im = _integral_at(ref, m, k_m, power)
+    return a, c, g, m, ia, im, ic
 
 
 def wasserstein_normed(ref: NumericReference, cur: NumericSample) -> float:
@@ -299,7 +305,7 @@ def wasserstein_normed(ref: NumericReference, cur: NumericSample) -> float:
     The integral of |F - G| over each stretch where G is constant splits at the point m
     where F reaches G's value: below it F < g, above it F >= g.
     """
-    a, c, g, m, ia, _, im, _, ic, _ = _segments(ref, cur)
+    a, c, g, m, ia, im, ic = _segments(ref, cur, 1)
     big_n = ref.n
     under = g * (m - a) - (im - ia) / big_n
     over = (ic - im) / big_n - g * (c - m)
@@ -308,7 +314,8 @@ def wasserstein_normed(ref: NumericReference, cur: NumericSample) -> float:
 
 def energy(ref: NumericReference, cur: NumericSample) -> float:
     """SciPy's `energy_distance`: sqrt(2) times the L2 distance between the CDFs."""
-    a, c, g, _, ia, ia2, _, _, ic, ic2 = _segments(ref, cur)
+    a, c, g, _, ia2, _, ic2 = _segments(ref, cur, 2)
+    ia, ic = _segments(ref, cur, 1)[4::2]
     big_n = float(ref.n)
     squares = (ic2 - ia2) / (big_n * big_n) - 2 * g * (ic - ia) / big_n + g * g * (c - a)
     return float(np.sqrt(2) * np.sqrt(max(float(np.sum(squares)), 0.0)))
