@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -153,11 +154,13 @@ def _ago(ts: float | None) -> str:
 
 @app.command()
 def status(config: ConfigOpt = None) -> None:
-    """Per model: last batches, drift streak, pending actions, last runs, last decision."""
+    """Per model: last batches, drift streak, signals, pending actions, last runs, decision."""
+    from watcher.registry import ModelRegistry
     from watcher.state import StateStore
 
     settings = _load(config)
     store = StateStore(settings.daemon.state_dir / "state.db")
+    registry = ModelRegistry(settings.registry.path)
     try:
         for name in settings.models:
             out.rule(
@@ -177,6 +180,7 @@ def status(config: ConfigOpt = None) -> None:
             out.print(batches)
             for d in store.decisions(name, 1):
                 out.print(f"last decision: [bold]{d.outcome}[/bold] ({_ago(d.at)}): {d.reason}")
+            _print_signals(store, name, settings.models[name].policy.triggers)
             pending = store.outbox_items(name, status="pending")
             out.print(
                 f"pending actions: {len(pending)}"
@@ -186,13 +190,55 @@ def status(config: ConfigOpt = None) -> None:
                     for p in pending
                 )
             )
-            runs = Table("run", "state", "triggered", "ended", box=None)
+            runs = Table("run", "state", "outcome", "why", "triggered", "ended", box=None)
             for r in store.runs(name, limit=5):
-                runs.add_row(r.run_id, r.state, _ago(r.triggered_at), _ago(r.ended_at))
+                runs.add_row(
+                    r.run_id,
+                    r.state,
+                    _run_outcome(registry, name, r.run_id, r.state),
+                    str(r.conf.get("reason_kind") or ("manual" if r.conf.get("manual") else "-")),
+                    _ago(r.triggered_at),
+                    _ago(r.ended_at),
+                )
             if runs.row_count:
                 out.print(runs)
     finally:
         store.close()
+
+
+def _print_signals(store: Any, model: str, triggers: Sequence[str]) -> None:
+    """Each signal's value at the latest decision, against its threshold."""
+    last = store.last_decision_with_readings(model)
+    if last is None:
+        return
+    table = Table("signal", "triggers", "value", "threshold", "fires", "reading", box=None)
+    for r in last.readings:
+        table.add_row(
+            r["signal"],
+            "yes" if r["signal"] in triggers else "no",
+            f"{r['value']:.3g}",
+            f"{r['threshold']:.3g}",
+            "[red]yes[/red]" if r["fired"] else "no",
+            r["reason"],
+        )
+    out.print(f"signals at the decision {_ago(last.at)}:")
+    out.print(table)
+
+
+def _run_outcome(registry: Any, model: str, run_id: str, state: str) -> str:
+    """What a finished run did, from what its deploy step recorded in the registry: a run
+    whose challenger the gate refused succeeds in Airflow but deploys nothing."""
+    if state in ("queued", "running"):
+        return "-"
+    try:
+        record = registry.run_record(model, run_id)
+    except (OSError, ValueError):
+        record = None
+    if record is None:
+        return "failed" if state == "failed" else "unknown (no gate record)"
+    if record.get("deployed"):
+        return f"deployed v{record.get('version', '?')}"
+    return f"refused by the gate: {record.get('reason', '')}".rstrip(": ")
 
 
 @app.command()

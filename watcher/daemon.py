@@ -145,7 +145,7 @@ class Daemon:
                     break
                 await self._maybe_reload(rt)
                 await self._poll_and_score(rt)
-                await run_in_daemon_thread(rt.performance.check_labels)
+                await self._read_labels(rt)
                 self._check_silence(rt)
             self._export_outbox()
             with contextlib.suppress(TimeoutError):
@@ -217,6 +217,18 @@ class Daemon:
                 self.metrics.batches.labels(rt.name, "failed").inc()
                 log.exception("unexpected error scoring %s/%s", rt.name, ref.batch_id)
             self.health.beat()
+
+    async def _read_labels(self, rt: ModelRuntime) -> None:
+        """New labels: the performance signal's periods, and the policy's decision on them."""
+        try:
+            await run_in_daemon_thread(self.pipeline.on_labels, rt)
+        except asyncio.CancelledError:
+            raise
+        except (WatcherError, OSError, ValueError) as exc:
+            # A malformed label file must not stop the daemon; it is read again next round.
+            log.error("%s: could not read new labels: %s", rt.name, exc)
+        except Exception:
+            log.exception("%s: unexpected error reading labels", rt.name)
 
     async def _finish_or_abandon(self, job: asyncio.Future[Any], model: str, batch: str) -> bool:
         """Wait for a batch; after a stop request, only `shutdown_timeout_seconds` more.
