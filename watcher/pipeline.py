@@ -37,6 +37,7 @@ from watcher.signals import (
     Reading,
     loss_of,
     performance_reading,
+    pooled,
     weighted_drift_share,
 )
 from watcher.sources.base import BatchRef, Source
@@ -320,15 +321,24 @@ class Pipeline:
         if not rt.performance.tracks:
             return None
         metric = performance_metric(rt.cfg)
-        last = self.store.last_trigger_at(conn, rt.name, "performance") or 0.0
-        periods = self.store.label_periods(conn, rt.name, rt.reference.version, after=last)
+        cfg = rt.cfg.policy.performance
+        history = [
+            p
+            for p in self.store.label_periods(conn, rt.name, rt.reference.version)
+            if p.metric == metric
+        ]
+        last = self.store.last_trigger_at(conn, rt.name, "performance")
+        since = [p for p in history if last is None or p.at > last]
         holdout = rt.reference.metrics.get(metric)
         baseline = loss_of(metric, holdout) if holdout is not None else None
-        return performance_reading(
-            baseline,
-            [PeriodLoss(p.loss, p.rows) for p in periods if p.metric == metric],
-            rt.cfg.policy.performance,
-        )
+        if last is not None and (baseline is None or cfg.baseline == "first_period"):
+            # The level to compare with stays the deployment's first labelled period, not
+            # the first one after the trigger (that one is already degraded).
+            first = pooled([PeriodLoss(p.loss, p.rows) for p in history], cfg.min_rows)
+            if first:
+                baseline = first[0].loss
+                cfg = cfg.model_copy(update={"baseline": "holdout"})
+        return performance_reading(baseline, [PeriodLoss(p.loss, p.rows) for p in since], cfg)
 
     def _weighted_flags(self, conn: Any, rt: ModelRuntime) -> list[bool] | None:
         """With `[policy.drift] importance_weighted`, a batch counts as drifted for the
