@@ -8,6 +8,7 @@ daemon must not start another.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,15 +17,15 @@ from support import DaemonProcess, drop, wait_for
 from test_daemon_airflow import (
     DAG,
     RUN_TIMEOUT,
-    airflow_toml,
     handled_run,
     new_tag,
     ready,
     runs_tagged,
     store_at,
 )
-from test_performance_trigger import labelled
+from test_performance_trigger import config, labelled
 
+from watcher.config import dump_toml
 from watcher.localstack import free_port
 from watcher.policy import run_id_for
 
@@ -32,35 +33,15 @@ pytestmark = pytest.mark.airflow
 
 
 def write_config(tmp: Path, server: AirflowServer, port: int) -> Path:
-    reference = tmp / "reference.parquet"
-    labelled(800, seed=1).drop(columns=["id"]).to_parquet(reference)
-    for folder in ("incoming", "labels"):
-        (tmp / folder).mkdir()
-    cfg = tmp / "watcher.toml"
-    cfg.write_text(
-        f"""
-[daemon]
-state_dir = "{tmp / "state"}"
-poll_interval_seconds = 0.1
-
-[metrics]
-port = {port}
-
-[registry]
-path = "{tmp / "registry"}"
-
-{airflow_toml(server)}
-
-[models.m]
-reference = "{reference}"
-source = {{ kind = "directory", path = "{tmp / "incoming"}", labels_path = "{tmp / "labels"}", settle_seconds = 0 }}
-columns = {{ numeric = ["a", "b", "température", "wind speed"], categorical = ["c"], prediction = "p", target = "y", id = "id" }}
-retrain = {{ dag_id = "{DAG}" }}
-policy = {{ triggers = ["drift", "performance"] }}
-""",
-        encoding="utf-8",
-    )
-    return cfg
+    path = config(tmp, triggers=["drift", "performance"], cooldown_seconds=6 * 3600.0)
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    raw["daemon"]["poll_interval_seconds"] = 0.1
+    raw["metrics"] = {"port": port}
+    raw["airflow"] = server.airflow_config(poll_interval_seconds=0.3, request_timeout_seconds=30.0)
+    raw["models"]["m"]["retrain"] = {"dag_id": DAG}
+    raw["models"] = raw.pop("models")
+    path.write_text(dump_toml(raw), encoding="utf-8")
+    return path
 
 
 def decision_on(state: Path, point: str) -> str | None:

@@ -38,10 +38,19 @@ def labelled(n: int, seed: int, *, concept_shift: float = 0.0, start_id: int = 0
     return df
 
 
-def config(tmp: Path, **policy: Any) -> Path:
+def config(
+    tmp: Path,
+    top: dict[str, Any] | None = None,
+    *,
+    reference_rows: int = 800,
+    drift: dict[str, Any] | None = None,
+    **policy: Any,
+) -> Path:
+    """Model `m` on a folder with labels; `top` overrides top-level tables, `policy` keys of
+    `[models.m.policy]`, `drift` keys of `[models.m.drift]`."""
     reference = tmp / "reference.parquet"
     # 800 rows: evidently's rule picks KS below 1000 (see test_small_batches for above).
-    labelled(800, seed=1).drop(columns=["id"]).to_parquet(reference)
+    labelled(reference_rows, seed=1).drop(columns=["id"]).to_parquet(reference)
     raw = {
         "daemon": {"state_dir": str(tmp / "state")},
         "metrics": {"enabled": False},
@@ -65,9 +74,12 @@ def config(tmp: Path, **policy: Any) -> Path:
                     "id": "id",
                 },
                 "policy": {"triggers": ["drift", "performance"], "cooldown_seconds": 0} | policy,
+                "drift": drift or {},
             }
         },
     }
+    raw |= top or {}
+    raw["models"] = raw.pop("models")  # tables after the top-level ones
     path = tmp / "watcher.toml"
     path.write_text(dump_toml(raw), encoding="utf-8")
     (tmp / "incoming").mkdir()
@@ -108,9 +120,8 @@ class Loop:
         return [i for i in self.store.outbox_items("m") if i["kind"] == "trigger"]
 
 
-@pytest.fixture
-def loop(tmp_path: Path) -> Iterator[Loop]:
-    settings = load_config(config(tmp_path))
+def make_loop(cfg_path: Path) -> Loop:
+    settings = load_config(cfg_path)
     store = StateStore(settings.daemon.state_dir / "state.db")
     metrics = Metrics()
     cfg = settings.models["m"]
@@ -122,8 +133,14 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
         PerformanceTracker("m", cfg, settings.daemon.state_dir, store, metrics),
     )
     store.set_reference_version("m", rt.reference.version)
-    yield Loop(tmp_path, Pipeline(settings, store, metrics), rt, store, metrics)
-    store.close()
+    return Loop(cfg_path.parent, Pipeline(settings, store, metrics), rt, store, metrics)
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Iterator[Loop]:
+    made = make_loop(config(tmp_path))
+    yield made
+    made.store.close()
 
 
 def test_concept_drift_triggers_once_on_the_labels_and_a_steady_loss_never(loop: Loop) -> None:
@@ -198,19 +215,8 @@ def test_labels_read_once_and_history_restarts_at_a_deployment(loop: Loop) -> No
 
 
 def test_max_age_triggers_by_batches_served(tmp_path: Path) -> None:
-    settings = load_config(config(tmp_path, triggers=["max_age"], max_age_batches=3))
-    store = StateStore(settings.daemon.state_dir / "state.db")
-    metrics = Metrics()
-    cfg = settings.models["m"]
-    rt = ModelRuntime(
-        "m",
-        cfg,
-        DirectorySource("m", cfg.source, store),  # type: ignore[arg-type]
-        load_reference("m", cfg, settings),
-        PerformanceTracker("m", cfg, settings.daemon.state_dir, store, metrics),
-    )
-    store.set_reference_version("m", rt.reference.version)
-    loop = Loop(tmp_path, Pipeline(settings, store, metrics), rt, store, metrics)
+    loop = make_loop(config(tmp_path, triggers=["max_age"], max_age_batches=3))
+    store = loop.store
     try:
         outcomes = []
         for i in range(3):
@@ -224,3 +230,39 @@ def test_max_age_triggers_by_batches_served(tmp_path: Path) -> None:
         assert '"max_age"' in readings
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("mode", ["pvalue", "warn"])
+def test_small_batches_against_a_large_reference_are_said_and_scored_honestly(
+    tmp_path: Path, mode: str
+) -> None:
+    """1,500 reference rows: evidently's rule picks wasserstein/jensenshannon at 0.1, which
+    60 unchanged rows exceed by chance. The daemon measures that line at load and says so;
+    by default it scores such a batch with ks/chisquare."""
+    loop = make_loop(config(tmp_path, reference_rows=1500, drift={"small_batches": mode}))
+    try:
+        noise = loop.rt.reference.noise
+        assert noise is not None
+        assert noise.rows > 60, noise
+        for i in range(4):
+            loop.period(i, rows=60)
+        batches = loop.store.recent_batches("m", 10)
+        for b in batches:
+            assert b.result is not None
+            note = b.result["small_batch"]
+            assert note["rows"] == 60
+            assert note["min_rows"] == noise.rows
+            assert "a batch of 60 rows is too small for " in note["note"]
+        tests = {c["stattest"] for b in batches for c in b.result["drift"]["columns"].values()}
+        drifted = sum(bool(b.dataset_drift) for b in batches)
+        if mode == "pvalue":
+            assert tests <= {"ks", "chisquare"}
+            assert drifted == 0  # nothing changed, nothing drifts
+        else:
+            assert tests == {"wasserstein", "jensenshannon"}
+            assert drifted >= 3  # the noise the note warned about
+        m = loop.metrics.registry
+        assert m.get_sample_value("watcher_drift_batch_too_small", {"model": "m"}) == 1
+        assert m.get_sample_value("watcher_drift_min_batch_rows", {"model": "m"}) == noise.rows
+    finally:
+        loop.store.close()

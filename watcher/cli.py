@@ -6,8 +6,8 @@ import asyncio
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 

@@ -244,6 +244,11 @@ class DriftConfig(_Section):
     num_stattest: StatTest | None = None
     cat_stattest: StatTest | None = None
     columns: dict[str, ColumnDriftConfig] = Field(default_factory=dict)
+    # A batch smaller than the reference's noise line (measured at load: below it, batches
+    # drawn from the reference itself show dataset drift; see watcher/batchsize.py) is
+    # scored with p-value tests (ks, chisquare) where evidently's rule would pick a
+    # distance test ("pvalue"), or scored as configured with a warning ("warn").
+    small_batches: Literal["pvalue", "warn"] = "pvalue"
 
 
 class QualityConfig(_Section):

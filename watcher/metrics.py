@@ -144,6 +144,20 @@ class Metrics:
             ["model", "signal"],
             registry=r,
         )
+        self.drift_batch_too_small = Gauge(
+            "watcher_drift_batch_too_small",
+            "1 when the last batch was under the reference's noise line (its drift "
+            "verdict would be chance with the tests evidently's rule picks).",
+            ["model"],
+            registry=r,
+        )
+        self.drift_min_batch_rows = Gauge(
+            "watcher_drift_min_batch_rows",
+            "Rows a batch needs before dataset drift means something against the reference "
+            "(0: any size).",
+            ["model"],
+            registry=r,
+        )
         self.model_performance = Gauge(
             "watcher_model_performance",
             "Production model performance on labelled data.",

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from watcher.alerts import alert_action
+from watcher.batchsize import NoiseLine, noise_line
 from watcher.config import ModelConfig, PolicyConfig, Settings
 from watcher.drift import engine
 from watcher.drift.quality import QualityReport, ReferenceProfile, check_batch, profile_reference
@@ -59,6 +60,8 @@ class Reference:
     # signal's weights.
     metrics: dict[str, float] = field(default_factory=dict)
     importance: dict[str, float] | None = None
+    # Below this many rows a batch's dataset drift is noise for this reference's tests.
+    noise: NoiseLine | None = None
 
 
 @dataclass
@@ -131,7 +134,25 @@ def prepare(name: str, cfg: ModelConfig, version: str, frame: pd.DataFrame) -> R
     if prediction is not None and prediction.name not in frame.columns:
         prediction = None  # a first reference may predate predictions; score features only
     prepared = engine.prepare_reference(frame, specs, version=version, prediction=prediction)
-    return Reference(version, frame, prepared, profile_reference(frame, cfg.columns))
+    noise = noise_line(
+        prepared,
+        frame,
+        drift_share=cfg.drift.drift_share,
+        num_stattest=cfg.drift.num_stattest,
+        cat_stattest=cfg.drift.cat_stattest,
+    )
+    if noise.rows:
+        log.info(
+            "model %s, reference %s (%d rows, %s): batches under %d rows show dataset drift "
+            "by chance (false alarms by size: %s)",
+            name,
+            version,
+            len(frame),
+            "/".join(noise.tests),
+            noise.rows,
+            ", ".join(f"{n}: {a:.0%}" for n, a in noise.false_alarm.items()),
+        )
+    return Reference(version, frame, prepared, profile_reference(frame, cfg.columns), noise=noise)
 
 
 class Pipeline:
@@ -164,17 +185,18 @@ class Pipeline:
                     frame, rt.reference.profile, rt.cfg.columns, rt.cfg.quality, ref.batch_id
                 )
             with self._stage(rt.name, "drift"):
+                small = self._small_batch(rt, len(clean))
                 drift = engine.score(
                     rt.reference.prepared,
                     clean,
                     drift_share=rt.cfg.drift.drift_share,
-                    num_stattest=rt.cfg.drift.num_stattest,
-                    cat_stattest=rt.cfg.drift.cat_stattest,
+                    num_stattest=small["num_stattest"] if small else rt.cfg.drift.num_stattest,
+                    cat_stattest=small["cat_stattest"] if small else rt.cfg.drift.cat_stattest,
                 )
         except BatchRejected as exc:
             return self._reject(rt, ref, exc)
         with self._stage(rt.name, "record"):
-            verdict = self._record(rt, ref, clean, quality, drift)
+            verdict = self._record(rt, ref, clean, quality, drift, small)
         rt.source.archive(ref)
         rt.performance.keep_predictions(ref.batch_id, clean, rt.reference.version)
         self._export(rt, quality, drift, verdict)
@@ -238,8 +260,11 @@ class Pipeline:
         frame: pd.DataFrame,
         quality: QualityReport,
         drift: engine.DriftResult,
+        small: dict[str, Any] | None = None,
     ) -> Verdict:
         result: dict[str, Any] = {"drift": drift.to_json_dict(), "quality": quality.to_dict()}
+        if small is not None:
+            result["small_batch"] = small
         # The drift report is rendered only for a batch that opens a drift incident, and
         # before the transaction, so the mail that cites it never points at nothing. Not
         # inside it: rendering (and evidently's first import) takes seconds, and the
@@ -274,6 +299,41 @@ class Pipeline:
                 self.store.reset_streak(conn, rt.name)
             rt.source.commit(conn, ref)
         return verdict
+
+    def _small_batch(self, rt: ModelRuntime, rows: int) -> dict[str, Any] | None:
+        """A batch under the reference's noise line: what is done about it, and why.
+
+        With ``small_batches = "pvalue"`` the kinds left to evidently's automatic choice
+        are scored with ks (numeric) and chisquare (categorical), which hold their false-
+        alarm rate at any size; a test the user named is kept (and warned about)."""
+        noise = rt.reference.noise
+        too_small = noise is not None and noise.too_small(rows)
+        self.metrics.drift_batch_too_small.labels(rt.name).set(int(too_small))
+        if noise is not None:
+            self.metrics.drift_min_batch_rows.labels(rt.name).set(noise.rows)
+        if noise is None or not too_small:
+            return None
+        dcfg = rt.cfg.drift
+        switch = dcfg.small_batches == "pvalue"
+        num = dcfg.num_stattest or ("ks" if switch else None)
+        cat = dcfg.cat_stattest or ("chisquare" if switch else None)
+        named = [t for t in (dcfg.num_stattest, dcfg.cat_stattest) if t]
+        if switch and not named:
+            action = "scored with ks/chisquare instead (small_batches = 'pvalue')"
+        elif switch:
+            action = f"the configured {'/'.join(named)} kept: its verdict may be noise"
+        else:
+            action = "scored as configured (small_batches = 'warn'): its verdict may be noise"
+        sentence = f"{noise.sentence(rows)}; {action}"
+        log.warning("%s: %s", rt.name, sentence)
+        return {
+            "rows": rows,
+            "min_rows": noise.rows,
+            "false_alarm": {str(n): a for n, a in noise.false_alarm.items()},
+            "num_stattest": num,
+            "cat_stattest": cat,
+            "note": sentence,
+        }
 
     def _opens_drift_incident(self, rt: ModelRuntime) -> bool:
         """Will this drifted batch open the model's drift incident? `decide`'s rule, read
