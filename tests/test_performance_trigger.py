@@ -239,7 +239,10 @@ def test_small_batches_against_a_large_reference_are_said_and_scored_honestly(
     """1,500 reference rows: evidently's rule picks wasserstein/jensenshannon at 0.1, which
     60 unchanged rows exceed by chance. The daemon measures that line at load and says so;
     by default it scores such a batch with ks/chisquare."""
-    loop = make_loop(config(tmp_path, reference_rows=1500, drift={"small_batches": mode}))
+    # consecutive = 10: no incident opens, so no evidently report is rendered (seconds).
+    loop = make_loop(
+        config(tmp_path, reference_rows=1500, drift={"small_batches": mode}, consecutive=10)
+    )
     try:
         noise = loop.rt.reference.noise
         assert noise is not None

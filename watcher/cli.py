@@ -71,6 +71,68 @@ def check_config(config: Annotated[Path, typer.Argument(help="TOML config file."
             f"{len(model.columns.numeric)} numeric + {len(model.columns.categorical)} "
             f"categorical features, DAG {settings.dag_id(name)}"
         )
+        out.print(f"    retrain when: {_policy_summary(model)}", highlight=False)
+        out.print(f"    drift: {_noise_summary(name, model, settings)}", highlight=False)
+
+
+def _policy_summary(model: Any) -> str:
+    """The policy in one sentence: each trigger with its parameters, then the guardrails."""
+    from watcher.performance import performance_metric
+
+    p = model.policy
+    parts = []
+    for signal in p.triggers:
+        if signal == "drift":
+            weighted = ", importance-weighted" if p.drift.importance_weighted else ""
+            parts.append(f"drift in {p.consecutive} consecutive batches{weighted}")
+        elif signal == "performance":
+            perf = p.performance
+            metric = performance_metric(model)
+            note = (
+                " (roc_auc needs probabilities: followed as accuracy)"
+                if (metric != model.retrain.primary_metric)
+                else ""
+            )
+            parts.append(
+                f"performance: {metric} loss vs the {perf.baseline} level, {perf.detector} "
+                f"(tolerance {perf.tolerance:.0%}, threshold {perf.threshold:g}, periods "
+                f"pooled to {perf.min_rows}+ labelled rows){note}"
+            )
+        else:
+            ages = [f"{p.max_age_batches} batches"] if p.max_age_batches else []
+            ages += [f"{p.max_age_seconds:g} s"] if p.max_age_seconds else []
+            parts.append(f"max_age: older than {' or '.join(ages)}")
+    guards = [f"cooldown {p.cooldown_seconds:g} s", f"at most {p.daily_cap} a day"]
+    if p.min_age_batches or p.min_age_seconds:
+        guards.append(f"not before {p.min_age_batches} batches / {p.min_age_seconds:g} s")
+    if p.dry_run:
+        guards.append("dry run")
+    return "; ".join(parts) + " | " + ", ".join(guards)
+
+
+def _noise_summary(name: str, model: Any, settings: Settings) -> str:
+    """Where dataset drift starts to mean something against the reference in use."""
+    from watcher.pipeline import load_reference
+
+    try:
+        ref = load_reference(name, model, settings)
+    except (WatcherError, OSError, ValueError) as exc:
+        return f"reference not checked ({exc})"
+    noise = ref.noise
+    if noise is None or not noise.rows:
+        tests = "/".join(noise.tests) if noise else "-"
+        return f"reference {ref.version} ({len(ref.frame)} rows, {tests}): any batch size works"
+    alarms = ", ".join(f"{n} rows {a:.0%}" for n, a in noise.false_alarm.items())
+    remedy = (
+        "scored with ks/chisquare (small_batches = 'pvalue')"
+        if model.drift.small_batches == "pvalue"
+        else "scored as configured, with a warning (small_batches = 'warn')"
+    )
+    return (
+        f"reference {ref.version} ({len(ref.frame)} rows, {'/'.join(noise.tests)}): batches "
+        f"under {noise.rows} rows show dataset drift by chance (no-change batches drifted: "
+        f"{alarms}); such batches are {remedy}"
+    )
 
 
 @app.command()
@@ -178,6 +240,9 @@ def status(config: ConfigOpt = None) -> None:
                     _ago(b.finished_at),
                 )
             out.print(batches)
+            last = next((b for b in store.recent_batches(name, 5) if b.result), None)
+            if last is not None and last.result and last.result.get("small_batch"):
+                out.print(f"small batch: {last.result['small_batch']['note']}", highlight=False)
             for d in store.decisions(name, 1):
                 out.print(f"last decision: [bold]{d.outcome}[/bold] ({_ago(d.at)}): {d.reason}")
             _print_signals(store, name, settings.models[name].policy.triggers)

@@ -416,7 +416,7 @@ class ModelConfig(_Section):
         if missing:
             raise ValueError(
                 "policy.triggers has 'performance', which compares the model's predictions "
-                f"with labels, but {', '.join(missing)} is not set: set it, or remove "
+                f"with labels, but it lacks {', '.join(missing)}: set them, or remove "
                 "'performance' from triggers"
             )
         return self
