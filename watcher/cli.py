@@ -453,24 +453,50 @@ def demo(
     keep_running: Annotated[
         bool, typer.Option("--keep-running", help="Leave the services up until Ctrl-C.")
     ] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own labelled table (CSV/Parquet) to replay with --config's first model; "
+            "default: the bundled Bikeshare 2011."
+        ),
+    ] = None,
+    skip: Annotated[
+        int, typer.Option(help="Periods version 1 is trained on before the replay starts.")
+    ] = 8,
+    every: Annotated[str, typer.Option(help="Period length (pandas offset: 7D, 1D, 30D).")] = "7D",
 ) -> None:
-    """The whole loop on real data: Airflow, SMTP, the daemon and a week-by-week replay."""
+    """The whole loop on real data: Airflow, SMTP, the daemon and a period-by-period replay.
+
+    With --data and --config it runs on your data and config: version 1 is trained on the
+    first --skip periods, the rest is replayed as production traffic, labels one period late.
+    """
     from watcher.demo import run_demo
     from watcher.logs import setup_logging
     from watcher.retrain.bootstrap import bootstrap_example, load_example_data
 
     setup_logging("text", "WARNING")
+    loader, boot, title = load_example_data, bootstrap_example, ""
+    if data is not None:
+        try:
+            loader, boot = _own_data(data, _load(config), skip, every)
+        except (WatcherError, OSError, ValueError) as exc:
+            err.print(f"error: {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+        title = f"watcher demo: {data.name} replayed every {every}"
     try:
         result = run_demo(
             config,
             workdir.resolve(),
-            load_example_data,
-            bootstrap_example,
+            loader,
+            boot,
             weeks=weeks,
             speed=speed,
             wait_for_retrain=wait_for_retrain,
             keep_running=keep_running,
             console=out,
+            skip=skip,
+            every=every,
+            title=title,
         )
     except WatcherError as exc:
         err.print(f"error: {exc}", highlight=False)
@@ -482,6 +508,63 @@ def demo(
         r for r in result.results if r.version_after and r.version_after != r.served_version
     ]
     raise typer.Exit(0 if result.results else 1) if deployed or weeks else typer.Exit(0)
+
+
+def _own_data(data: Path, settings: Settings, skip: int, every: str) -> tuple[Any, Any]:
+    """The demo's data loader and bootstrap for a user's table and config."""
+    import pandas as pd
+
+    from watcher.retrain.bootstrap import bootstrap
+    from watcher.retrain.data import read_table
+
+    if not settings.models:
+        raise WatcherError("the config has no models", hint="add a [models.NAME] table")
+    model = next(iter(settings.models))
+    cols = settings.models[model].columns
+    frame = read_table(data)
+    missing = [
+        f"columns.{role} ({col!r})"
+        for role, col in (("timestamp", cols.timestamp), ("target", cols.target))
+        if not col or col not in frame
+    ]
+    if missing or not cols.prediction:
+        raise WatcherError(
+            f"{data} cannot be replayed for model {model}: "
+            + (f"missing {', '.join(missing)}" if missing else "columns.prediction is not set"),
+            hint="the replay needs a timestamp and the target in the data, and "
+            "columns.prediction/id names in the config",
+        )
+    if cols.id and cols.id not in frame:
+        frame[cols.id] = range(len(frame))  # label files need a key; any unique one does
+    ts = pd.to_datetime(frame[cols.timestamp])
+    until = ts.min().normalize() + skip * pd.Timedelta(every)
+
+    def loader(_: Settings, __: str) -> pd.DataFrame:
+        return frame
+
+    def boot(s: Settings, m: str) -> str:
+        return bootstrap(s, m, frame, until=until.to_pydatetime()).version
+
+    return loader, boot
+
+
+def _replay_guardrails(settings: Settings, model: str, speed: float, every: str) -> str | None:
+    """A replay compresses days into seconds: say when the real-time guardrails would
+    suppress every trigger after the first."""
+    import pandas as pd
+
+    policy = settings.models[model].policy
+    period = 60.0 / speed if speed > 0 else 1.0
+    real = pd.Timedelta(every).total_seconds()
+    if policy.cooldown_seconds <= period and policy.daily_cap * period >= 86_400:
+        return None
+    return (
+        f"note: cooldown_seconds = {policy.cooldown_seconds:g} and daily_cap = "
+        f"{policy.daily_cap} are wall-clock guardrails, and one {every} period ({real:g} s of "
+        f"data) passes in about {period:g} s here: after the first trigger, the next ones "
+        "will be suppressed. For a replay set [models.X.policy] cooldown_seconds = 0 and "
+        "daily_cap = 100 (as `watcher demo` does)"
+    )
 
 
 @app.command()
@@ -510,11 +593,21 @@ def replay(
         err.print("error: the config has no models")
         raise typer.Exit(2)
 
+    if name not in settings.models:
+        err.print(f"error: unknown model {name!r}; configured: {sorted(settings.models)}")
+        raise typer.Exit(2)
+    note = _replay_guardrails(settings, name, speed, every)
+    if note:
+        err.print(note, highlight=False, markup=False)
+    measure = "error_rate" if settings.models[name].retrain.task == "classification" else "mae"
+
     def show(p: PeriodResult) -> None:
         share = "-" if p.drift_share is None else f"{p.drift_share:.2f}"
+        why = f" ({p.reason})" if p.decision == "triggered" else ""
         out.print(
             f"{p.start:%Y-%m-%d} rows={p.rows} served=v{p.served_version} "
-            f"drift_share={share} decision={p.decision or p.status} mae={p.mae:.2f}"
+            f"drift_share={share} decision={p.decision or p.status}{why} {measure}={p.mae:.3g}",
+            highlight=False,
         )
 
     try:

@@ -93,6 +93,7 @@ class PerformanceTracker:
         self.tracks = self.enabled or self.sql is not None
         self._next_sql_check = 0.0
         self._read_files: set[str] = set()  # label files known to be read (recorded in the store)
+        self._unmatched: dict[str, int] = {}  # label file -> kept prediction files at last look
 
     def keep_predictions(self, batch_id: str, frame: pd.DataFrame, version: str = "") -> None:
         """Called after a batch is scored (worker thread); `version` is the reference the
@@ -158,30 +159,44 @@ class PerformanceTracker:
         id_col = self.cfg.columns.id
         assert target is not None
         assert id_col is not None
-        kept = (
-            [pd.read_parquet(p) for p in sorted(self.dir.glob("*.parquet"))]
-            if self.dir.is_dir()
-            else []
-        )
+        kept_files = sorted(self.dir.glob("*.parquet")) if self.dir.is_dir() else []
+        # A label file none of whose ids has a kept prediction yet (labels that came
+        # first) is read again only once more predictions were kept.
+        new = [p for p in new if self._unmatched.get(p.name) != len(kept_files)]
+        if not new:
+            return None
+        kept = [pd.read_parquet(p) for p in kept_files]
         predictions = pd.concat(kept) if kept else None
         if predictions is not None and "version" not in predictions:
             predictions["version"] = ""
-        read = LabelsRead({}, marks=[self._mark(p.name) for p in new])
+        read = LabelsRead({})
         joined_all = []
         for path in new:
             df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
             if id_col not in df or target not in df:
                 log.warning("label file %s lacks %s or %s; ignored", path, id_col, target)
-                continue
-            if predictions is None:
+                read.marks.append(self._mark(path.name))
                 continue
             labels = df[[id_col, target]].rename(columns={id_col: "id", target: "label"})
-            joined = labels.merge(predictions, on="id", how="inner")
+            joined = (
+                labels.merge(predictions, on="id", how="inner")
+                if predictions is not None
+                else labels.iloc[:0]
+            )
+            if joined.empty:
+                if path.name not in self._unmatched:
+                    log.info("%s: no kept prediction for the ids of %s yet", self.model, path)
+                self._unmatched[path.name] = len(kept_files)
+                continue
+            self._unmatched.pop(path.name, None)
+            read.marks.append(self._mark(path.name))
             joined_all.append(joined)
             for version, rows in joined.groupby("version", sort=False):
                 period = self._period(path.name, str(version), rows["label"], rows["prediction"])
                 if period is not None:
                     read.periods.append(period)
+        if not read.marks:
+            return None
         if joined_all:
             joined = pd.concat(joined_all)
             if len(joined):

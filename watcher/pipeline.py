@@ -182,7 +182,12 @@ class Pipeline:
                 frame = rt.source.load(ref)
             with self._stage(rt.name, "quality"):
                 clean, quality = check_batch(
-                    frame, rt.reference.profile, rt.cfg.columns, rt.cfg.quality, ref.batch_id
+                    frame,
+                    rt.reference.profile,
+                    rt.cfg.columns,
+                    rt.cfg.quality,
+                    ref.batch_id,
+                    numeric_prediction=rt.cfg.retrain.task == "regression",
                 )
             with self._stage(rt.name, "drift"):
                 small = self._small_batch(rt, len(clean))
