@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ def config(
     *,
     reference_rows: int = 800,
     drift: dict[str, Any] | None = None,
+    drift_signal: dict[str, Any] | None = None,
     **policy: Any,
 ) -> Path:
     """Model `m` on a folder with labels; `top` overrides top-level tables, `policy` keys of
@@ -73,7 +74,9 @@ def config(
                     "target": "y",
                     "id": "id",
                 },
-                "policy": {"triggers": ["drift", "performance"], "cooldown_seconds": 0} | policy,
+                "policy": {"triggers": ["drift", "performance"], "cooldown_seconds": 0}
+                | policy
+                | ({"drift": drift_signal} if drift_signal else {}),
                 "drift": drift or {},
             }
         },
@@ -267,5 +270,45 @@ def test_small_batches_against_a_large_reference_are_said_and_scored_honestly(
         m = loop.metrics.registry
         assert m.get_sample_value("watcher_drift_batch_too_small", {"model": "m"}) == 1
         assert m.get_sample_value("watcher_drift_min_batch_rows", {"model": "m"}) == noise.rows
+    finally:
+        loop.store.close()
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_importance_weighting_ignores_drift_in_features_the_model_does_not_use(
+    tmp_path: Path, weighted: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop = make_loop(
+        config(
+            tmp_path,
+            triggers=["drift"],
+            consecutive=1,
+            drift_signal={"importance_weighted": weighted},
+        )
+    )
+    try:
+        # The model leans on c; a, température and wind speed (3 of 5 features: dataset
+        # drift at drift_share 0.5) are the ones that move.
+        loop.rt.reference = replace(loop.rt.reference, importance={"c": 1.0, "a": 0.0})
+        batch = labelled(300, seed=7, start_id=0).drop(columns=["y"])
+        batch["a"] += 3.0
+        batch["température"] += 1.0
+        batch["wind speed"] *= 4.0
+        drop(loop.tmp / "incoming", "moved.parquet", batch)
+        asyncio.run(loop.rt.source.poll())
+        [ref] = asyncio.run(loop.rt.source.poll())
+        outcome = loop.pipeline.process(loop.rt, ref)
+        assert outcome.drift is not None
+        assert outcome.drift.dataset_drift  # evidently's verdict, mailed and exported, stays
+        assert outcome.verdict is not None
+        assert outcome.verdict.outcome == ("no_drift" if weighted else "triggered")
+
+        # Without recorded importances the daemon counts unweighted, and says so once.
+        loop.rt.reference = replace(loop.rt.reference, importance=None, version="v9")
+        with caplog.at_level("WARNING"), loop.store.transaction() as conn:
+            assert loop.pipeline._weighted_flags(conn, loop.rt) is None
+            assert loop.pipeline._weighted_flags(conn, loop.rt) is None
+        said = [r for r in caplog.records if "records no feature_importance" in r.getMessage()]
+        assert len(said) == (1 if weighted else 0)
     finally:
         loop.store.close()
