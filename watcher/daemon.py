@@ -282,6 +282,7 @@ class Daemon:
 
     def _use_reference(self, name: str, reference: Reference) -> None:
         self.store.set_reference_version(name, reference.version)
+        self.store.note_deployment(name)
         self.metrics.set_model_version(name, reference.version)
         self.metrics.drift_streak.labels(name).set(self.store.drift_streak(name))
 

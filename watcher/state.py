@@ -411,6 +411,14 @@ class StateStore:
             self.set_watermark(conn, f"deployed_at:{model}", repr(time.time()))
             return True
 
+    def note_deployment(self, model: str) -> None:
+        """A state file from before ages were kept has no deployment time: count from now."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO watermarks (key, value, updated_at) VALUES (?, ?, ?)",
+                (f"deployed_at:{model}", repr(time.time()), time.time()),
+            )
+
     def deployed_at(self, model: str) -> float | None:
         """When the daemon started using the model's current reference version."""
         value = self.watermark(f"deployed_at:{model}")
