@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_performance_trigger import config, make_loop
 
@@ -138,3 +139,27 @@ def test_status_shows_signals_and_what_each_run_did(tmp_path: Path) -> None:
     ]
     assert [s[:2] for s in signals] == [["drift", "yes"], ["performance", "yes"]]
     assert "loss " in res.stdout  # the performance reading's sentence, with its numbers
+
+
+def test_demo_on_own_data_says_what_the_table_lacks(tmp_path: Path) -> None:
+    path = config(tmp_path)
+    table = tmp_path / "mine.csv"
+    pd.DataFrame({"a": [1.0, 2.0], "y": [3.0, 4.0]}).to_csv(table, index=False)
+    res = watcher(
+        "demo", "--config", str(path), "--data", str(table), "--workdir", str(tmp_path / "d")
+    )
+    assert res.returncode == 2
+    assert "cannot be replayed for model m: missing columns.timestamp" in res.stdout + res.stderr
+    assert not (tmp_path / "d").exists()  # refused before starting anything
+
+
+def test_replay_says_when_wall_clock_guardrails_would_hold_every_trigger(tmp_path: Path) -> None:
+    from watcher.cli import _replay_guardrails
+
+    settings = load_config(config(tmp_path, cooldown_seconds=21600.0))
+    note = _replay_guardrails(settings, "m", 0.0, "7D", 45)
+    assert note is not None
+    assert "cooldown_seconds = 0 and daily_cap = 100" in note
+    (tmp_path / "b").mkdir()
+    relaxed = load_config(config(tmp_path / "b", cooldown_seconds=0.0, daily_cap=100))
+    assert _replay_guardrails(relaxed, "m", 0.0, "7D", 45) is None

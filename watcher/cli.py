@@ -548,22 +548,25 @@ def _own_data(data: Path, settings: Settings, skip: int, every: str) -> tuple[An
     return loader, boot
 
 
-def _replay_guardrails(settings: Settings, model: str, speed: float, every: str) -> str | None:
-    """A replay compresses days into seconds: say when the real-time guardrails would
-    suppress every trigger after the first."""
+def _replay_guardrails(
+    settings: Settings, model: str, speed: float, every: str, periods: int
+) -> str | None:
+    """A replay compresses days into seconds: say when the wall-clock guardrails would
+    suppress triggers (a cooldown longer than a replayed period, a cap below the number
+    of periods replayed)."""
     import pandas as pd
 
     policy = settings.models[model].policy
     period = 60.0 / speed if speed > 0 else 1.0
     real = pd.Timedelta(every).total_seconds()
-    if policy.cooldown_seconds <= period and policy.daily_cap * period >= 86_400:
+    if policy.cooldown_seconds <= period and policy.daily_cap >= periods:
         return None
     return (
         f"note: cooldown_seconds = {policy.cooldown_seconds:g} and daily_cap = "
         f"{policy.daily_cap} are wall-clock guardrails, and one {every} period ({real:g} s of "
-        f"data) passes in about {period:g} s here: after the first trigger, the next ones "
-        "will be suppressed. For a replay set [models.X.policy] cooldown_seconds = 0 and "
-        "daily_cap = 100 (as `watcher demo` does)"
+        f"data) passes in about {period:g} s here ({periods} periods): triggers after the "
+        "first will be suppressed. For a replay set [models.X.policy] cooldown_seconds = 0 "
+        "and daily_cap = 100 (as `watcher demo` does)"
     )
 
 
@@ -596,9 +599,6 @@ def replay(
     if name not in settings.models:
         err.print(f"error: unknown model {name!r}; configured: {sorted(settings.models)}")
         raise typer.Exit(2)
-    note = _replay_guardrails(settings, name, speed, every)
-    if note:
-        err.print(note, highlight=False, markup=False)
     measure = "error_rate" if settings.models[name].retrain.task == "classification" else "mae"
 
     def show(p: PeriodResult) -> None:
@@ -612,6 +612,10 @@ def replay(
 
     try:
         replayer = Replay(settings, name, read_table(data))
+        n = replayer.count(every, skip)
+        note = _replay_guardrails(settings, name, speed, every, min(n, weeks or n))
+        if note:
+            err.print(note, highlight=False, markup=False)
         try:
             replayer.run(
                 skip=skip,

@@ -116,6 +116,11 @@ class Replay:
                 self._baseline = self._served[1]
         return self._served
 
+    def count(self, every: str = "7D", skip: int = 8) -> int:
+        """How many periods `run` would replay."""
+        assert self.cfg.columns.timestamp
+        return max(0, sum(1 for _ in periods(self.data, self.cfg.columns.timestamp, every)) - skip)
+
     def run(
         self,
         *,
