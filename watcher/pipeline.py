@@ -323,12 +323,19 @@ class Pipeline:
         num = dcfg.num_stattest or ("ks" if switch else None)
         cat = dcfg.cat_stattest or ("chisquare" if switch else None)
         named = [t for t in (dcfg.num_stattest, dcfg.cat_stattest) if t]
+        bigger = f"send batches of {noise.rows}+ rows (a longer window)"
         if switch and not named:
             action = "scored with ks/chisquare instead (small_batches = 'pvalue')"
         elif switch:
-            action = f"the configured {'/'.join(named)} kept: its verdict may be noise"
+            action = (
+                f"the configured {'/'.join(named)} is kept, so its verdict may be noise: "
+                f"{bigger} or configure a p-value test"
+            )
         else:
-            action = "scored as configured (small_batches = 'warn'): its verdict may be noise"
+            action = (
+                "scored as configured (small_batches = 'warn'), so its verdict may be noise: "
+                f"{bigger} or set small_batches = 'pvalue'"
+            )
         sentence = f"{noise.sentence(rows)}; {action}"
         log.warning("%s: %s", rt.name, sentence)
         return {
