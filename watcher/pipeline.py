@@ -475,6 +475,10 @@ class Pipeline:
             now = time.time()
             verdict = self._decide(conn, rt, now)
             point = f"labels:{changed[-1].period}"
+            if rt.performance.sql is not None:
+                # A SQL window is read again as more of its rows get labels: each reading
+                # is its own decision point.
+                point += f"@{changed[-1].rows}"
             run_id = run_id_for(rt.name, point) if verdict.triggers else None
             self._record_decision(conn, rt, point, verdict, run_id, now)
             if run_id is not None and verdict.outcome == "triggered":
