@@ -231,6 +231,16 @@ def test_max_age_triggers_by_batches_served(tmp_path: Path) -> None:
         assert "3 batch(es) since deployment (max 3)" in trigger["payload"]["note"]
         readings = json.dumps(store.decisions("m", 1, batch_id="b02.parquet")[0].readings)
         assert '"max_age"' in readings
+
+        # The run ended (delivered, nothing deployed: the same version serves on). The
+        # schedule counts from that trigger: another 3 batches before the next one.
+        for item in loop.store.outbox_items("m", status="pending"):
+            loop.store.mark_done(item["id"])
+        for i in range(3, 6):
+            loop.period(i)
+            outcomes.append(store.decisions("m", 1, batch_id=f"b{i:02d}.parquet")[0].outcome)
+        assert outcomes[3:] == ["no_trigger", "no_trigger", "triggered"]
+        assert len(loop.triggers()) == 2
     finally:
         store.close()
 

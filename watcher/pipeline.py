@@ -134,14 +134,18 @@ def prepare(name: str, cfg: ModelConfig, version: str, frame: pd.DataFrame) -> R
     if prediction is not None and prediction.name not in frame.columns:
         prediction = None  # a first reference may predate predictions; score features only
     prepared = engine.prepare_reference(frame, specs, version=version, prediction=prediction)
-    noise = noise_line(
-        prepared,
-        frame,
-        drift_share=cfg.drift.drift_share,
-        num_stattest=cfg.drift.num_stattest,
-        cat_stattest=cfg.drift.cat_stattest,
-    )
-    if noise.rows:
+    try:
+        noise: NoiseLine | None = noise_line(
+            prepared,
+            frame,
+            drift_share=cfg.drift.drift_share,
+            num_stattest=cfg.drift.num_stattest,
+            cat_stattest=cfg.drift.cat_stattest,
+        )
+    except Exception:  # a measurement for warnings must never stop a reference loading
+        log.exception("model %s: could not measure the small-batch line of %s", name, version)
+        noise = None
+    if noise is not None and noise.rows:
         log.info(
             "model %s, reference %s (%d rows, %s): batches under %d rows show dataset drift "
             "by chance (false alarms by size: %s)",
@@ -375,7 +379,15 @@ class Pipeline:
     def _inputs(self, conn: Any, rt: ModelRuntime, now: float) -> PolicyInput:
         name, version = rt.name, rt.reference.version
         deployed = self.store.deployed_at(name)
+        scheduled = self.store.last_trigger_at(conn, name, "max_age")
+        since = max(deployed or 0.0, scheduled or 0.0)
         return PolicyInput(
+            schedule_age_batches=(
+                self.store.batches_served_since(conn, name, version, scheduled)
+                if scheduled is not None
+                else None
+            ),
+            schedule_age_seconds=max(0.0, now - since) if scheduled is not None else None,
             drift_flags=self.store.drift_flags_since_reset(conn, name, 1000),
             trigger_times=self.store.trigger_times(conn, name, now - DAY),
             active_run=self.store.has_active_run(conn, name),

@@ -69,6 +69,10 @@ class PolicyInput:
     # The drift flags the drift *trigger* reads, when they differ from the dataset-drift
     # flags that drive incidents (importance weighting); newest first. None: drift_flags.
     trigger_drift_flags: Sequence[bool] | None = None
+    # The age `max_age` reads, when it differs from the model's age: counted from the
+    # last max_age trigger, so a retrain the gate refused waits a whole period again.
+    schedule_age_batches: int | None = None
+    schedule_age_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,9 @@ def readings_for(inp: PolicyInput, cfg: PolicyConfig) -> tuple[Reading, ...]:
     if inp.performance is not None:
         out.append(inp.performance)
     if cfg.max_age_batches is not None or cfg.max_age_seconds is not None:
-        out.append(max_age_reading(inp.age_batches, inp.age_seconds, cfg))
+        batches = inp.age_batches if inp.schedule_age_batches is None else inp.schedule_age_batches
+        seconds = inp.age_seconds if inp.schedule_age_seconds is None else inp.schedule_age_seconds
+        out.append(max_age_reading(batches, seconds, cfg))
     return tuple(out)
 
 

@@ -570,6 +570,18 @@ class StateStore:
         return int(row["n"])
 
     @staticmethod
+    def batches_served_since(
+        conn: sqlite3.Connection, model: str, version: str, since: float
+    ) -> int:
+        """Batches scored against `version` after `since` (Unix time)."""
+        row = conn.execute(
+            "SELECT COUNT(*) AS n FROM batches WHERE model = ? AND reference_version = ? "
+            "AND status = 'scored' AND finished_at > ?",
+            (model, version, since),
+        ).fetchone()
+        return int(row["n"])
+
+    @staticmethod
     def batch_version(conn: sqlite3.Connection, model: str, batch_prefix: str) -> str | None:
         """The reference version the newest scoring of a batch (or its revisions) used."""
         row = conn.execute(
