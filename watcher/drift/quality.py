@@ -73,8 +73,13 @@ def check_batch(
     columns: ColumnsConfig,
     cfg: QualityConfig,
     name: str = "batch",
+    *,
+    numeric_prediction: bool = True,
 ) -> tuple[pd.DataFrame, QualityReport]:
-    """Validate and normalise a batch. Returns the frame to score and what was found."""
+    """Validate and normalise a batch. Returns the frame to score and what was found.
+
+    `numeric_prediction=False` for a classifier: its predictions are class labels
+    (strings such as 'Up' included), not numbers."""
     rows = len(batch)
     if rows == 0:
         raise BatchRejected(
@@ -119,7 +124,10 @@ def check_batch(
         )
 
     out = batch.copy()
-    numeric_cols = [*columns.numeric, *([columns.prediction] if columns.prediction else [])]
+    numeric_cols = [
+        *columns.numeric,
+        *([columns.prediction] if columns.prediction and numeric_prediction else []),
+    ]
     for col in numeric_cols:
         out[col] = _as_numeric(out[col], col, name)
         finite = np.isfinite(out[col].to_numpy(dtype=float, na_value=np.nan)) | out[col].isna()
