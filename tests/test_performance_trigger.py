@@ -109,6 +109,8 @@ class Loop:
         assert [r.batch_id for r in refs] == [f"b{i:02d}.parquet"]
         assert self.pipeline.process(self.rt, refs[0]).status == "scored"
         drop(self.tmp / "labels", f"labels-{i:02d}.csv", data[["id", "y"]])
+        # A label file is read once it looks the same twice (it may still be written).
+        assert self.pipeline.on_labels(self.rt) is None
         self.pipeline.on_labels(self.rt)
 
     def decisions(self) -> list[tuple[str, str, str | None]]:

@@ -101,6 +101,7 @@ def test_up_and_down_from_bootstrap_to_the_performance_signal(tmp_path: Path) ->
         asyncio.run(rt.source.poll())
         for ref in asyncio.run(rt.source.poll()):
             assert pipeline.process(rt, ref).status == "scored"
+        assert pipeline.on_labels(rt) is None  # label files are read once they look settled
         verdict = pipeline.on_labels(rt)
         assert verdict is not None
         with store.transaction() as conn:
