@@ -1064,7 +1064,7 @@ def test_one_rule_an_unexpected_failure_in_one_model_is_contained(
         def broken() -> None:
             raise RuntimeError("a bug in the label check")
 
-        d.daemon.models["m"].performance.check_labels = broken  # type: ignore[method-assign]
+        d.daemon.models["m"].performance.read_labels = broken  # type: ignore[method-assign,assignment]
         drop(tmp_path / "incoming-other", "o1.csv", frame(200, seed=4))
         drop(tmp_path / "incoming-m", "b1.csv", frame(200, seed=5))
         wait_for(lambda: status(settings, "other", "o1.csv") == "scored", what="other scored")

@@ -367,6 +367,11 @@ class DriftConfig(_Section):
     num_threshold: float | None = Field(None, gt=0)
     cat_threshold: float | None = Field(None, gt=0)
     columns: dict[str, ColumnDriftConfig] = Field(default_factory=dict)
+    # A batch smaller than the reference's noise line (measured at load: below it, batches
+    # drawn from the reference itself show dataset drift; see watcher/batchsize.py) is
+    # scored with p-value tests (ks, chisquare) where evidently's rule would pick a
+    # distance test ("pvalue"), or scored as configured with a warning ("warn").
+    small_batches: Literal["pvalue", "warn"] = "pvalue"
 
 
 class QualityConfig(_Section):
@@ -486,6 +491,21 @@ class RetrainConfig(_Section):
     dagrun_timeout_seconds: float = Field(4 * 3600.0, gt=0)
     task_timeout_seconds: float = Field(3600.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_defaults_to_the_task(cls, data: Any) -> Any:
+        # mae is the regression default; a classifier left without one is scored by accuracy.
+        if isinstance(data, dict) and data.get("task") == "classification":
+            data.setdefault("primary_metric", "accuracy")
+        return data
+
+
+# The primary metrics each task can be scored by (the gate and the performance signal).
+_TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "regression": ("mae", "rmse", "r2"),
+    "classification": ("accuracy", "f1", "roc_auc"),
+}
+
 
 class ModelConfig(_Section):
     source: SourceConfig
@@ -502,6 +522,37 @@ class ModelConfig(_Section):
     @classmethod
     def _recipients_one_line(cls, v: list[str]) -> list[str]:
         return [_no_line_breaks(r, "a recipient") for r in v]
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> ModelConfig:
+        r = self.retrain
+        fits = _TASK_METRICS[r.task]
+        if r.primary_metric not in fits:
+            raise ValueError(
+                f"retrain.primary_metric {r.primary_metric!r} does not fit retrain.task "
+                f"{r.task!r}: use one of {', '.join(fits)} (or set task = "
+                f"{'classification' if r.task == 'regression' else 'regression'!r})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _performance_signal_has_labels(self) -> ModelConfig:
+        if "performance" not in self.policy.triggers:
+            return self
+        cols, src = self.columns, self.source
+        missing = [f"columns.{c}" for c in ("target", "prediction", "id") if not getattr(cols, c)]
+        labels = src.labels_path if src.kind == "directory" else src.labels_table
+        if labels is None:
+            missing.append(
+                "source.labels_path" if src.kind == "directory" else "source.labels_table"
+            )
+        if missing:
+            raise ValueError(
+                "policy.triggers has 'performance', which compares the model's predictions "
+                f"with labels, but it lacks {', '.join(missing)}: set them, or remove "
+                "'performance' from triggers"
+            )
+        return self
 
     @model_validator(mode="after")
     def _drift_columns_are_features(self) -> ModelConfig:

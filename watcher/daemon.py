@@ -183,7 +183,7 @@ class Daemon:
                 await self._contained(rt.name, "registry", self._maybe_reload(rt))
                 await self._contained(rt.name, "source", self._poll_and_score(rt))
                 await self._contained(
-                    rt.name, "label_file", run_in_daemon_thread(rt.performance.check_labels)
+                    rt.name, "label_file", run_in_daemon_thread(self.pipeline.on_labels, rt)
                 )
                 await self._contained(rt.name, "internal", self._async(self._check_silence, rt))
             with contextlib.suppress(Exception):  # a metric only; the store may be failing
@@ -404,6 +404,7 @@ class Daemon:
 
     def _use_reference(self, name: str, reference: Reference) -> None:
         self.store.set_reference_version(name, reference.version)
+        self.store.note_deployment(name)
         self.metrics.set_model_version(name, reference.version)
         self.metrics.drift_streak.labels(name).set(self.store.drift_streak(name))
 

@@ -128,6 +128,39 @@ class Metrics:
             ["model", "check"],
             registry=r,
         )
+        self.trigger_signal_value = Gauge(
+            "watcher_trigger_signal_value",
+            "A trigger signal's current value (drift: streak; performance: CUSUM of the "
+            "relative loss excess; max_age: batches or seconds since deployment).",
+            ["model", "signal"],
+            registry=r,
+        )
+        self.trigger_signal_threshold = Gauge(
+            "watcher_trigger_signal_threshold",
+            "The value at which the trigger signal fires.",
+            ["model", "signal"],
+            registry=r,
+        )
+        self.trigger_signal_fired = Gauge(
+            "watcher_trigger_signal_fired",
+            "1 when the trigger signal fires at the latest decision.",
+            ["model", "signal"],
+            registry=r,
+        )
+        self.drift_batch_too_small = Gauge(
+            "watcher_drift_batch_too_small",
+            "1 when the last batch was under the reference's noise line (its drift "
+            "verdict would be chance with the tests evidently's rule picks).",
+            ["model"],
+            registry=r,
+        )
+        self.drift_min_batch_rows = Gauge(
+            "watcher_drift_min_batch_rows",
+            "Rows a batch needs before dataset drift means something against the reference "
+            "(0: any size).",
+            ["model"],
+            registry=r,
+        )
         self.model_performance = Gauge(
             "watcher_model_performance",
             "Production model performance on labelled data.",

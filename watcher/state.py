@@ -1,5 +1,6 @@
 """Durable state in one SQLite file (WAL): batch ledger, drift history, decisions, outbox,
-retrain runs, incidents and source watermarks.
+retrain runs, incidents, source watermarks and the production model's loss per labelled
+period.
 
 The ledger and the outbox are what make effects exactly-once across crashes: a batch's
 result, the policy's decision and the actions it causes are written in ONE transaction
@@ -58,7 +59,10 @@ CREATE TABLE IF NOT EXISTS decisions (
     at REAL NOT NULL,
     outcome TEXT NOT NULL,
     reason TEXT NOT NULL,
-    run_id TEXT
+    run_id TEXT,
+    -- The signal that fired and every signal's reading (JSON), for `status` and audits.
+    signal TEXT,
+    readings TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_model_at ON decisions (model, at);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -99,6 +103,21 @@ CREATE TABLE IF NOT EXISTS incidents (
     resolved_at REAL,
     details TEXT NOT NULL DEFAULT '{}'
 );
+-- The production model's loss on each labelled period (a label file, or a SQL window),
+-- with the version that served it: the performance signal's history since a deployment.
+CREATE TABLE IF NOT EXISTS label_periods (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    period TEXT NOT NULL,
+    version TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    loss REAL NOT NULL,
+    rows INTEGER NOT NULL,
+    at REAL NOT NULL,
+    UNIQUE (model, period, version)
+);
+CREATE INDEX IF NOT EXISTS label_periods_model ON label_periods (model, version, id);
 CREATE TABLE IF NOT EXISTS watermarks (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL,
@@ -166,6 +185,21 @@ class Decision:
     outcome: str
     reason: str
     run_id: str | None
+    signal: str | None = None
+    readings: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LabelPeriod:
+    """The production model's loss on the labelled rows of one period."""
+
+    period: str
+    version: str
+    metric: str
+    value: float
+    loss: float
+    rows: int
+    at: float
 
 
 class StateStore:
@@ -192,9 +226,17 @@ class StateStore:
             columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(outbox)")}
             if "sending_at" not in columns:  # a state file from before in-flight marking
                 self._conn.execute("ALTER TABLE outbox ADD COLUMN sending_at REAL")
+            self._add_missing_columns()
         # Why the last write failed (disk full, read-only, I/O error), None once one works:
         # the daemon's health and `watcher_state_writable` read it.
         self.write_error: str | None = None
+
+    def _add_missing_columns(self) -> None:
+        """State files written by an older watcher lack the newer columns: add them."""
+        have = {r["name"] for r in self._conn.execute("PRAGMA table_info(decisions)")}
+        for column in ("signal", "readings"):
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE decisions ADD COLUMN {column} TEXT")
 
     @property
     def scrub(self) -> Callable[[str], str]:
@@ -343,6 +385,24 @@ class StateStore:
         ).fetchall()
         return [bool(r["dataset_drift"]) for r in rows]
 
+    @staticmethod
+    def drifted_columns_since_reset(
+        conn: sqlite3.Connection, model: str, limit: int
+    ) -> list[dict[str, bool]]:
+        """Per scored batch since the last streak reset (newest first): which columns
+        drifted. For the importance-weighted drift signal."""
+        rows = conn.execute(
+            "SELECT b.result FROM batches b LEFT JOIN model_state m ON m.model = b.model "
+            "WHERE b.model = ? AND b.status = 'scored' AND b.seq > COALESCE(m.streak_reset_seq, 0) "
+            "ORDER BY b.seq DESC LIMIT ?",
+            (model, limit),
+        ).fetchall()
+        out = []
+        for r in rows:
+            columns = (json.loads(r["result"]) if r["result"] else {}).get("drift", {})
+            out.append({k: bool(c["drifted"]) for k, c in columns.get("columns", {}).items()})
+        return out
+
     def drift_streak(self, model: str) -> int:
         with self._lock:
             flags = self.drift_flags_since_reset(self._conn, model, 10_000)
@@ -383,7 +443,22 @@ class StateStore:
                 "UPDATE model_state SET reference_version = ?, updated_at = ? WHERE model = ?",
                 (version, time.time(), model),
             )
+            # The model's age (the max_age/min_age signals) counts from here.
+            self.set_watermark(conn, f"deployed_at:{model}", repr(time.time()))
             return True
+
+    def note_deployment(self, model: str) -> None:
+        """A state file from before ages were kept has no deployment time: count from now."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO watermarks (key, value, updated_at) VALUES (?, ?, ?)",
+                (f"deployed_at:{model}", repr(time.time()), time.time()),
+            )
+
+    def deployed_at(self, model: str) -> float | None:
+        """When the daemon started using the model's current reference version."""
+        value = self.watermark(f"deployed_at:{model}")
+        return None if value is None else float(value)
 
     # ---- decisions ----------------------------------------------------------------------
 
@@ -397,11 +472,22 @@ class StateStore:
         reason: str,
         run_id: str | None = None,
         at: float | None = None,
+        signal: str | None = None,
+        readings: list[dict[str, Any]] | None = None,
     ) -> None:
         conn.execute(
-            "INSERT INTO decisions (model, batch_id, at, outcome, reason, run_id) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (model, batch_id, time.time() if at is None else at, outcome, reason, run_id),
+            "INSERT INTO decisions (model, batch_id, at, outcome, reason, run_id, signal, "
+            "readings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                model,
+                batch_id,
+                time.time() if at is None else at,
+                outcome,
+                reason,
+                run_id,
+                signal,
+                None if readings is None else json.dumps(readings, default=_finite),
+            ),
         )
 
     @staticmethod
@@ -424,9 +510,122 @@ class StateStore:
             (model, batch_id, batch_id, limit),
         )
         return [
-            Decision(r["model"], r["batch_id"], r["at"], r["outcome"], r["reason"], r["run_id"])
+            Decision(
+                r["model"],
+                r["batch_id"],
+                r["at"],
+                r["outcome"],
+                r["reason"],
+                r["run_id"],
+                r["signal"],
+                json.loads(r["readings"]) if r["readings"] else [],
+            )
             for r in rows
         ]
+
+    def last_decision_with_readings(self, model: str) -> Decision | None:
+        """The newest decision that recorded the signals' readings (for `watcher status`)."""
+        rows = self._read(
+            "SELECT id FROM decisions WHERE model = ? AND readings IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1",
+            (model,),
+        )
+        if not rows:
+            return None
+        found = self._read("SELECT * FROM decisions WHERE id = ?", (rows[0]["id"],))
+        r = found[0]
+        return Decision(
+            r["model"],
+            r["batch_id"],
+            r["at"],
+            r["outcome"],
+            r["reason"],
+            r["run_id"],
+            r["signal"],
+            json.loads(r["readings"]),
+        )
+
+    @staticmethod
+    def last_trigger_at(conn: sqlite3.Connection, model: str, signal: str) -> float | None:
+        """When `signal` last triggered (or dry-ran) a retrain of the model."""
+        row = conn.execute(
+            "SELECT MAX(at) AS at FROM decisions WHERE model = ? AND signal = ? "
+            "AND outcome IN ('triggered', 'dry_run')",
+            (model, signal),
+        ).fetchone()
+        return None if row is None or row["at"] is None else float(row["at"])
+
+    # ---- performance: the production model's loss per labelled period --------------------
+
+    @staticmethod
+    def add_label_period(conn: sqlite3.Connection, model: str, period: LabelPeriod) -> bool:
+        """Record (or, when more of its rows are labelled now, update) a period's loss.
+        True when something changed."""
+        cur = conn.execute(
+            "INSERT INTO label_periods (model, period, version, metric, value, loss, rows, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, period, version) DO UPDATE SET "
+            "metric = excluded.metric, value = excluded.value, loss = excluded.loss, "
+            "rows = excluded.rows, at = excluded.at WHERE excluded.rows != label_periods.rows",
+            (
+                model,
+                period.period,
+                period.version,
+                period.metric,
+                period.value,
+                period.loss,
+                period.rows,
+                period.at,
+            ),
+        )
+        return cur.rowcount == 1
+
+    @staticmethod
+    def label_periods(
+        conn: sqlite3.Connection, model: str, version: str, *, after: float = 0.0
+    ) -> list[LabelPeriod]:
+        """The periods served by `version`, oldest first; only those recorded after `after`."""
+        rows = conn.execute(
+            "SELECT * FROM label_periods WHERE model = ? AND version = ? AND at > ? ORDER BY id",
+            (model, version, after),
+        ).fetchall()
+        return [
+            LabelPeriod(
+                r["period"], r["version"], r["metric"], r["value"], r["loss"], r["rows"], r["at"]
+            )
+            for r in rows
+        ]
+
+    @staticmethod
+    def batches_served(conn: sqlite3.Connection, model: str, version: str) -> int:
+        """Batches scored against `version` (its age in batches)."""
+        row = conn.execute(
+            "SELECT COUNT(*) AS n FROM batches WHERE model = ? AND reference_version = ? "
+            "AND status = 'scored'",
+            (model, version),
+        ).fetchone()
+        return int(row["n"])
+
+    @staticmethod
+    def batches_served_since(
+        conn: sqlite3.Connection, model: str, version: str, since: float
+    ) -> int:
+        """Batches scored against `version` after `since` (Unix time)."""
+        row = conn.execute(
+            "SELECT COUNT(*) AS n FROM batches WHERE model = ? AND reference_version = ? "
+            "AND status = 'scored' AND finished_at > ?",
+            (model, version, since),
+        ).fetchone()
+        return int(row["n"])
+
+    @staticmethod
+    def batch_version(conn: sqlite3.Connection, model: str, batch_prefix: str) -> str | None:
+        """The reference version the newest scoring of a batch (or its revisions) used."""
+        row = conn.execute(
+            "SELECT reference_version FROM batches WHERE model = ? AND status = 'scored' "
+            "AND (batch_id = ? OR substr(batch_id, 1, ?) = ?) ORDER BY seq DESC LIMIT 1",
+            (model, batch_prefix, len(batch_prefix) + 4, batch_prefix + "#rev"),
+        ).fetchone()
+        return None if row is None else str(row["reference_version"])
 
     # ---- outbox -------------------------------------------------------------------------
 
@@ -707,6 +906,13 @@ class StateDirLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _finite(value: Any) -> Any:
+    """json.dumps default: numpy scalars as Python numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a decision's readings")
 
 
 def _batch(r: sqlite3.Row) -> BatchRecord:

@@ -74,8 +74,13 @@ def check_batch(
     columns: ColumnsConfig,
     cfg: QualityConfig,
     name: str = "batch",
+    *,
+    numeric_prediction: bool = True,
 ) -> tuple[pd.DataFrame, QualityReport]:
-    """Validate and normalise a batch. Returns the frame to score and what was found."""
+    """Validate and normalise a batch. Returns the frame to score and what was found.
+
+    `numeric_prediction=False` for a classifier: its predictions are class labels
+    (strings such as 'Up' included), not numbers."""
     rows = len(batch)
     if rows == 0:
         raise BatchRejected(
@@ -120,7 +125,10 @@ def check_batch(
         )
 
     out = batch.copy()
-    numeric_cols = [*columns.numeric, *([columns.prediction] if columns.prediction else [])]
+    numeric_cols = [
+        *columns.numeric,
+        *([columns.prediction] if columns.prediction and numeric_prediction else []),
+    ]
     # One float view per numeric column, reused by every check below (missing share,
     # range): the checks are a few vector passes over the batch, no pandas per check.
     as_float: dict[str, npt.NDArray[np.float64]] = {}
