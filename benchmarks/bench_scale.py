@@ -151,8 +151,12 @@ def _series_and_bytes(port: int) -> tuple[int, int, float]:
     return series, len(body), elapsed
 
 
+DETAIL = ["feature"]  # [metrics] detail, set from --detail
+
+
 def export(m: Metrics, name: str, quality: Any, drift: engine.DriftResult) -> None:
     """What `Pipeline._export` sets for a scored batch (kept in step with it by hand)."""
+    per_feature = DETAIL[0] == "feature"
     m.batches.labels(name, "scored").inc()
     m.batch_rows.labels(name).set(quality.rows)
     m.last_batch_timestamp.labels(name).set(time.time())
@@ -160,10 +164,10 @@ def export(m: Metrics, name: str, quality: Any, drift: engine.DriftResult) -> No
     m.dataset_drifted.labels(name).set(int(drift.dataset_drift))
     m.drifted_features.labels(name).set(drift.n_drifted)
     m.drift_streak.labels(name).set(0)
-    for col, c in drift.columns.items():
+    for col, c in drift.columns.items() if per_feature else ():
         m.set_feature_drift(name, col, c.stattest, c.score, c.threshold)
         m.feature_drifted.labels(name, col).set(int(c.drifted))
-    for col, share in quality.missing_share.items():
+    for col, share in quality.missing_share.items() if per_feature else ():
         m.missing_values_ratio.labels(name, col).set(share)
     m.retrain_triggers.labels(name, "triggered").inc(0)
 
@@ -207,8 +211,9 @@ def _models_row(n_models: int, ref_rows: int, batch_rows: int, batches: int) -> 
         t_d = time.perf_counter()
         drift = engine.score(prepared, clean)
         t_e = time.perf_counter()
-        m.batch_duration.labels(name, "quality").observe(t_d - t_q)
-        m.batch_duration.labels(name, "drift").observe(t_e - t_d)
+        label = name if DETAIL[0] == "feature" else ""
+        m.batch_duration.labels(label, "quality").observe(t_d - t_q)
+        m.batch_duration.labels(label, "drift").observe(t_e - t_d)
         export(m, name, quality, drift)
 
     for k in range(n_models):
@@ -260,7 +265,10 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=1_000)
     parser.add_argument("--batches", type=int, default=5_000)
     parser.add_argument("--skip-part1", action="store_true")
+    parser.add_argument("--detail", choices=["model", "feature"], default="feature")
     args = parser.parse_args()
+    DETAIL[0] = args.detail
+    print(f"[metrics] detail = {args.detail!r}")
     sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     counts = [10, 100] if args.quick else [int(x) for x in args.models.split(",")]
     if not args.skip_part1:
