@@ -93,12 +93,9 @@ path = "{tmp_path / "registry"}"
         assert set(per_model.values()) == {SERIES_PER_MODEL}, sorted(set(per_model.values()))
         # No per-feature series at this detail, and the stage histogram is shared.
         assert not any("feature" in labels for _, labels, _ in samples)
-        stages = {labels["stage"] for n, labels, _ in samples if "stage" in labels}
-        assert stages and all(
-            labels.get("model") == ""
-            for n, labels, _ in samples
-            if n.startswith("watcher_batch_duration")
-        )
+        durations = [labels for n, labels, _ in samples if n.startswith("watcher_batch_duration")]
+        assert {labels["stage"] for labels in durations} >= {"load", "quality", "drift"}
+        assert {labels["model"] for labels in durations} == {""}
         print(
             f"{MODELS} models x {len(NUMERIC) + 1} features: start-up {startup:.1f}s, "
             f"{len(samples)} series, scrape {size / 1024:.0f} KB"
