@@ -15,7 +15,7 @@ from watcher.localstack import free_port
 
 MODELS = 200
 # Series carrying model="<name>" once a model has scored a batch, with detail = "model".
-SERIES_PER_MODEL = 25
+SERIES_PER_MODEL = 44
 
 
 def _scrape(port: int) -> tuple[list[tuple[str, dict[str, str], float]], int]:
@@ -96,6 +96,11 @@ path = "{tmp_path / "registry"}"
         durations = [labels for n, labels, _ in samples if n.startswith("watcher_batch_duration")]
         assert {labels["stage"] for labels in durations} >= {"load", "quality", "drift"}
         assert {labels["model"] for labels in durations} == {""}
+        names: dict[str, int] = {}
+        for n, labels, _ in samples:
+            if labels.get("model") == "m0":
+                names[n] = names.get(n, 0) + 1
+        print(sorted(names.items()))
         print(
             f"{MODELS} models x {len(NUMERIC) + 1} features: start-up {startup:.1f}s, "
             f"{len(samples)} series, scrape {size / 1024:.0f} KB"
