@@ -159,12 +159,14 @@ def check_batch(
     for col in columns.categorical:
         out[col] = _align_categorical(out[col], profile.categorical_is_numeric.get(col, False))
 
+    has_value: dict[str, npt.NDArray[np.bool_]] = {}  # categorical: one isna pass, reused
     for col in columns.features:
         floats = as_float.get(col)
         if floats is not None:
             share = float(np.count_nonzero(np.isnan(floats))) / rows
         else:
-            share = float(out[col].isna().mean())
+            has_value[col] = out[col].notna().to_numpy()
+            share = float(rows - np.count_nonzero(has_value[col])) / rows
         report.missing_share[col] = share
         if share == 1.0 and cfg.reject_all_missing:
             raise BatchRejected(
@@ -202,7 +204,8 @@ def check_batch(
             )
 
     for col, seen in profile.categories.items():
-        values = out[col].dropna()
+        mask = has_value.get(col)
+        values = out[col][mask] if mask is not None else out[col].dropna()
         if values.empty:
             continue
         unseen_mask = ~values.isin(seen)
