@@ -131,6 +131,12 @@ class AlertsConfig(_Section):
     digest_window_seconds: float = Field(30.0, ge=0)
     digest_threshold: int = Field(5, ge=1)
     attach_report_max_bytes: int = Field(5_000_000, ge=0)
+    # Drift reports are rendered after the batch in a child process, on at most this many
+    # rows per side (a deterministic sample), stopped after the timeout; the mail citing a
+    # report waits for it this long, then links where it will be.
+    report_max_rows: int = Field(50_000, ge=100)
+    report_timeout_seconds: float = Field(300.0, gt=0)
+    report_wait_seconds: float = Field(120.0, ge=0)
     source_silent_after_seconds: float = Field(0.0, ge=0)  # 0 disables the check
 
 
@@ -147,6 +153,9 @@ class DirectorySourceConfig(_Section):
     settle_seconds: float = Field(2.0, ge=0)
     # Label files (id + target) that arrive after the predictions.
     labels_path: Path | None = None
+    # "refuse": a symbolic link is never followed (it is quarantined with the reason);
+    # "inside": followed only when it resolves to a regular file inside the folder.
+    symlinks: Literal["refuse", "inside"] = "refuse"
 
 
 class SqlSourceConfig(_Section):

@@ -76,7 +76,7 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 
 def build_source(name: str, cfg: ModelConfig, store: StateStore, metrics: Metrics) -> Source:
     if cfg.source.kind == "directory":
-        return DirectorySource(name, cfg.source, store)
+        return DirectorySource(name, cfg.source, store, metrics)
     from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
 
     return SqlSource(name, cfg.source, cfg.columns, store, metrics)
@@ -98,6 +98,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._interrupts = 0
         self._reload_now: set[str] = set()
+        self._poll_errors: dict[str, str] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class Daemon:
         for rt in self.models.values():
             with contextlib.suppress(Exception):
                 await rt.source.close()
+        self.pipeline.close()
         if self._server is not None:
             self._server.stop()
         self.store.close()
@@ -194,6 +196,16 @@ class Daemon:
             self.metrics.source_up.labels(rt.name).set(0)
             log.warning("source of %s unavailable: %s; retrying next round", rt.name, exc)
             return
+        except Exception as exc:
+            # No input may stop the daemon: a listing that fails in a way nobody foresaw is
+            # a source that is down this round. The traceback once per kind of error.
+            self.metrics.source_up.labels(rt.name).set(0)
+            seen = f"{type(exc).__name__}: {exc}"
+            if self._poll_errors.get(rt.name) != seen:
+                self._poll_errors[rt.name] = seen
+                log.exception("polling the source of %s failed; retrying next round", rt.name)
+            return
+        self._poll_errors.pop(rt.name, None)
         self.metrics.source_up.labels(rt.name).set(1)
         for ref in refs:
             if self.stop.is_set():
@@ -226,7 +238,13 @@ class Daemon:
         """
         stopping = asyncio.ensure_future(self.stop.wait())
         try:
-            await asyncio.wait({job, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            # Busy is not dead: the loop beats while it waits, so /healthz stays 200 through
+            # a long batch (a liveness probe would otherwise kill it mid-batch, for ever).
+            while not job.done() and not stopping.done():
+                self.health.beat()
+                await asyncio.wait(
+                    {job, stopping}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                )
         finally:
             stopping.cancel()
         if job.done():

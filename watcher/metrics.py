@@ -200,6 +200,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.source_file_problems = Counter(
+            "watcher_source_file_problems",
+            "Files in a batch folder watcher would not read or could not move, by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
         self.dag_paused = Counter(
             "watcher_dag_paused_detections",
             "Times a model's retrain DAG was found paused.",

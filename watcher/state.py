@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 ActionKind = Literal["trigger", "alert"]
-BatchStatus = Literal["claimed", "scored", "rejected"]
+BatchStatus = Literal["claimed", "scored", "rejected", "failed"]
 ACTIVE_RUN_STATES = ("queued", "running")
 
 _SCHEMA = """
@@ -68,7 +68,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL,
     next_attempt_at REAL NOT NULL,
     done_at REAL,
-    last_error TEXT
+    last_error TEXT,
+    -- Set in its own commit right before a mail's SMTP transaction, cleared when it is done:
+    -- after a crash it names the one mail that may have been delivered already.
+    sending_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS runs (
@@ -119,6 +122,7 @@ class OutboxItem:
     payload: dict[str, Any]
     attempts: int
     created_at: float
+    sending_at: float | None = None  # a delivery began then and was never marked done
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,9 @@ class StateStore:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(outbox)")}
+            if "sending_at" not in columns:  # a state file from before in-flight marking
+                self._conn.execute("ALTER TABLE outbox ADD COLUMN sending_at REAL")
 
     def close(self) -> None:
         with self._lock:
@@ -256,7 +263,7 @@ class StateStore:
         *,
         model: str,
         batch_id: str,
-        status: Literal["scored", "rejected"],
+        status: Literal["scored", "rejected", "failed"],
         rows: int | None,
         reference_version: str | None,
         dataset_drift: bool | None = None,
@@ -422,11 +429,17 @@ class StateStore:
         )
         return [_outbox(r) for r in rows]
 
+    def mark_sending(self, item_id: int) -> None:
+        """Commit that a delivery starts now, before the SMTP transaction: a crash from here
+        to `mark_done` may deliver this one mail twice (same Message-ID), no other."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE outbox SET sending_at = ? WHERE id = ?", (time.time(), item_id))
+
     def mark_done(self, item_id: int) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE outbox SET status = 'done', done_at = ?, attempts = attempts + 1 "
-                "WHERE id = ?",
+                "UPDATE outbox SET status = 'done', done_at = ?, attempts = attempts + 1, "
+                "sending_at = NULL WHERE id = ?",
                 (time.time(), item_id),
             )
 
@@ -444,8 +457,8 @@ class StateStore:
     def reschedule(self, item_id: int, next_attempt_at: float, error: str) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
-                "WHERE id = ?",
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, "
+                "sending_at = NULL WHERE id = ?",
                 (next_attempt_at, error, item_id),
             )
 
@@ -453,7 +466,7 @@ class StateStore:
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?, "
-                "done_at = ? WHERE id = ?",
+                "done_at = ?, sending_at = NULL WHERE id = ?",
                 (error, time.time(), item_id),
             )
 
@@ -612,6 +625,7 @@ def _outbox(r: sqlite3.Row) -> OutboxItem:
         payload=json.loads(r["payload"]),
         attempts=r["attempts"],
         created_at=r["created_at"],
+        sending_at=r["sending_at"],
     )
 
 

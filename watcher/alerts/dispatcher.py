@@ -37,6 +37,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import stamina
@@ -127,8 +128,12 @@ class MailDispatcher:
     async def run_once(self) -> None:
         now = self.clock()
         self._enqueue_reminders(now)
-        due = self.store.due_actions("alert", now, limit=1000)
-        for item in self._plan(due, now):
+        due = [i for i in self.store.due_actions("alert", now, limit=1000) if _ready(i, now)]
+        # A mail whose delivery began before a crash goes first and alone, never folded into
+        # a digest: it may have reached people already, under its own Message-ID.
+        inflight = [i for i in due if i.sending_at is not None]
+        planned = self._plan([i for i in due if i.sending_at is None], now)
+        for item in [*inflight, *planned]:
             if not await self._deliver(item):
                 break  # the server is down or misconfigured: the rest waits for a later round
         if now - self._last_contact >= self.probe_interval:
@@ -265,6 +270,17 @@ class MailDispatcher:
             self._dead(item, kind, f"cannot compose the mail: {exc!r}")
             return True
 
+        if item.sending_at is not None:
+            self.metrics.alerts.labels(kind, "redelivered").inc()
+            log.warning(
+                "alert %s was being mailed when watcher stopped; sending it again with the "
+                "same Message-ID (a mail client shows one copy)",
+                item.key,
+                extra={"model": item.model},
+            )
+        # Its own durable step right before the SMTP transaction: a crash from here to
+        # mark_done can repeat this one mail, never another.
+        self.store.mark_sending(item.id)
         cfg = self.settings.smtp
         try:
             async for attempt in stamina.retry_context(
@@ -337,6 +353,16 @@ class MailDispatcher:
             error,
             extra={"model": item.model},
         )
+
+
+def _ready(item: OutboxItem, now: float) -> bool:
+    """False while the mail waits for its drift report (rendered in the background), for
+    at most until `report_wait_until`; then it goes out with a link instead."""
+    path = item.payload.get("report_path")
+    until = item.payload.get("report_wait_until")
+    if not path or until is None or now >= float(until):
+        return True
+    return Path(str(path)).exists()
 
 
 def build_mail_workers(
