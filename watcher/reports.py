@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -62,9 +63,16 @@ class ReportJob:
 
 
 def _render(job: ReportJob) -> None:  # runs in the child process
-    from watcher.alerts.report import write_drift_report
+    # os._exit: threads evidently's import leaves behind would otherwise hold the child
+    # past its work, until the timeout kills it and a written report counts as failed.
+    try:
+        from watcher.alerts.report import write_drift_report
 
-    write_drift_report(job.reference, job.current, job.columns, job.path, drift=job.drift)
+        write_drift_report(job.reference, job.current, job.columns, job.path, drift=job.drift)
+    except BaseException:
+        logging.getLogger(__name__).exception("rendering the drift report failed")
+        os._exit(1)
+    os._exit(0)
 
 
 class ReportRenderer:
