@@ -156,6 +156,11 @@ class DirectorySourceConfig(_Section):
     # "refuse": a symbolic link is never followed (it is quarantined with the reason);
     # "inside": followed only when it resolves to a regular file inside the folder.
     symlinks: Literal["refuse", "inside"] = "refuse"
+    # "auto": inotify where the kernel offers it (a batch renamed into the folder is taken
+    # at once, without settle time), polling every daemon.poll_interval_seconds otherwise;
+    # "poll": never use notifications (network file systems do not deliver them for
+    # changes made on other hosts).
+    watch: Literal["auto", "poll"] = "auto"
 
 
 class SqlSourceConfig(_Section):

@@ -99,6 +99,8 @@ class Daemon:
         self._interrupts = 0
         self._reload_now: set[str] = set()
         self._poll_errors: dict[str, str] = {}
+        # Set by a source's file-system notifications: start the next round now.
+        self._wake = asyncio.Event()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -126,6 +128,8 @@ class Daemon:
                 name, model_cfg, cfg.daemon.state_dir, self.store, self.metrics, source
             )
             self.models[name] = ModelRuntime(name, model_cfg, source, reference, performance)
+            if isinstance(source, DirectorySource):
+                source.start_watching(self._wake)
             self._use_reference(name, reference)
             self.metrics.init_model(name)
             self.metrics.source_up.labels(name).set(1)
@@ -149,8 +153,20 @@ class Daemon:
                 await run_in_daemon_thread(rt.performance.check_labels)
                 self._check_silence(rt)
             self._export_outbox()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=interval)
+            await self._until_next_round(interval)
+
+    async def _until_next_round(self, interval: float) -> None:
+        """Sleep one poll interval, or less when a stop or a file-system event comes."""
+        waits = {
+            asyncio.ensure_future(self.stop.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self._wake.clear()
 
     async def shutdown(self) -> None:
         self.stop.set()

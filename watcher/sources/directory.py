@@ -19,11 +19,18 @@ again on the open descriptor, so a swap between the check and the read changes n
 Names may hold any byte: the batch id is `watcher.safetext.safe_id` of the name, and a
 file that cannot be moved (a read-only mount, ``chattr +i``) stays where it is, is logged
 once and counted, and never stops the daemon.
+
+With ``watch = "auto"`` (the default) the folder is watched with inotify (asyncinotify): a
+file renamed into the folder (``IN_MOVED_TO``) is complete by construction and is taken at
+the next round, which the notification starts at once; a file written in place still waits
+for the settle rule, woken when its writer closes it (``IN_CLOSE_WRITE``). Where inotify is
+not available the source polls, as with ``watch = "poll"``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import io
@@ -34,7 +41,7 @@ import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -91,6 +98,51 @@ class DirectorySource:
         self._paths: dict[str, Path] = {}
         # Problems already logged and counted, so a stuck file is reported once, not per poll.
         self._reported: set[tuple[str, str]] = set()
+        # Names whose last event was a rename into the folder: complete, no settle needed.
+        self._renamed: set[str] = set()
+        self._watch_task: asyncio.Task[None] | None = None
+
+    def start_watching(self, wake: asyncio.Event) -> bool:
+        """Watch the folder with inotify and set `wake` when a batch may be complete.
+        False (and polling only) where notifications are unavailable or turned off."""
+        if self.cfg.watch == "poll":
+            return False
+        try:
+            from asyncinotify import Inotify, Mask
+
+            inotify = Inotify()
+            inotify.add_watch(
+                self.incoming,
+                Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE | Mask.MODIFY | Mask.ONLYDIR,
+            )
+        except (ImportError, OSError, TypeError, AttributeError) as exc:
+            log.info(
+                "%s: no file-system notifications for %s (%s); polling every round",
+                self.model,
+                self.incoming,
+                exc,
+            )
+            return False
+        self._watch_task = asyncio.create_task(
+            self._watch(inotify, wake), name=f"watch-{self.model}"
+        )
+        return True
+
+    async def _watch(self, inotify: Any, wake: asyncio.Event) -> None:
+        from asyncinotify import Mask
+
+        try:
+            async for event in inotify:
+                name = os.fsdecode(event.name) if event.name is not None else None
+                if event.mask & Mask.MOVED_TO and name is not None:
+                    self._renamed.add(name)
+                    wake.set()
+                elif event.mask & (Mask.CREATE | Mask.MODIFY) and name is not None:
+                    self._renamed.discard(name)  # written in place: the settle rule applies
+                elif event.mask & (Mask.CLOSE_WRITE | Mask.Q_OVERFLOW):
+                    wake.set()
+        finally:
+            inotify.close()
 
     async def poll(self) -> list[BatchRef]:
         return await asyncio.to_thread(self._poll)
@@ -128,13 +180,16 @@ class DirectorySource:
             sig = (st.st_size, st.st_mtime_ns)
             current[name] = sig
             # Only a regular file can still be being written; anything else is refused
-            # without being opened, so it need not settle.
-            settled = not stat.S_ISREG(st.st_mode) or (
-                self._seen.get(name) == sig and now - st.st_mtime >= self.cfg.settle_seconds
+            # without being opened, so it need not settle. Neither does one renamed in.
+            settled = (
+                not stat.S_ISREG(st.st_mode)
+                or name in self._renamed
+                or (self._seen.get(name) == sig and now - st.st_mtime >= self.cfg.settle_seconds)
             )
             if settled:
                 candidates.append((st.st_mtime_ns, name, Path(entry.path)))
         self._seen = current
+        self._renamed &= set(current)
 
         refs: list[BatchRef] = []
         for _, name, path in sorted(candidates):
@@ -292,7 +347,10 @@ class DirectorySource:
         return None  # the ledger entry is all the progress a folder needs
 
     async def close(self) -> None:
-        return None
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
 
 
 def _not_regular(shown: str, mode: int) -> BatchRejected:
