@@ -9,8 +9,10 @@ Airflow 3.3.2. Afterwards:
   delivery (the outbox marks a mail in flight, durably, right before the SMTP transaction):
   at most one duplicate per such kill.
 
-Size: CHAOS_KILLS (default and minimum 30) kills over CHAOS_BATCHES (default and minimum
-100) batches; the defaults take two to four minutes. Raise them for a longer soak.
+Size: CHAOS_KILLS (default 30, the issue's minimum) kills over CHAOS_BATCHES (default 100)
+batches. Each round waits for the daemon to be ready (imports dominate: about 5 s on an idle
+2-core machine), so the defaults take three to four minutes there, much longer on a loaded
+one; set smaller values for a quick local check, larger ones for a soak.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from watcher.state import StateStore
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 DAG = "retrain_test"
-KILLS = max(30, int(os.environ.get("CHAOS_KILLS", "30")))
-BATCHES = max(100, int(os.environ.get("CHAOS_BATCHES", "100")))
+# The issue's minimums are the defaults (CI sets nothing); a developer may shrink or grow them.
+KILLS = int(os.environ.get("CHAOS_KILLS", "30"))
+BATCHES = int(os.environ.get("CHAOS_BATCHES", "100"))
 SENDER = "watcher@example.org"
 
 
