@@ -128,6 +128,7 @@ def test_kill_9_at_random_points_loses_and_repeats_nothing(
         # A last daemon finishes everything: every batch, every trigger, every mail.
         final = DaemonProcess(cfg, log)
         try:
+            wait_for(lambda: _ready(port), 120, interval=0.05, what="the last daemon ready")
             wait_for(
                 lambda: _all_finished(state, names), 180, interval=0.5, what="every batch done"
             )
