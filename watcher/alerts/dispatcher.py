@@ -24,8 +24,11 @@ While no mail is due, the server is probed (connect, TLS, login, NOOP) once a mi
 `watcher_smtp_up` says whether mail would work before an alert needs it.
 
 A sent mail touches its incident (`StateStore.touch_incident`), which restarts the
-reminder clock. A crash between sending and marking done re-sends the mail on restart with
-the same Message-ID.
+reminder clock. Right before its SMTP transaction a mail is marked in flight in a commit of
+its own (`StateStore.mark_sending`), and done right after: a crash in between re-sends that
+one mail on restart, first, alone (never folded into a digest) and with the same
+Message-ID. A mail whose drift report is still being rendered waits for it until
+``report_wait_until`` (see `watcher.reports`).
 """
 
 from __future__ import annotations
