@@ -284,3 +284,98 @@ async def wait_for_refs(source: object) -> list[object]:
             return list(refs)
         await asyncio.sleep(0.05)
     raise AssertionError("the batch was never listed")
+
+
+def test_an_unexpected_error_ends_the_batch_failed_and_a_restart_leaves_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No file known today makes scoring raise something unforeseen (the nested types used
+    # to): a patched quality check stands in for that bug.
+    settings = load_config(write_config(tmp_path))
+    incoming = tmp_path / "incoming"
+    drop(incoming, "bug.csv", frame(200, seed=9))
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug in a check")
+
+    async def first() -> tuple[str, float | None]:
+        daemon = Daemon(settings)
+        await daemon.startup()
+        try:
+            rt = daemon.models["m"]
+            refs = await wait_for_refs(rt.source)
+            with monkeypatch.context() as m:
+                m.setattr("watcher.pipeline.check_batch", bug)
+                outcome = daemon.pipeline.process(rt, refs[0])
+            failed = daemon.metrics.registry.get_sample_value(
+                "watcher_batches_total", {"model": "m", "outcome": "failed"}
+            )
+            return outcome.status, failed
+        finally:
+            await daemon.shutdown()
+
+    status, failed = asyncio.run(first())
+    assert (status, failed) == ("failed", 1)
+    store = StateStore(tmp_path / "state" / "state.db")
+    try:
+        assert store.batch_status("m", "bug.csv") == "failed"
+        reason = store.batch_reason("m", "bug.csv")
+        assert reason is not None
+        assert reason.startswith("processing_error:")
+        assert "ZeroDivisionError: a bug in a check" in reason
+    finally:
+        store.close()
+    assert (incoming / "quarantine" / "bug.csv").exists()
+    assert not (incoming / "bug.csv").exists()
+
+    # A restart (the same file dropped back by someone) does not claim it again.
+    (incoming / "quarantine" / "bug.csv").rename(incoming / "bug.csv")
+
+    async def second() -> int:
+        daemon = Daemon(settings)
+        await daemon.startup()
+        try:
+            refs = await daemon.models["m"].source.poll()
+            refs += await daemon.models["m"].source.poll()
+            return len(refs)
+        finally:
+            await daemon.shutdown()
+
+    assert asyncio.run(second()) == 0
+    assert (incoming / "quarantine" / "bug.csv").exists()
+
+
+def test_symlinks_inside_the_folder_are_read_only_when_configured(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _secret_table(outside / "secret.csv")
+    cfg = write_config(tmp_path)
+    incoming = tmp_path / "incoming"
+    cfg.write_text(
+        cfg.read_text().replace("settle_seconds = 0 }", 'settle_seconds = 0, symlinks = "inside" }')
+    )
+    settings = load_config(tmp_path / "watcher.toml")
+    assert settings.models["m"].source.symlinks == "inside"  # type: ignore[union-attr]
+    drop(incoming, ".real.data", frame(200, seed=10))  # hidden: only reachable by the link
+    (incoming / "inside.csv").symlink_to(incoming / ".real.data")
+    (incoming / "escape.csv").symlink_to(outside / "secret.csv")
+    (incoming / "via-dots.csv").symlink_to(Path("..") / "outside" / "secret.csv")
+
+    async def run() -> dict[str, str]:
+        daemon = Daemon(settings)
+        await daemon.startup()
+        try:
+            rt = daemon.models["m"]
+            out = {}
+            for ref in await wait_for_refs(rt.source):
+                out[ref.batch_id] = daemon.pipeline.process(rt, ref).status  # type: ignore[attr-defined]
+            return out
+        finally:
+            await daemon.shutdown()
+
+    outcomes = asyncio.run(run())
+    assert outcomes == {
+        "inside.csv": "scored",
+        "escape.csv": "rejected",
+        "via-dots.csv": "rejected",
+    }
