@@ -72,6 +72,8 @@ def _in_flight(state: Path) -> list[str]:
         store.close()
 
 
+# 30 restarts: each waits for the daemon's imports, which take seconds on a loaded machine.
+@pytest.mark.timeout(1800)
 def test_kill_9_at_random_points_loses_and_repeats_nothing(
     tmp_path: Path, airflow_server: AirflowServer
 ) -> None:
