@@ -22,7 +22,9 @@ PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
 ADMIN_DSN = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres"
-BIKESHARE = Path("/work/shared/data/bikeshare_2011_hourly.csv")
+BIKESHARE = (
+    Path(__file__).resolve().parents[1] / "examples/bikeshare/data/bikeshare_2011_hourly.csv"
+)
 
 NUMERIC = ["temp", "atemp", "hum", "windspeed"]
 CATEGORICAL = ["season", "weathersit", "workingday"]

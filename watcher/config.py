@@ -258,13 +258,62 @@ class QualityConfig(_Section):
     reject_all_missing: bool = True
 
 
+class PerformanceSignalConfig(_Section):
+    """The `performance` trigger signal: the production model's loss on labelled periods
+    against its loss at deployment (see watcher/signals.py)."""
+
+    detector: Literal["cusum", "page_hinkley"] = "cusum"
+    # Relative loss increase tolerated before it counts (0.1 = 10 % worse than deployment).
+    tolerance: float = Field(0.1, ge=0)
+    # cusum and page_hinkley fire when the accumulated excess reaches this.
+    threshold: float = Field(0.5, gt=0)
+    # Periods are pooled until they hold this many labelled rows.
+    min_rows: int = Field(30, ge=1)
+    # The level to compare with: the gate's holdout figure, or the first labelled period.
+    baseline: Literal["holdout", "first_period"] = "holdout"
+
+
+class DriftSignalConfig(_Section):
+    """The `drift` trigger signal (dataset drift is scored as `[models.X.drift]` says)."""
+
+    # Weight each feature's drift by the production model's feature importance.
+    importance_weighted: bool = False
+
+
+TriggerSignal = Literal["drift", "performance", "max_age"]
+
+
 class PolicyConfig(_Section):
+    # The signals that may trigger a retrain; drift is scored, exported and mailed anyway.
+    triggers: list[TriggerSignal] = Field(
+        default_factory=lambda: list[TriggerSignal](["drift"]), min_length=1
+    )
     consecutive: int = Field(2, ge=1)
     # Non-drifted batches in a row that end a drift incident (hysteresis).
     resolve_after: int = Field(2, ge=1)
     cooldown_seconds: float = Field(6 * 3600.0, ge=0)
     daily_cap: int = Field(3, ge=0)
     dry_run: bool = False
+    # A model older than this is retrained (`max_age` signal); None: no maximum.
+    max_age_batches: int | None = Field(None, ge=1)
+    max_age_seconds: float | None = Field(None, gt=0)
+    # Below this age nothing triggers (the model has not been seen at work yet).
+    min_age_batches: int = Field(0, ge=0)
+    min_age_seconds: float = Field(0.0, ge=0)
+    performance: PerformanceSignalConfig = Field(default_factory=PerformanceSignalConfig)
+    drift: DriftSignalConfig = Field(default_factory=DriftSignalConfig)
+
+    @model_validator(mode="after")
+    def _signals_configured(self) -> PolicyConfig:
+        if len(set(self.triggers)) != len(self.triggers):
+            raise ValueError(f"triggers lists a signal twice: {self.triggers}")
+        if "max_age" in self.triggers and (
+            self.max_age_batches is None and self.max_age_seconds is None
+        ):
+            raise ValueError(
+                "triggers has 'max_age' but neither max_age_batches nor max_age_seconds is set"
+            )
+        return self
 
 
 class RetrainConfig(_Section):
