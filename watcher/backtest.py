@@ -17,7 +17,6 @@ the serving differ between policies, and they are cheap.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -29,14 +28,19 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from watcher.config import ModelConfig, Settings
+from watcher import signals
+from watcher.config import ModelConfig, PolicyConfig, Settings
+from watcher.drift import engine
+from watcher.drift.engine import PreparedReference
 from watcher.errors import BacktestError, TrainingDataError
+from watcher.policy import PolicyInput, decide
 from watcher.registry import load_trusted_model
 from watcher.retrain import data as data_mod
 from watcher.retrain import steps
-from watcher.retrain.evaluation import LOWER_IS_BETTER, compared_rows, gate, score
 from watcher.retrain.evaluation import Decision as GateDecision
+from watcher.retrain.evaluation import compared_rows, gate, score
 from watcher.retrain.selection import SelectionResult
+from watcher.signals import PeriodLoss, loss_of, performance_reading, weighted_drift_share
 
 SCHEDULES = (1, 2, 3, 4, 6, 8)
 MIN_SERVED_PERIODS = 2
@@ -61,7 +65,8 @@ class History:
         return len(self.starts)
 
     def rows(self, period: int) -> pd.DataFrame:
-        return self.frame[self.frame["_period"].to_numpy() == period]
+        rows: pd.DataFrame = self.frame[self.frame["_period"].to_numpy() == period]
+        return rows
 
 
 def load_history(
@@ -155,6 +160,7 @@ class Training:
     holdout: pd.DataFrame | None = None
     trained_until: pd.Timestamp | None = None  # newest row the final model saw
     reference: pd.DataFrame | None = None  # the next drift reference, with predictions
+    importance: dict[str, float] = field(default_factory=dict)  # selection's scores
     seconds: float = 0.0
 
 
@@ -162,7 +168,8 @@ def training_rows(history: History, model_cfg: ModelConfig, after: int, delay: i
     """What ingest would gather after period `after`: the window up to that period's end,
     with labels only for periods at least `delay` old, plus the base training data."""
     cols, cfg = model_cfg.columns, model_cfg.retrain
-    assert cols.timestamp is not None and cols.target is not None
+    assert cols.timestamp is not None
+    assert cols.target is not None
     frame = history.frame
     rows = frame[frame["_period"].to_numpy() <= after].copy()
     rows.loc[rows["_period"] > after - delay, cols.target] = np.nan
@@ -216,6 +223,7 @@ def run_training(
         holdout=pd.read_parquet(ctx.path("holdout.parquet")),
         trained_until=until,
         reference=reference,
+        importance=selection.scores,
         seconds=time.monotonic() - started,
     )
 
@@ -275,13 +283,6 @@ def train_all(
 
 
 # ---- replaying one policy ------------------------------------------------------------
-
-
-def loss_of(metric: str, value: float) -> float:
-    """The metric oriented so that lower is better (1 - accuracy, -R², MAE as is)."""
-    if metric in LOWER_IS_BETTER:
-        return value
-    return -value if metric == "r2" else 1.0 - value
 
 
 @dataclass
@@ -354,6 +355,95 @@ class Schedule(Trigger):
         return f"schedule: {served} periods served" if served % (self.every or 1) == 0 else None
 
 
+class SignalPolicy(Trigger):
+    """The configured policy (`[models.X.policy]`), or one signal of it alone: the daemon's
+    own `watcher.policy.decide` over `watcher.signals` readings, fed what the daemon would
+    have seen (drift of each batch, losses of labelled periods, the model's age)."""
+
+    kind: Kind = "policy"
+
+    def __init__(self, name: str, cfg: PolicyConfig) -> None:
+        self.name, self.cfg = name, cfg
+        self.flags: list[bool] = []  # dataset drift since the last trigger, newest first
+        self.losses: list[PeriodLoss] = []  # labelled periods since the deployment
+        self.triggers: list[float] = []
+        self.prepared: tuple[int, PreparedReference] | None = None
+
+    def should_retrain(self, ctx: PeriodContext) -> str | None:
+        cfg, model_cfg = self.cfg, ctx.settings.models[ctx.history.model]
+        metric = model_cfg.retrain.primary_metric
+        if "drift" in cfg.triggers:
+            self.flags.insert(0, self._drifted(ctx, model_cfg))
+        if ctx.labelled is not None and ctx.labelled[0] > ctx.served.deployed_at:
+            _, value, rows = ctx.labelled
+            self.losses.append(PeriodLoss(loss_of(metric, value), rows))
+        baseline = loss_of(metric, ctx.served.baseline)
+        now = _end_of(ctx.history, ctx.period).timestamp()
+        born = _end_of(ctx.history, ctx.served.deployed_at).timestamp()
+        verdict = decide(
+            PolicyInput(
+                drift_flags=self.flags,
+                trigger_times=[t for t in self.triggers if t > now - 86_400],
+                active_run=False,  # a backtest run ends before the next period
+                now=now,
+                age_batches=ctx.period - ctx.served.deployed_at,
+                age_seconds=now - born,
+                performance=performance_reading(baseline, self.losses, cfg.performance),
+            ),
+            cfg,
+        )
+        if not verdict.triggers:
+            return None
+        self.triggers.append(now)
+        self.flags = []  # a trigger restarts the drift streak, as in the daemon
+        return verdict.reason
+
+    def deployed(self, ctx: PeriodContext) -> None:
+        self.losses = []  # the performance signal follows the model now in production
+
+    def _drifted(self, ctx: PeriodContext, model_cfg: ModelConfig) -> bool:
+        run = ctx.served.training
+        if self.prepared is None or self.prepared[0] != run.period:
+            specs, prediction = engine.specs_from_config(model_cfg)
+            assert run.reference is not None
+            ref = engine.prepare_reference(
+                run.reference, specs, version=str(run.period), prediction=prediction
+            )
+            self.prepared = (run.period, ref)
+        d = model_cfg.drift
+        result = engine.score(
+            self.prepared[1],
+            ctx.batch,
+            drift_share=d.drift_share,
+            num_stattest=d.num_stattest,
+            cat_stattest=d.cat_stattest,
+        )
+        if not self.cfg.drift.importance_weighted:
+            return result.dataset_drift
+        flags = {name: c.drifted for name, c in result.columns.items()}
+        return weighted_drift_share(flags, run.importance) >= d.drift_share
+
+
+def _end_of(history: History, period: int) -> pd.Timestamp:
+    nxt = period + 1
+    if nxt < history.n_periods:
+        return history.starts[nxt]
+    return history.starts[period] + (history.starts[period] - history.starts[period - 1])
+
+
+def policy_triggers(cfg: PolicyConfig) -> list[Trigger]:
+    """The configured policy, then each built-in signal alone (when it can fire)."""
+    out: list[Trigger] = [SignalPolicy("policy: " + "+".join(cfg.triggers), cfg)]
+    for signal in signals.SIGNALS:
+        if signal == "max_age" and cfg.max_age_batches is None and cfg.max_age_seconds is None:
+            continue
+        if [signal] == cfg.triggers:
+            continue  # the configured policy already is this signal alone
+        alone = cfg.model_copy(update={"triggers": [signal]})
+        out.append(SignalPolicy(f"{signal} alone", alone))
+    return out
+
+
 @dataclass
 class PeriodContext:
     """What a trigger may look at after period `period` was served."""
@@ -373,10 +463,13 @@ def replay_policy(
     model_cfg = settings.models[history.model]
     cols, cfg = model_cfg.columns, model_cfg.retrain
     metric, task = cfg.primary_metric, cfg.task
-    assert cols.target is not None and cols.timestamp is not None
+    assert cols.target is not None
+    assert cols.timestamp is not None
     first = trainings[-1]
     assert first.holdout is not None
-    baseline = score(first.challenger, first.holdout[first.features], first.holdout[cols.target], task)
+    baseline = score(
+        first.challenger, first.holdout[first.features], first.holdout[cols.target], task
+    )
     served = Served(first, history.skip - 1, baseline[metric])
     result = PolicyResult(trigger.name, trigger.kind, trigger.every, metric)
     errors_by_period: dict[int, float] = {}
@@ -423,7 +516,8 @@ def _gate(run: Training, champion: Training, model_cfg: ModelConfig) -> GateDeci
     """The evaluate and gate steps, in memory, against this policy's champion: both models
     on the holdout rows the champion never saw."""
     cols, cfg = model_cfg.columns, model_cfg.retrain
-    assert run.holdout is not None and cols.target is not None
+    assert run.holdout is not None
+    assert cols.target is not None
     rows, problem = compared_rows(run.holdout, cols.timestamp, champion.trained_until)
     y = rows[cols.target]
     champ = None
@@ -453,3 +547,61 @@ def pool_for(settings: Settings, history: History, jobs: int) -> ProcessPoolExec
         max_workers=jobs, initializer=_init_worker, initargs=(settings, history)
     )
 
+
+@dataclass
+class Backtest:
+    """Every policy replayed over one history."""
+
+    history: History
+    results: list[PolicyResult]
+    trainings: int  # distinct training runs done (shared by the policies)
+    seconds: float
+
+
+def run_backtest(
+    settings: Settings,
+    model: str,
+    frame: pd.DataFrame,
+    *,
+    every: str = "7D",
+    skip: int = 8,
+    label_delay: int = 1,
+    seed: int | None = None,
+    jobs: int = 1,
+    limit: int | None = None,
+    progress: Callable[[str, int, int], None] = lambda what, done, total: None,
+) -> Backtest:
+    """Train once per period, then replay never, the schedules, the configured policy and
+    each signal alone. `progress(stage, done, total)` is called as work completes."""
+    if model not in settings.models:
+        raise BacktestError(
+            f"model {model!r} is not in the config",
+            hint=f"configured models: {', '.join(settings.models) or 'none'}",
+        )
+    model_cfg = settings.models[model]
+    if seed is not None:
+        retrain = model_cfg.retrain.model_copy(update={"seed": seed})
+        model_cfg = model_cfg.model_copy(update={"retrain": retrain})
+        settings = settings.model_copy(update={"models": {**settings.models, model: model_cfg}})
+    started = time.monotonic()
+    history = load_history(
+        frame, model_cfg, model, every=every, skip=skip, label_delay=label_delay, limit=limit
+    )
+    triggers = build_triggers(policy_triggers(model_cfg.policy))
+    n_train = history.n_periods - history.skip
+    with pool_for(settings, history, max(1, jobs)) as pool:
+        done = 0
+
+        def trained() -> None:
+            nonlocal done
+            done += 1
+            progress("training", done, n_train)
+
+        trainings = train_all(settings, history, pool, trained)
+        futures = {pool.submit(_replay_task, t, trainings): i for i, t in enumerate(triggers)}
+        replayed: dict[int, PolicyResult] = {}
+        for fut in as_completed(futures):
+            replayed[futures[fut]] = fut.result()
+            progress("replaying", len(replayed), len(triggers))
+    results = [replayed[i] for i in range(len(triggers))]
+    return Backtest(history, results, len(trainings), time.monotonic() - started)

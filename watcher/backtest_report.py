@@ -15,22 +15,24 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from watcher.backtest import PolicyResult, loss_of
+from watcher.backtest import PolicyResult
+from watcher.signals import loss_of
 
 # Cost of a run, as a share of the never-retrained model's loss: error + α·runs.
 ALPHA_SHARES = (0.001, 0.005, 0.01)
 
 
 def frontier(results: list[PolicyResult]) -> tuple[list[int], list[float]]:
-    """(runs, loss) of `never` and the schedules, sorted by runs, as a lower envelope."""
+    """(runs, loss) of `never` and the schedules that no cheaper one beats, by runs: the
+    lower envelope of what a fixed schedule buys with a number of runs."""
     points = sorted((r.runs, r.loss) for r in results if r.kind in ("never", "schedule"))
     runs: list[int] = []
     losses: list[float] = []
     for n, loss in points:
-        if math.isnan(loss):
+        if math.isnan(loss) or (losses and loss >= losses[-1]):
             continue
         if runs and n == runs[-1]:
-            losses[-1] = min(losses[-1], loss)
+            losses[-1] = loss
         else:
             runs.append(n)
             losses.append(loss)
@@ -143,7 +145,9 @@ def plot(results: list[PolicyResult], path: Path, *, title: str, starts: list[An
     left.plot(xs, oriented, "-o", color="grey", label="schedules (frontier)")
     for r in results:
         if r.kind == "schedule":
-            left.annotate(f"{r.every}", (r.runs, r.error), textcoords="offset points", xytext=(4, 4))
+            left.annotate(
+                f"{r.every}", (r.runs, r.error), textcoords="offset points", xytext=(4, 4)
+            )
     for r in results:
         if r.kind == "policy":
             left.plot([r.runs], [r.error], "*", markersize=12, label=r.name)
@@ -167,6 +171,4 @@ def plot(results: list[PolicyResult], path: Path, *, title: str, starts: list[An
 
 def _plain(metric: str, loss: float) -> float:
     """Back from loss to the metric's own scale (the plot shows the metric)."""
-    return loss_of(metric, loss) if metric in ("r2",) else (
-        loss if metric in ("mae", "rmse") else 1.0 - loss
-    )
+    return loss_of(metric, loss)  # the map is its own inverse (x or 1 - x)

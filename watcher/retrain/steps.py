@@ -274,9 +274,7 @@ def evaluate(ctx: RunContext) -> Path:
                 except RegistryError as exc:
                     result["champion_problem"] = str(exc)
                 else:
-                    result["champion"] = score(
-                        champion, rows[info.features], rows[target], task
-                    )
+                    result["champion"] = score(champion, rows[info.features], rows[target], task)
         _write_json(ctx.path("evaluation.json"), result)
         return ctx.path("evaluation.json")
 
