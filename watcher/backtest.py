@@ -38,7 +38,7 @@ from watcher.registry import load_trusted_model
 from watcher.retrain import data as data_mod
 from watcher.retrain import steps
 from watcher.retrain.evaluation import Decision as GateDecision
-from watcher.retrain.evaluation import compared_rows, gate, score
+from watcher.retrain.evaluation import compared_rows, gate, limited_threads, score
 from watcher.retrain.selection import SelectionResult
 from watcher.signals import PeriodLoss, loss_of, performance_reading, weighted_drift_share
 
@@ -232,9 +232,8 @@ def run_training(
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(settings: Settings, history: History) -> None:
-    _WORKER["settings"], _WORKER["history"] = settings, history
-    _WORKER["tmp"] = Path(tempfile.mkdtemp(prefix="watcher-backtest-"))
+def _init_worker(settings: Settings, history: History, tmp: Path) -> None:
+    _WORKER["settings"], _WORKER["history"], _WORKER["tmp"] = settings, history, tmp
 
 
 def _settings_in(settings: Settings, workdir: Path) -> Settings:
@@ -250,10 +249,13 @@ def _train_task(after: int, delay: int) -> Training:
 
     logging.getLogger("watcher").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(dir=_WORKER["tmp"]))
+    settings: Settings = _WORKER["settings"]
+    threads = settings.models[_WORKER["history"].model].retrain.threads
     try:
-        return run_training(
-            _settings_in(_WORKER["settings"], work), _WORKER["history"], after, delay, work
-        )
+        with limited_threads(threads):
+            return run_training(
+                _settings_in(settings, work), _WORKER["history"], after, delay, work
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -539,12 +541,17 @@ def build_triggers(extra: Iterable[Trigger] = ()) -> list[Trigger]:
 
 
 def _replay_task(trigger: Trigger, trainings: dict[int, Training]) -> PolicyResult:
-    return replay_policy(trigger, _WORKER["settings"], _WORKER["history"], trainings)
+    settings: Settings = _WORKER["settings"]
+    threads = settings.models[_WORKER["history"].model].retrain.threads
+    # Unlimited OpenMP threads in every process spin for seconds on a busy machine.
+    with limited_threads(threads):
+        return replay_policy(trigger, settings, _WORKER["history"], trainings)
 
 
-def pool_for(settings: Settings, history: History, jobs: int) -> ProcessPoolExecutor:
+def pool_for(settings: Settings, history: History, jobs: int, tmp: Path) -> ProcessPoolExecutor:
+    """Worker processes that know the settings and the history; run folders go in `tmp`."""
     return ProcessPoolExecutor(
-        max_workers=jobs, initializer=_init_worker, initargs=(settings, history)
+        max_workers=jobs, initializer=_init_worker, initargs=(settings, history, tmp)
     )
 
 
@@ -589,7 +596,10 @@ def run_backtest(
     )
     triggers = build_triggers(policy_triggers(model_cfg.policy))
     n_train = history.n_periods - history.skip
-    with pool_for(settings, history, max(1, jobs)) as pool:
+    with (
+        tempfile.TemporaryDirectory(prefix="watcher-backtest-") as tmp,
+        pool_for(settings, history, max(1, jobs), Path(tmp)) as pool,
+    ):
         done = 0
 
         def trained() -> None:

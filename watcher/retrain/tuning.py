@@ -155,6 +155,14 @@ def _tune(
         share = max(remaining, 0.0) / (len(families) - i)
         t0 = time.monotonic()
         pipe = make_pipeline(cfg, numeric, categorical, family)
+        if len(families) == 1 and len(_candidates(pipe, family, cfg)) == 1:
+            # Nothing to choose between (n_iter = 1: the defaults): cross-validation would
+            # only cost fits, so the one candidate is fitted directly.
+            pipe.fit(X, y)
+            elapsed = round(time.monotonic() - t0, 2)
+            searches.append(SearchLog(family, 1, float("nan"), {}, elapsed, "defaults, no search"))
+            best = (float("nan"), pipe, family, {})
+            continue
         search, note = _search(pipe, family, cfg, scoring, cv, share, X, y)
         search.fit(X, y)
         score_ = float(search.best_score_)
