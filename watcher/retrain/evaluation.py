@@ -176,14 +176,14 @@ def gate(
     # A negative margin is a tolerance: the challenger was trained on newer data than the
     # champion (the final model even on the holdout), so on Bikeshare deploying unless it
     # is clearly worse beat demanding that it be better (see README, "Does retraining pay
-    # off?"). At 0 a tie deploys: the newer model is the better-informed one.
+    # off?"). At 0 a tie keeps the champion.
     if metric in LOWER_IS_BETTER:
         needed = old * (1 - margin)
-        better = new < needed if margin > 0 else new <= needed
+        better = new <= needed if margin < 0 else new < needed
         relation = "lower"
     else:
         needed = old + margin * abs(old)
-        better = new > needed if margin > 0 else new >= needed
+        better = new >= needed if margin < 0 else new > needed
         relation = "higher"
     if better:
         return decision(
