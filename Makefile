@@ -14,12 +14,15 @@ $(STAMP): pyproject.toml
 
 venv install: $(STAMP)
 
-# promtool and prometheus come from Debian; install them when missing and we are root.
+# promtool, prometheus, amtool and alertmanager come from Debian; install them when missing
+# and we are root.
 system-deps:
-	@if ! command -v promtool >/dev/null 2>&1; then \
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = "0" ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
-	  else echo "promtool not found: install the Debian package 'prometheus' (sudo apt-get install prometheus)"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      prometheus prometheus-alertmanager >/dev/null; \
+	  else echo "promtool/amtool not found: install the Debian packages 'prometheus' and" \
+	    "'prometheus-alertmanager' (sudo apt-get install prometheus prometheus-alertmanager)"; exit 1; fi; \
 	fi
 
 lint: $(STAMP)

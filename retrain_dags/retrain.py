@@ -92,6 +92,8 @@ def _default_args(settings: Settings, model: str) -> dict[str, Any]:
         "retry_delay": timedelta(seconds=cfg.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(seconds=cfg.max_retry_delay_seconds),
+        # A hung task is killed and failed (then retried) instead of holding the run open.
+        "execution_timeout": timedelta(seconds=cfg.task_timeout_seconds),
     }
     recipients = cfg.notify or settings.recipients(model)
     if recipients:
@@ -135,6 +137,9 @@ def build_dag(settings: Settings, model: str) -> DAG:
         schedule=None,
         catchup=False,
         max_active_runs=1,
+        # A run still running after this is failed by the scheduler: with max_active_runs=1
+        # a hung run would otherwise hold the model (suppressed_active_run) forever.
+        dagrun_timeout=timedelta(seconds=cfg.dagrun_timeout_seconds),
         is_paused_upon_creation=False,
         params=_params(model),
         default_args=_default_args(settings, model),

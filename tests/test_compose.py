@@ -48,8 +48,12 @@ def env_example() -> dict[str, str]:
     return values
 
 
-# The two secrets are empty in .env.example on purpose (people generate their own).
-ENV = env_example() | {"AIRFLOW_JWT_SECRET": "test-jwt", "AIRFLOW_FERNET_KEY": "test-fernet"}
+# The secrets are empty in .env.example on purpose (people generate their own).
+ENV = env_example() | {
+    "AIRFLOW_JWT_SECRET": "test-jwt",
+    "AIRFLOW_FERNET_KEY": "test-fernet",
+    "AIRFLOW_API_SECRET_KEY": "test-api-secret",
+}
 
 
 def interpolate(value: Any, env: dict[str, str] = ENV) -> Any:
@@ -140,6 +144,7 @@ def test_the_stack_has_every_service_of_the_issue(compose: dict[str, Any]) -> No
         *AIRFLOW_SERVICES,
         *WATCHER_SERVICES,
         "prometheus",
+        "alertmanager",
         "grafana",
         "mailpit",
     }
@@ -201,10 +206,10 @@ def test_the_watcher_image_is_non_root_and_checks_healthz() -> None:
 
 def test_the_airflow_image_extends_3_3_2_with_watcher_and_the_dags() -> None:
     text = (REPO / "docker" / "Dockerfile.airflow").read_text(encoding="utf-8")
-    assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["apache/airflow:3.3.2"]
+    assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["apache/airflow:3.3.2-python3.12"]
     assert re.search(r"^COPY .*retrain_dags/ /opt/airflow/dags/$", text, re.MULTILINE)
     assert '"apache-airflow==${AIRFLOW_VERSION}"' in text  # pip must not move Airflow
-    assert "/opt/watcher-src[airflow]" in text
+    assert "/opt/watcher-src[airflow,sql,reports]" in text
 
 
 def test_host_ports_do_not_clash(compose: dict[str, Any]) -> None:
@@ -214,7 +219,8 @@ def test_host_ports_do_not_clash(compose: dict[str, Any]) -> None:
             host = int(str(spec).split(":")[-2])
             assert host not in seen, f"host port {host}: {seen.get(host)} and {name}"
             seen[host] = name
-    assert len(seen) == 5  # airflow, grafana, prometheus, mailpit UI, watcher metrics
+    # airflow, grafana, prometheus, alertmanager, mailpit UI, watcher metrics
+    assert len(seen) == 6
 
 
 @pytest.mark.parametrize("name", WATCHER_SERVICES + AIRFLOW_SERVICES)
@@ -368,3 +374,193 @@ def test_env_example_documents_every_variable() -> None:
     for i, line in enumerate(lines):
         if line and not line.startswith("#"):
             assert lines[i - 1].startswith("#") or lines[i - 1].split("=")[0] in documented, line
+
+
+# ---- issue 16: a stack that cannot skew ----------------------------------------------------
+
+LOCK = REPO / "docker" / "constraints.txt"
+# What decides whether a model written in one image loads, and scores the same, in the other.
+LOCKED = {"numpy", "scipy", "pandas", "pyarrow", "scikit-learn", "skops", "joblib", "evidently"}
+
+
+def _pip_installs(dockerfile: Path) -> list[str]:
+    """Every `pip install`/`pip wheel` command of a Dockerfile, continuation lines joined."""
+    text = dockerfile.read_text(encoding="utf-8").replace("\\\n", " ")
+    return [line for line in text.splitlines() if re.search(r"\bpip (install|wheel)\b", line)]
+
+
+def test_one_lock_pins_the_ml_stack_at_the_versions_tested_here() -> None:
+    from importlib.metadata import version
+
+    pins = {}
+    for line in LOCK.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, pinned = line.partition("==")
+            pins[name.strip().lower()] = pinned.strip()
+    assert set(pins) >= LOCKED
+    for name in LOCKED:
+        # The lock is what this test suite runs: a model trained here loads in the images.
+        assert pins[name] == version(name), f"{name}: lock {pins[name]}, tested {version(name)}"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.airflow"])
+def test_both_images_install_through_the_one_lock(dockerfile: str) -> None:
+    installs = _pip_installs(REPO / "docker" / dockerfile)
+    watcher = [cmd for cmd in installs if "watcher" in cmd or '".[' in cmd]
+    assert watcher, f"{dockerfile}: no pip command installs watcher"
+    for cmd in watcher:
+        assert "--constraint" in cmd, f"{dockerfile}: {cmd.strip()}"
+        assert "constraints.txt" in cmd, f"{dockerfile}: {cmd.strip()}"
+    text = (REPO / "docker" / dockerfile).read_text(encoding="utf-8")
+    assert re.search(r"^COPY .*docker/constraints.txt ", text, re.MULTILINE)
+
+
+def test_both_images_run_the_same_python() -> None:
+    daemon = (REPO / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    airflow = (REPO / "docker" / "Dockerfile.airflow").read_text(encoding="utf-8")
+    daemon_py = set(re.findall(r"^FROM python:(\d+\.\d+)-", daemon, re.MULTILINE))
+    airflow_py = set(re.findall(r"^FROM apache/airflow:\S+-python(\d+\.\d+)", airflow, re.M))
+    assert len(daemon_py) == 1
+    assert daemon_py == airflow_py
+
+
+def test_the_airflow_image_installs_airflow_under_its_own_constraints() -> None:
+    installs = _pip_installs(REPO / "docker" / "Dockerfile.airflow")
+    text = (REPO / "docker" / "Dockerfile.airflow").read_text(encoding="utf-8")
+    (url,) = re.findall(r'^ARG AIRFLOW_CONSTRAINTS_URL="(\S+)"', text, re.MULTILINE)
+    assert url.startswith("https://raw.githubusercontent.com/apache/airflow/constraints-")
+    assert url.endswith("/constraints-3.12.txt")  # the image's Python
+    (first,) = [c for c in installs if "AIRFLOW_CONSTRAINTS_URL" in c]
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in first
+    assert "apache-airflow-providers-smtp" in first
+    assert installs.index(first) == 0  # before watcher, so watcher cannot move Airflow's pins
+
+
+def test_version_1_is_trained_in_the_image_that_loads_it(compose: dict[str, Any]) -> None:
+    svcs = services(compose)
+    bootstrap = svcs["watcher-bootstrap"]
+    assert bootstrap["image"] == svcs["airflow-scheduler"]["image"]
+    assert bootstrap["build"] == svcs["airflow-scheduler"]["build"]
+    assert bootstrap["entrypoint"][:3] == ["python", "-m", "watcher.retrain.bootstrap"]
+    assert ("watcher-data", "/data", False) in mounts(bootstrap)
+
+
+def test_airflow_components_share_the_api_secret_key(compose: dict[str, Any]) -> None:
+    svcs = services(compose)
+    keys = {svcs[n]["environment"].get("AIRFLOW__API__SECRET_KEY") for n in AIRFLOW_SERVICES}
+    assert keys == {"test-api-secret"}
+    raw = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    with pytest.raises(ValueError, match="AIRFLOW_API_SECRET_KEY"):
+        interpolate(raw, env_example() | {"AIRFLOW_JWT_SECRET": "x", "AIRFLOW_FERNET_KEY": "y"})
+
+
+# Who must be healthy (or done) before whom.
+START_ORDER = {
+    "airflow-init": {"postgres": "service_healthy"},
+    "airflow-apiserver": {
+        "postgres": "service_healthy",
+        "airflow-init": "service_completed_successfully",
+    },
+    "airflow-scheduler": {"airflow-apiserver": "service_healthy"},
+    "airflow-dag-processor": {"airflow-apiserver": "service_healthy"},
+    "airflow-triggerer": {"airflow-apiserver": "service_healthy"},
+    "watcher-bootstrap": {"airflow-init": "service_completed_successfully"},
+    "watcher": {
+        "watcher-bootstrap": "service_completed_successfully",
+        "airflow-apiserver": "service_healthy",
+        "mailpit": "service_healthy",
+    },
+    "alertmanager": {"mailpit": "service_healthy"},
+    "prometheus": {"watcher": "service_healthy", "alertmanager": "service_healthy"},
+    "grafana": {"prometheus": "service_healthy"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(START_ORDER))
+def test_start_order_is_gated_on_health(compose: dict[str, Any], name: str) -> None:
+    svcs = services(compose)
+    depends = svcs[name]["depends_on"]
+    for dep, condition in START_ORDER[name].items():
+        assert depends.get(dep, {}).get("condition") == condition, f"{name} -> {dep}"
+        if condition == "service_healthy":
+            assert "healthcheck" in svcs[dep], f"{dep} has no healthcheck to wait for"
+    # No cycles: following depends_on from any service ends.
+    seen: list[str] = []
+
+    def walk(n: str) -> None:
+        assert n not in seen, f"depends_on cycle: {[*seen, n]}"
+        seen.append(n)
+        for d in svcs[n].get("depends_on", {}):
+            walk(d)
+        seen.pop()
+
+    walk(name)
+
+
+@pytest.mark.parametrize(
+    "password", ['pa"ss', "back\\slash", "quote'n\"both\\", "ünïcödé $HOME `id` %s"]
+)
+def test_the_login_file_holds_any_password(
+    compose: dict[str, Any], tmp_path: Path, password: str
+) -> None:
+    """The api-server's start script, run here by bash and Python, writes valid JSON."""
+    import subprocess
+    import sys
+
+    api = services(compose)["airflow-apiserver"]
+    assert api["entrypoint"] == "/bin/bash"
+    script = api["command"][1]
+    assert "printf" not in script
+    lines = script.splitlines()
+    assert lines[-1] == "exec /entrypoint airflow api-server"
+    # The image's `python`, here this interpreter; the exec line starts Airflow, so stop before.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python").symlink_to(sys.executable)
+    target = tmp_path / "passwords.json"
+    env = {
+        "PATH": f"{bindir}:/usr/bin:/bin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(target),
+        "AIRFLOW_ADMIN_USER": "admin",
+        "AIRFLOW_ADMIN_PASSWORD": password,
+    }
+    done = subprocess.run(
+        ["bash", "-c", "\n".join(lines[:-1])], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(target.read_text(encoding="utf-8")) == {"admin": password}
+    assert (target.stat().st_mode & 0o077) == 0  # umask 077: only the airflow user reads it
+    assert (
+        api["environment"]["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
+        == "/opt/airflow/simple_auth_manager_passwords.json"
+    )
+
+
+def test_prometheus_has_no_lifecycle_or_admin_endpoint(compose: dict[str, Any]) -> None:
+    command = services(compose)["prometheus"]["command"]
+    assert not [c for c in command if "lifecycle" in c or "admin-api" in c], command
+
+
+def test_alertmanager_gets_the_committed_route_and_prometheus_sends_to_it(
+    compose: dict[str, Any],
+) -> None:
+    svcs = services(compose)
+    am = svcs["alertmanager"]
+    assert am["image"].startswith("prom/alertmanager:")
+    cfg = host_path(am, "/etc/alertmanager/alertmanager.yml")
+    assert cfg == REPO / "dashboards/alertmanager/alertmanager.yml"
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in am["command"]
+    assert any(str(p).endswith(":9093") for p in am["ports"])
+    prom = yaml.safe_load((REPO / "dashboards/prometheus/prometheus.yml").read_text())
+    targets = [
+        t
+        for am_cfg in prom["alerting"]["alertmanagers"]
+        for sc in am_cfg["static_configs"]
+        for t in sc["targets"]
+    ]
+    assert targets == ["alertmanager:9093"]
+    route = yaml.safe_load(cfg.read_text())
+    # The mail goes to the stack's SMTP server, the one the daemon uses.
+    host, port = route["global"]["smtp_smarthost"].split(":")
+    assert host == svcs["watcher"]["environment"]["WATCHER_SMTP__HOST"]
+    assert port == svcs["watcher"]["environment"]["WATCHER_SMTP__PORT"]

@@ -89,7 +89,7 @@ def test_run_scrape_sigterm_restart(tmp_path: Path) -> None:
         assert get(v, "watcher_batches_total", model="m", outcome="rejected") == 1
         assert get(v, "watcher_batches_rejected_total", model="m", reason="missing_columns") == 1
         assert get(v, "watcher_dataset_drifted", model="m") == 1  # the last scored (b2) drifted
-        assert get(v, "watcher_dataset_drift_share", model="m") >= 0.5
+        assert get(v, "watcher_dataset_drift_ratio", model="m") >= 0.5
         assert get(v, "watcher_feature_drifted", model="m", feature="a") == 1
         assert get(v, "watcher_batch_rows", model="m") == 300
         assert (get(v, "watcher_batch_duration_seconds_count", model="m", stage="drift") or 0) == 2

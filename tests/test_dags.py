@@ -47,6 +47,7 @@ _DESCRIBE = textwrap.dedent(
             "schedule": dag.schedule,
             "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs,
+            "dagrun_timeout": dag.dagrun_timeout.total_seconds() if dag.dagrun_timeout else None,
             "doc_md": bool(dag.doc_md and "Retrain" in dag.doc_md),
             "params": {k: dag.params.get_param(k).schema for k in dag.params},
             "tasks": {
@@ -56,6 +57,9 @@ _DESCRIBE = textwrap.dedent(
                     "retry_delay": t.retry_delay.total_seconds(),
                     "backoff": t.retry_exponential_backoff,
                     "max_retry_delay": t.max_retry_delay.total_seconds(),
+                    "execution_timeout": (
+                        t.execution_timeout.total_seconds() if t.execution_timeout else None
+                    ),
                     "on_failure": [type(c).__name__ for c in t.on_failure_callback or []],
                     "on_retry": [type(c).__name__ for c in t.on_retry_callback or []],
                     "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
@@ -88,7 +92,13 @@ def describe_dags(airflow_home: AirflowHome, config: Path) -> dict[str, Any]:
 def test_dagbag_has_one_retrain_dag_per_model_with_retries_and_mail_callbacks(
     airflow_home: AirflowHome, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path, retries=3, retry_delay_seconds=30)
+    config = write_config(
+        tmp_path,
+        retries=3,
+        retry_delay_seconds=30,
+        dagrun_timeout_seconds=5400,
+        task_timeout_seconds=900,
+    )
     # A second model: the DAG file generates one DAG per configured model.
     text = config.read_text()
     second = text[text.index("[models.bikeshare") :].replace("models.bikeshare", "models.other")
@@ -102,6 +112,8 @@ def test_dagbag_has_one_retrain_dag_per_model_with_retries_and_mail_callbacks(
     assert dag["schedule"] is None
     assert dag["catchup"] is False
     assert dag["max_active_runs"] == 1
+    # A hung run is failed by the scheduler and frees the model (issue 16).
+    assert dag["dagrun_timeout"] == 5400
     assert dag["doc_md"]
     for param in ("model", "reason", "batches", "window", "drift", "data", "margin"):
         assert param in dag["params"], param
@@ -117,6 +129,7 @@ def test_dagbag_has_one_retrain_dag_per_model_with_retries_and_mail_callbacks(
         assert task["retry_delay"] == 30
         assert task["backoff"] == 2.0
         assert task["max_retry_delay"] == 1800
+        assert task["execution_timeout"] == 900, task_id
         assert task["on_failure"] == ["SmtpNotifier"], task_id
         assert task["on_retry"] == ["SmtpNotifier"], task_id
 

@@ -115,7 +115,7 @@ def test_dashboard_provider_points_at_a_folder() -> None:
 def test_drift_overview_covers_every_model_at_a_glance() -> None:
     text = " ".join(e for p in panels(load("drift-overview.json")) for e in exprs(p))
     for needed in (
-        "watcher_dataset_drift_share",
+        "watcher_dataset_drift_ratio",
         "watcher_drifted_features",
         "rate(watcher_batches_total",
         "watcher_retrain_triggers_total",
@@ -143,7 +143,7 @@ def test_model_detail_is_about_the_chosen_model() -> None:
     for needed in (
         "watcher_feature_drift_score",
         "watcher_feature_drift_threshold",
-        "watcher_missing_values_share",
+        "watcher_missing_values_ratio",
         "watcher_prediction_drift_score",
         "watcher_model_performance",
     ):

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from watcher import DISTRIBUTION, __version__
 from watcher.config import Settings, load_config
 from watcher.errors import WatcherError
 
@@ -26,6 +27,27 @@ app = typer.Typer(
 out = Console()
 # Errors are read by people and grep alike: never wrap them mid-sentence.
 err = Console(stderr=True, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"watcher {__version__} ({DISTRIBUTION})\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """watcher keeps ML models healthy in production: drift, metrics, alerts, retraining."""
+
 
 ConfigOpt = Annotated[
     Path | None,
@@ -152,12 +174,20 @@ def _ago(ts: float | None) -> str:
 
 
 @app.command()
-def status(config: ConfigOpt = None) -> None:
+def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Per model: last batches, drift streak, pending actions, last runs, last decision."""
     from watcher.state import StateStore
 
     settings = _load(config)
     store = StateStore(settings.daemon.state_dir / "state.db")
+    if as_json:
+        from watcher.views import status_document
+
+        try:
+            sys.stdout.write(json.dumps(status_document(settings, store), indent=2) + "\n")
+        finally:
+            store.close()
+        return
     try:
         for name in settings.models:
             out.rule(
@@ -258,7 +288,9 @@ def bootstrap_model(
             weeks = weeks or boot.EXAMPLE_WEEKS
         else:
             frame = boot.read_dataset(data, "table")
-        info = boot.bootstrap(settings, model, frame, weeks=weeks)
+        with _progress() as progress:
+            progress.add_task(f"training version 1 of {model}", total=None)
+            info = boot.bootstrap(settings, model, frame, weeks=weeks)
     except WatcherError as exc:
         err.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc
@@ -267,12 +299,21 @@ def bootstrap_model(
 
 
 @app.command()
-def models(config: ConfigOpt = None) -> None:
+def models(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Every registered version of each model; the production one is marked."""
     from watcher.registry import ModelRegistry
 
     settings = _load(config)
     registry = ModelRegistry(settings.registry.path)
+    if as_json:
+        from watcher.views import models_document
+
+        try:
+            sys.stdout.write(json.dumps(models_document(settings, registry), indent=2) + "\n")
+        except WatcherError as exc:
+            err.print(f"error: {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+        return
     names = sorted(set(settings.models) | set(registry.models()))
     table = Table("model", "version", "", "created", "run", "metrics", "features", "rows")
     try:
@@ -399,25 +440,30 @@ def replay(
         err.print("error: the config has no models")
         raise typer.Exit(2)
 
+    progress = _progress()
+    task = progress.add_task("replaying", total=weeks)
+
     def show(p: PeriodResult) -> None:
         share = "-" if p.drift_share is None else f"{p.drift_share:.2f}"
-        out.print(
+        progress.console.print(
             f"{p.start:%Y-%m-%d} rows={p.rows} served=v{p.served_version} "
             f"drift_share={share} decision={p.decision or p.status} mae={p.mae:.2f}"
         )
+        progress.advance(task)
 
     try:
         replayer = Replay(settings, name, read_table(data))
         try:
-            replayer.run(
-                skip=skip,
-                limit=weeks,
-                every=every,
-                wait=wait,
-                period_seconds=60.0 / speed if speed > 0 else 0.0,
-                wait_for_retrain=wait_for_retrain,
-                on_period=show,
-            )
+            with progress:
+                replayer.run(
+                    skip=skip,
+                    limit=weeks,
+                    every=every,
+                    wait=wait,
+                    period_seconds=60.0 / speed if speed > 0 else 0.0,
+                    wait_for_retrain=wait_for_retrain,
+                    on_period=show,
+                )
         finally:
             replayer.close()
     except (WatcherError, OSError) as exc:
@@ -500,6 +546,22 @@ def backtest(
         report.write_json(json_out, doc)
     if plot is not None:
         report.plot(result.results, plot, title=title, starts=h.starts)
+
+
+def _progress() -> Any:
+    """A rich progress display: live in a terminal, nothing extra when piped or logged."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f} done"),
+        TimeElapsedColumn(),
+        console=out,
+        transient=True,
+        disable=not out.is_terminal,
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point

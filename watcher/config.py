@@ -134,6 +134,38 @@ class AlertsConfig(_Section):
     source_silent_after_seconds: float = Field(0.0, ge=0)  # 0 disables the check
 
 
+class WebhookConfig(_Section):
+    """An HTTP endpoint that receives every alert the mail channel gets, as JSON.
+
+    `format = "json"` posts watcher's own document (kind, severity, model, title, details,
+    ...); `"slack"` posts a Slack incoming-webhook message (`text` + `blocks`), which
+    Mattermost, Rocket.Chat and Teams' Slack-compatible connectors also take.
+    """
+
+    url: SecretStr | None = None  # a Slack webhook URL is a credential: kept out of logs
+    url_file: Path | None = None
+    format: Literal["json", "slack"] = "json"
+    # Models whose alerts go here; empty = every model (and alerts about no model).
+    models: list[str] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float = Field(10.0, gt=0)
+    retry_attempts: int = Field(3, ge=1)
+    retry_timeout_seconds: float = Field(30.0, gt=0)
+    max_delivery_rounds: int = Field(20, ge=1)
+    retry_backoff_seconds: float = Field(30.0, gt=0)
+    retry_backoff_max_seconds: float = Field(1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url(self) -> WebhookConfig:
+        self.url = _read_secret(self.url, self.url_file, "webhook url")
+        if self.url is None:
+            raise ValueError("a webhook needs `url` (or `url_file`)")
+        value = self.url.get_secret_value()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("webhook url must start with http:// or https://")
+        return self
+
+
 class RegistryConfig(_Section):
     path: Path = Path(".watcher/registry")
     keep_versions: int = Field(5, ge=1)
@@ -357,6 +389,11 @@ class RetrainConfig(_Section):
     retries: int = Field(2, ge=0)
     retry_delay_seconds: float = Field(60.0, gt=0)
     max_retry_delay_seconds: float = Field(1800.0, gt=0)
+    # A run still running after this is failed by Airflow's scheduler (`dagrun_timeout`),
+    # which frees the model for the next trigger; a task running longer than
+    # `task_timeout_seconds` is killed and failed (`execution_timeout`, then retried).
+    dagrun_timeout_seconds: float = Field(4 * 3600.0, gt=0)
+    task_timeout_seconds: float = Field(3600.0, gt=0)
 
 
 class ModelConfig(_Section):
@@ -397,6 +434,7 @@ class Settings(BaseSettings):
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    webhooks: dict[str, WebhookConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
     @classmethod
@@ -421,6 +459,22 @@ class Settings(BaseSettings):
                     "(it becomes part of DAG ids and metric labels)"
                 )
         return v
+
+    @model_validator(mode="after")
+    def _webhook_models_exist(self) -> Settings:
+        for name, hook in self.webhooks.items():
+            unknown = sorted(set(hook.models) - set(self.models))
+            if unknown:
+                raise ValueError(f"webhooks.{name}.models names unknown model(s) {unknown}")
+        return self
+
+    def webhooks_for(self, model: str | None) -> list[str]:
+        """The webhooks that receive alerts about `model` (every one when it is None)."""
+        return [
+            name
+            for name, hook in self.webhooks.items()
+            if not hook.models or model is None or model in hook.models
+        ]
 
     def dag_id(self, model: str) -> str:
         return self.models[model].retrain.dag_id or f"retrain_{model}"
@@ -478,6 +532,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         "ca_file",
         "password_file",
         "base_training_data",
+        "url_file",
     }
     for key, value in data.items():
         if isinstance(value, dict):

@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import stamina.instrumentation
 from prometheus_client import CollectorRegistry
 
 from watcher.alerts import alert_action
 from watcher.config import ModelConfig, Settings
-from watcher.errors import SourceError, WatcherError
+from watcher.errors import ConfigError, SourceError, WatcherError
 from watcher.metrics import Health, Metrics, MetricsServer
 from watcher.performance import PerformanceTracker
 from watcher.pipeline import ModelRuntime, Pipeline, Reference, load_reference, reference_tag
@@ -77,7 +78,13 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 def build_source(name: str, cfg: ModelConfig, store: StateStore, metrics: Metrics) -> Source:
     if cfg.source.kind == "directory":
         return DirectorySource(name, cfg.source, store)
-    from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
+    try:
+        from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
+    except ImportError as exc:
+        raise ConfigError(
+            f"model {name!r} reads a sql source, but its drivers are not installed ({exc})",
+            hint="pip install 'watcher-drift[sql]'",
+        ) from exc
 
     return SqlSource(name, cfg.source, cfg.columns, store, metrics)
 
@@ -112,6 +119,10 @@ class Daemon:
 
     async def startup(self) -> None:
         cfg = self.settings
+        # stamina's own Prometheus hook counts on the global registry, which is never served.
+        stamina.instrumentation.set_on_retry_hooks(
+            [stamina.instrumentation.LoggingOnRetryHook, self.metrics.count_retry]
+        )
         if cfg.metrics.enabled:
             self._server = MetricsServer(
                 self.metrics, self.health, cfg.metrics.host, cfg.metrics.port
@@ -330,4 +341,8 @@ class Daemon:
             from watcher.alerts.dispatcher import build_mail_workers
 
             workers += build_mail_workers(self.settings, self.store, self.metrics)
+        if self.settings.webhooks:
+            from watcher.alerts.webhook import build_webhook_workers
+
+            workers += build_webhook_workers(self.settings, self.store, self.metrics)
         return workers

@@ -10,16 +10,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
-    generate_latest,
+    MetricsHandler,
 )
 from prometheus_client import (
     ProcessCollector as _ProcessCollector,
@@ -83,9 +83,9 @@ class Metrics:
             ["model", "feature"],
             registry=r,
         )
-        self.dataset_drift_share = Gauge(
-            "watcher_dataset_drift_share",
-            "Share of scored features that drifted.",
+        self.dataset_drift_ratio = Gauge(
+            "watcher_dataset_drift_ratio",
+            "Share of scored features that drifted (0-1).",
             ["model"],
             registry=r,
         )
@@ -113,9 +113,9 @@ class Metrics:
             ["model"],
             registry=r,
         )
-        self.missing_values_share = Gauge(
-            "watcher_missing_values_share",
-            "Share of missing values per feature, last batch.",
+        self.missing_values_ratio = Gauge(
+            "watcher_missing_values_ratio",
+            "Share of missing values per feature, last batch (0-1).",
             ["model", "feature"],
             registry=r,
         )
@@ -161,6 +161,12 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.webhooks = Counter(
+            "watcher_webhook_posts",
+            "Alert posts to webhooks, by webhook and outcome (sent, retry, dead, digested).",
+            ["webhook", "outcome"],
+            registry=r,
+        )
         self.outbox_pending = Gauge(
             "watcher_outbox_pending", "Actions waiting in the outbox.", ["kind"], registry=r
         )
@@ -200,6 +206,14 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        # stamina's retries (Airflow calls, SMTP, SQL connections) on this registry, not on
+        # the global one nobody serves: see `count_retry`. Same name and labels as stamina's.
+        self.retries = Counter(
+            "stamina_retries",
+            "Retries scheduled by stamina, by callable, retry number and error type.",
+            ["callable", "retry_num", "error_type"],
+            registry=r,
+        )
         self.dag_paused = Counter(
             "watcher_dag_paused_detections",
             "Times a model's retrain DAG was found paused.",
@@ -223,6 +237,34 @@ class Metrics:
         self.sampled_rows.labels(model)
         for kind in ("trigger", "alert"):
             self.dead_letters.labels(kind)
+
+    def set_feature_drift(
+        self, model: str, feature: str, stattest: str, score: float, threshold: float
+    ) -> None:
+        """The feature's score and threshold under the test that produced them.
+
+        evidently's automatic choice can switch a column's test between batches (KS below
+        1,000 reference rows, Wasserstein above, ...): the series under the previous test
+        is removed, or dashboards would keep showing its last, stale score forever.
+        """
+        for gauge in (self.feature_drift_score, self.feature_drift_threshold):
+            for family in gauge.collect():
+                for sample in family.samples:
+                    labels = sample.labels
+                    if (
+                        labels.get("model") == model
+                        and labels.get("feature") == feature
+                        and labels.get("stattest") != stattest
+                    ):
+                        gauge.remove(model, feature, labels["stattest"])
+        self.feature_drift_score.labels(model, feature, stattest).set(score)
+        self.feature_drift_threshold.labels(model, feature, stattest).set(threshold)
+
+    def count_retry(self, details: Any) -> None:
+        """A stamina on-retry hook (`stamina.instrumentation.RetryDetails`)."""
+        self.retries.labels(
+            details.name, str(details.retry_num), type(details.caused_by).__name__
+        ).inc()
 
     def set_model_version(self, model: str, version: str) -> None:
         """Exactly one `watcher_model_info` series per model: the version in use."""
@@ -252,38 +294,35 @@ class Health:
 class MetricsServer:
     """/metrics, /healthz and /readyz over HTTP in a thread of its own.
 
+    /metrics is prometheus_client's own handler: it negotiates the OpenMetrics format from
+    the `Accept` header and gzips when `Accept-Encoding` allows, like every other exporter.
     A thread keeps the endpoint answering even while a long scoring job holds the GIL in
     bursts, so Prometheus and container health checks never time out on a busy daemon.
     """
 
     def __init__(self, metrics: Metrics, health: Health, host: str, port: int) -> None:
-        registry = metrics.registry
-        routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
-            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry)),
-            "/healthz": lambda: (
-                (200, "text/plain", b"ok\n")
-                if health.alive()
-                else (503, "text/plain", b"main loop stalled\n")
-            ),
+        probes: dict[str, Callable[[], tuple[int, bytes]]] = {
+            "/healthz": lambda: (200, b"ok\n") if health.alive() else (503, b"main loop stalled\n"),
             "/readyz": lambda: (
-                (200, "text/plain", b"ready\n")
-                if health.ready and health.alive()
-                else (503, "text/plain", b"not ready\n")
+                (200, b"ready\n") if health.ready and health.alive() else (503, b"not ready\n")
             ),
         }
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(MetricsHandler):
+            registry = metrics.registry
+
             def do_GET(self) -> None:
-                route = routes.get(self.path.split("?", 1)[0])
-                status, ctype, body = route() if route else (404, "text/plain", b"not found\n")
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    super().do_GET()
+                    return
+                probe = probes.get(path)
+                status, body = probe() if probe else (404, b"not found\n")
                 self.send_response(status)
-                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return  # scrapes every few seconds would drown the daemon's own log
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True

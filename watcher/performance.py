@@ -50,12 +50,13 @@ class PerformanceTracker:
         src = cfg.source
         self.labels_path = src.labels_path if src.kind == "directory" else None
         self.enabled = bool(cols.id and cols.prediction and cols.target and self.labels_path)
-        from watcher.sources.sql import SqlSource  # SQLAlchemy only matters for sql sources
+        if src.kind == "sql":  # SQLAlchemy (the `sql` extra) only matters for sql sources
+            from watcher.sources.sql import SqlSource
 
         self.sql = (
             source
-            if isinstance(source, SqlSource)
-            and src.kind == "sql"
+            if src.kind == "sql"
+            and isinstance(source, SqlSource)
             and src.labels_table
             and cols.id
             and cols.prediction

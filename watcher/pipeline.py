@@ -447,18 +447,17 @@ class Pipeline:
         m.batches.labels(name, "scored").inc()
         m.batch_rows.labels(name).set(quality.rows)
         m.last_batch_timestamp.labels(name).set(time.time())
-        m.dataset_drift_share.labels(name).set(drift.drift_share)
+        m.dataset_drift_ratio.labels(name).set(drift.drift_share)
         m.dataset_drifted.labels(name).set(int(drift.dataset_drift))
         m.drifted_features.labels(name).set(drift.n_drifted)
         m.drift_streak.labels(name).set(0 if verdict.triggers else verdict.streak)
         for col, c in drift.columns.items():
-            m.feature_drift_score.labels(name, col, c.stattest).set(c.score)
-            m.feature_drift_threshold.labels(name, col, c.stattest).set(c.threshold)
+            m.set_feature_drift(name, col, c.stattest, c.score, c.threshold)
             m.feature_drifted.labels(name, col).set(int(c.drifted))
         if drift.prediction is not None:
             m.prediction_drift_score.labels(name).set(drift.prediction.score)
         for col, share in quality.missing_share.items():
-            m.missing_values_share.labels(name, col).set(share)
+            m.missing_values_ratio.labels(name, col).set(share)
         for v in quality.violations:
             m.quality_violations.labels(name, v.check).inc()
         m.retrain_triggers.labels(name, verdict.outcome).inc()

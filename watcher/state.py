@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-ActionKind = Literal["trigger", "alert"]
+ActionKind = Literal["trigger", "alert", "webhook"]
 BatchStatus = Literal["claimed", "scored", "rejected"]
 ACTIVE_RUN_STATES = ("queued", "running")
 
@@ -461,7 +461,7 @@ class StateStore:
         rows = self._read(
             "SELECT kind, COUNT(*) AS n FROM outbox WHERE status = 'pending' GROUP BY kind"
         )
-        counts = {"trigger": 0, "alert": 0}
+        counts = {"trigger": 0, "alert": 0, "webhook": 0}
         counts.update({r["kind"]: int(r["n"]) for r in rows})
         return counts
 
@@ -478,6 +478,17 @@ class StateStore:
             params.append(status)
         rows = self._read(sql + " ORDER BY id", tuple(params))
         return [dict(r) | {"payload": json.loads(r["payload"])} for r in rows]
+
+    def alerts_after(self, after_id: int, *, pending_only: bool) -> list[OutboxItem]:
+        """Alert actions (any status) with an id above `after_id`, oldest first: what the
+        webhook fan-out has not copied yet. `pending_only` for its very first round."""
+        rows = self._read(
+            "SELECT * FROM outbox WHERE kind = 'alert' AND id > ? "
+            + ("AND status = 'pending' " if pending_only else "")
+            + "ORDER BY id",
+            (after_id,),
+        )
+        return [_outbox(r) for r in rows]
 
     # ---- retrain runs -------------------------------------------------------------------
 

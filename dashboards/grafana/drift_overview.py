@@ -74,7 +74,7 @@ def build() -> Board:
             "Models in production",
             [
                 Q("max by (model, version) (watcher_model_info)", instant=True, table=True),
-                Q("max by (model) (watcher_dataset_drift_share)", instant=True, table=True),
+                Q("max by (model) (watcher_dataset_drift_ratio)", instant=True, table=True),
                 Q("max by (model) (watcher_drift_streak)", instant=True, table=True),
                 Q(
                     "max by (model) (time() - watcher_last_batch_timestamp_seconds)",
@@ -100,7 +100,7 @@ def build() -> Board:
     board.add(
         timeseries(
             "Dataset drift share",
-            [Q("watcher_dataset_drift_share", "{{model}}")],
+            [Q("watcher_dataset_drift_ratio", "{{model}}")],
             unit="percentunit",
             minimum=0,
             maximum=1,

@@ -51,7 +51,7 @@ def build() -> Board:
     board.add(
         stat_panel(
             "Dataset drift share",
-            [Q(f"watcher_dataset_drift_share{{{M}}}")],
+            [Q(f"watcher_dataset_drift_ratio{{{M}}}")],
             unit="percentunit",
             steps=[(None, "green"), (0.5, "red")],
         ),
@@ -158,7 +158,7 @@ def build() -> Board:
     board.add(
         timeseries(
             "Missing values",
-            [Q(f"watcher_missing_values_share{{{M}}}", "{{feature}}")],
+            [Q(f"watcher_missing_values_ratio{{{M}}}", "{{feature}}")],
             unit="percentunit",
             minimum=0,
         ),

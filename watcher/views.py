@@ -1,0 +1,92 @@
+"""What `watcher status --json` and `watcher models --json` print: plain JSON documents.
+
+Kept apart from the CLI's tables so scripts and monitoring get the same facts as people,
+with stable keys, Unix times and nulls instead of formatted text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from watcher.config import Settings
+from watcher.registry import ModelRegistry
+from watcher.state import StateStore
+
+
+def status_document(settings: Settings, store: StateStore, *, batches: int = 5) -> dict[str, Any]:
+    """Per model: reference, streak, recent batches, last decision, pending actions, runs."""
+    models: dict[str, Any] = {}
+    for name in settings.models:
+        decisions = store.decisions(name, 1)
+        models[name] = {
+            "reference_version": store.reference_version(name),
+            "drift_streak": store.drift_streak(name),
+            "batches": [
+                {
+                    "batch_id": b.batch_id,
+                    "status": b.status,
+                    "rows": b.rows,
+                    "drift_share": b.drift_share,
+                    "dataset_drift": b.dataset_drift,
+                    "finished_at": b.finished_at,
+                    "reason": b.reason,
+                }
+                for b in store.recent_batches(name, batches)
+            ],
+            "last_decision": (
+                {
+                    "outcome": decisions[0].outcome,
+                    "reason": decisions[0].reason,
+                    "at": decisions[0].at,
+                    "batch_id": decisions[0].batch_id,
+                    "run_id": decisions[0].run_id,
+                }
+                if decisions
+                else None
+            ),
+            "pending_actions": [
+                {
+                    "kind": p["kind"],
+                    "key": p["key"],
+                    "attempts": p["attempts"],
+                    "last_error": p["last_error"],
+                }
+                for p in store.outbox_items(name, status="pending")
+            ],
+            "runs": [
+                {
+                    "run_id": r.run_id,
+                    "dag_id": r.dag_id,
+                    "state": r.state,
+                    "triggered_at": r.triggered_at,
+                    "ended_at": r.ended_at,
+                }
+                for r in store.runs(name, limit=5)
+            ],
+        }
+    dead = [
+        {"kind": p["kind"], "key": p["key"], "model": p["model"], "last_error": p["last_error"]}
+        for p in store.outbox_items(status="dead")
+    ]
+    return {"models": models, "pending": store.pending_counts(), "dead_letters": dead}
+
+
+def models_document(settings: Settings, registry: ModelRegistry) -> dict[str, Any]:
+    """Every registered version of each model, and which one is in production."""
+    doc: dict[str, Any] = {}
+    for name in sorted(set(settings.models) | set(registry.models())):
+        doc[name] = {
+            "production": registry.production_version(name),
+            "versions": [
+                {
+                    "version": v.version,
+                    "created_at": v.created_at.isoformat(),
+                    "run_id": v.run_id,
+                    "metrics": v.metrics,
+                    "features": v.features,
+                    "training_rows": v.training_rows,
+                }
+                for v in registry.list_versions(name)
+            ],
+        }
+    return {"models": doc}
