@@ -692,6 +692,83 @@ def replay(
         raise typer.Exit(2) from exc
 
 
+@app.command()
+def backtest(
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Labelled history (Parquet or CSV); default: the bundled Bikeshare."),
+    ] = None,
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option(help="Model to backtest.")] = None,
+    every: Annotated[str, typer.Option(help="Period length (pandas offset, e.g. 7D).")] = "7D",
+    skip: Annotated[int, typer.Option(help="Periods that train version 1.")] = 8,
+    label_delay: Annotated[int, typer.Option(help="Periods until labels arrive.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: retrain.seed).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Replay only this many periods.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of error against runs.")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Processes (default: the cores).")] = None,
+) -> None:
+    """Replay labelled history and compare retraining policies: never, schedules, the
+    configured policy and each signal alone (runs, deployments, error)."""
+    import os
+
+    from rich.progress import Progress
+
+    from watcher import backtest as bt
+    from watcher import backtest_report as report
+    from watcher.retrain.bootstrap import load_example_data
+    from watcher.retrain.data import read_table
+
+    settings = _load(config)
+    name = model or next(iter(settings.models), None)
+    if name is None:
+        err.print("error: the config has no models")
+        raise typer.Exit(2)
+    try:
+        frame = load_example_data(settings, name) if data is None else read_table(data)
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("training", total=None)
+
+            def progress(stage: str, done: int, total: int) -> None:
+                bar.update(task, description=stage, completed=done, total=total)
+
+            result = bt.run_backtest(
+                settings,
+                name,
+                frame,
+                every=every,
+                skip=skip,
+                label_delay=label_delay,
+                seed=seed,
+                jobs=jobs or os.cpu_count() or 1,
+                limit=limit,
+                progress=progress,
+            )
+    except (WatcherError, OSError) as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    h = result.history
+    title = (
+        f"{name}: {h.n_periods - h.skip} periods of {every} after {h.skip} for version 1, "
+        f"labels {h.label_delay} period(s) late"
+    )
+    out.print(report.table(result.results, title))
+    out.print(
+        f"{result.trainings} training runs shared by {len(result.results)} policies "
+        f"in {result.seconds:.0f}s"
+    )
+    for r in result.results:
+        if r.kind == "policy" and r.runs == 0:
+            out.print(f"[yellow]{r.name} never fired[/yellow]: its error is never retraining's")
+    if json_out is not None:
+        seed_used = seed if seed is not None else settings.models[name].retrain.seed
+        doc = report.to_dict(result.results, periods=h.n_periods - h.skip, seed=seed_used)
+        report.write_json(json_out, doc)
+    if plot is not None:
+        report.plot(result.results, plot, title=title, starts=h.starts)
+
+
 def _progress() -> Any:
     """A rich progress display: live in a terminal, nothing extra when piped or logged."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

@@ -177,6 +177,12 @@ class AlertsConfig(_Section):
     attach_report_max_bytes: int = Field(5_000_000, ge=0)
     # Drift reports (HTML, several MB each) older than this are deleted; 0 keeps them all.
     report_retention_days: float = Field(30.0, ge=0)
+    # Drift reports are rendered after the batch in a child process, on at most this many
+    # rows per side (a deterministic sample), stopped after the timeout; the mail citing a
+    # report waits for it this long, then links where it will be.
+    report_max_rows: int = Field(50_000, ge=100)
+    report_timeout_seconds: float = Field(300.0, gt=0)
+    report_wait_seconds: float = Field(120.0, ge=0)
     source_silent_after_seconds: float = Field(0.0, ge=0)  # 0 disables the check
 
 
@@ -270,6 +276,14 @@ class DirectorySourceConfig(_Section):
     # about 5x the file size in memory. None: no cap.
     max_batch_bytes: int | None = Field(1_000_000_000, ge=1)
     max_batch_rows: int | None = Field(None, ge=1)
+    # "refuse": a symbolic link is never followed (it is quarantined with the reason);
+    # "inside": followed only when it resolves to a regular file inside the folder.
+    symlinks: Literal["refuse", "inside"] = "refuse"
+    # "auto": inotify where the kernel offers it (a batch renamed into the folder is taken
+    # at once, without settle time), polling every daemon.poll_interval_seconds otherwise;
+    # "poll": never use notifications (network file systems do not deliver them for
+    # changes made on other hosts).
+    watch: Literal["auto", "poll"] = "auto"
 
 
 class SqlSourceConfig(_Section):

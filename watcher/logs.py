@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from watcher.safetext import escape
 from watcher.secrets import Scrubber, ScrubFilter
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is kept.
@@ -31,6 +32,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """One record, one line: control characters in the message (a batch named
+    ``x\n2099-01-01 … CRITICAL …`` would forge a line) are shown as escapes. A traceback,
+    appended after the message, keeps its own line breaks."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(fmt: str = "text", level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     """Log to stderr; every record is scrubbed of `secrets` (see watcher.secrets)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -38,7 +49,7 @@ def setup_logging(fmt: str = "text", level: str = "INFO", secrets: Iterable[str]
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

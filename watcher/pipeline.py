@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -31,11 +31,13 @@ from watcher.config import ModelConfig, PolicyConfig, Settings
 from watcher.drift import engine
 from watcher.drift.quality import QualityReport, ReferenceProfile, check_batch, profile_reference
 from watcher.drift.snapshots import SnapshotPublisher
-from watcher.errors import BatchRejected, ReferenceDataError
+from watcher.errors import BatchRejected, ReferenceDataError, SourceError
 from watcher.metrics import Metrics
 from watcher.performance import PerformanceTracker, performance_metric
 from watcher.policy import DAY, PolicyInput, Verdict, decide, opens_incident, run_id_for, streak_of
+from watcher.reports import ReportRenderer, report_path
 from watcher.retrain.data import read_table
+from watcher.safetext import escape
 from watcher.signals import (
     PeriodLoss,
     Reading,
@@ -81,7 +83,7 @@ class ModelRuntime:
 class BatchOutcome:
     model: str
     batch_id: str
-    status: str  # scored | rejected | skipped
+    status: str  # scored | rejected | failed | skipped
     rows: int = 0
     drift: engine.DriftResult | None = None
     verdict: Verdict | None = None
@@ -185,9 +187,15 @@ class Pipeline:
         self.snapshots: SnapshotPublisher | None = None
         if settings.evidently.workspace:
             self.snapshots = SnapshotPublisher(settings.evidently, metrics)
+        alerts = settings.alerts
+        self.reports = ReportRenderer(
+            max_rows=alerts.report_max_rows, timeout_seconds=alerts.report_timeout_seconds
+        )
 
     def close(self) -> None:
-        """Stop the background work (Evidently snapshots) this pipeline started."""
+        """Stop the background work (drift reports, Evidently snapshots) this pipeline
+        started."""
+        self.reports.close()
         if self.snapshots is not None:
             self.snapshots.close()
 
@@ -202,10 +210,24 @@ class Pipeline:
             self.metrics.batch_duration.labels(label, stage).observe(time.perf_counter() - started)
 
     def process(self, rt: ModelRuntime, ref: BatchRef) -> BatchOutcome:
-        """Score one batch exactly once. Safe to call again after a crash at any point."""
+        """Score one batch exactly once. Safe to call again after a crash at any point.
+
+        Whatever the batch holds, its attempt ends in the ledger: `scored`, `rejected` (bad
+        input, quarantined with the reason) or `failed` (an error watcher did not expect,
+        also set aside, with the error as the reason). Only a `SourceError` (the source is
+        unreachable: try again later) and a crash leave it `claimed`, to be claimed again.
+        """
         if not self.store.claim_batch(rt.name, ref.batch_id, ref.uri):
             return BatchOutcome(rt.name, ref.batch_id, "skipped", reason="already processed")
         rt.last_batch_at = time.time()
+        try:
+            return self._score(rt, ref)
+        except SourceError:
+            raise
+        except Exception as exc:
+            return self._fail(rt, ref, exc)
+
+    def _score(self, rt: ModelRuntime, ref: BatchRef) -> BatchOutcome:
         try:
             with self._stage(rt.name, "load"):
                 frame = rt.source.load(ref)
@@ -224,9 +246,24 @@ class Pipeline:
         except BatchRejected as exc:
             return self._reject(rt, ref, exc)
         with self._stage(rt.name, "record"):
-            verdict = self._record(rt, ref, clean, quality, drift, small)
-        rt.source.archive(ref)
-        rt.performance.keep_predictions(ref.batch_id, clean, rt.reference.version)
+            verdict, report = self._record(rt, ref, clean, quality, drift, small)
+        # Committed: nothing below may undo or fail the batch.
+        try:
+            if report is not None:
+                self.reports.submit(
+                    model=rt.name,
+                    batch_id=ref.batch_id,
+                    reference=rt.reference.frame,
+                    current=clean,
+                    columns=rt.cfg.columns,
+                    drift=rt.cfg.drift,
+                    path=report,
+                )
+                _prune_reports(report.parent, self.settings.alerts.report_retention_days)
+            rt.source.archive(ref)
+            rt.performance.keep_predictions(ref.batch_id, clean, rt.reference.version)
+        except Exception:
+            log.exception("after scoring %s/%s (committed)", rt.name, ref.batch_id)
         self._export(rt, quality, drift, verdict)
         if self.snapshots is not None:  # after the commit, in the background
             self.snapshots.submit(
@@ -252,14 +289,38 @@ class Pipeline:
         )
         return BatchOutcome(rt.name, ref.batch_id, "scored", quality.rows, drift, verdict)
 
-    def _reject(self, rt: ModelRuntime, ref: BatchRef, exc: BatchRejected) -> BatchOutcome:
-        reason = str(exc)
+    def _fail(self, rt: ModelRuntime, ref: BatchRef, exc: Exception) -> BatchOutcome:
+        """An error watcher did not expect: end the batch `failed` and set it aside, so it is
+        neither retried every poll nor left `claimed`. Loud: it is a bug or a new kind of bad
+        input, and the traceback is logged once."""
+        log.error(
+            "unexpected error processing %s/%s; the batch is set aside as failed",
+            rt.name,
+            ref.batch_id,
+            exc_info=exc,
+        )
+        error = BatchRejected(
+            f"{ref.batch_id} could not be processed: {type(exc).__name__}: {escape(str(exc), 300)}",
+            check="processing_error",
+            hint="this is a watcher bug or a kind of bad input it does not know yet; the log "
+            "has the traceback. Fix the file (or upgrade) and drop it again under a new name",
+        )
+        return self._reject(rt, ref, error, status="failed")
+
+    def _reject(
+        self,
+        rt: ModelRuntime,
+        ref: BatchRef,
+        exc: BatchRejected,
+        status: Literal["rejected", "failed"] = "rejected",
+    ) -> BatchOutcome:
+        reason = escape(str(exc), 2000)
         with self.store.transaction() as conn:
             self.store.finish_batch(
                 conn,
                 model=rt.name,
                 batch_id=ref.batch_id,
-                status="rejected",
+                status=status,
                 rows=None,
                 reference_version=rt.reference.version,
                 reason=f"{exc.check}: {reason}",
@@ -270,18 +331,28 @@ class Pipeline:
                     "batch_rejected",
                     key=f"rejected:{rt.name}:{ref.batch_id}",
                     model=rt.name,
-                    title=f"batch {ref.batch_id} rejected: {exc.check}",
+                    title=f"batch {ref.batch_id} {status}: {exc.check}",
                     severity="warning",
-                    details={"check": exc.check, "reason": exc.message, "what_to_do": exc.hint},
+                    details={
+                        "check": exc.check,
+                        "reason": escape(exc.message, 2000),
+                        "what_to_do": exc.hint,
+                    },
                     batch={"batch_id": ref.batch_id, "uri": ref.uri},
                 ),
             )
             rt.source.commit(conn, ref)
-        where = rt.source.set_aside(ref, reason)
-        self.metrics.batches.labels(rt.name, "rejected").inc()
-        self.metrics.batches_rejected.labels(rt.name, exc.check).inc()
+        try:
+            where = rt.source.set_aside(ref, reason)
+        except Exception:  # committed: the batch stays rejected whatever happens to the file
+            log.exception("could not set %s/%s aside", rt.name, ref.batch_id)
+            where = None
+        self.metrics.batches.labels(rt.name, status).inc()
+        if status == "rejected":
+            self.metrics.batches_rejected.labels(rt.name, exc.check).inc()
         log.warning(
-            "rejected %s/%s (%s): %s; set aside at %s",
+            "%s %s/%s (%s): %s; set aside at %s",
+            status,
             rt.name,
             ref.batch_id,
             exc.check,
@@ -289,7 +360,7 @@ class Pipeline:
             where or "-",
             extra={"model": rt.name, "batch": ref.batch_id},
         )
-        return BatchOutcome(rt.name, ref.batch_id, "rejected", reason=reason)
+        return BatchOutcome(rt.name, ref.batch_id, status, reason=reason)
 
     def _record(
         self,
@@ -299,18 +370,17 @@ class Pipeline:
         quality: QualityReport,
         drift: engine.DriftResult,
         small: dict[str, Any] | None = None,
-    ) -> Verdict:
+    ) -> tuple[Verdict, Path | None]:
         result: dict[str, Any] = {"drift": drift.to_json_dict(), "quality": quality.to_dict()}
         if small is not None:
             result["small_batch"] = small
-        # The drift report is rendered only for a batch that opens a drift incident, and
-        # before the transaction, so the mail that cites it never points at nothing. Not
-        # inside it: rendering (and evidently's first import) takes seconds, and the
-        # transaction holds the store's lock, which the dispatchers and the tracker on the
-        # event loop need for every read.
-        report_path: str | None = None
+        # The drift report is rendered only for a batch that opens a drift incident, after
+        # the commit and in the background (watcher.reports): here only its path is fixed,
+        # and the mail that cites it waits for it a bounded time.
+        report: Path | None = None
         if drift.dataset_drift and self._opens_drift_incident(rt):
-            report_path = self._write_report(rt, ref, frame)
+            report = report_path(self.settings.daemon.state_dir / "reports", rt.name, ref.batch_id)
+        report_str = str(report) if report is not None else None
         with self.store.transaction() as conn:
             self.store.finish_batch(
                 conn,
@@ -331,12 +401,12 @@ class Pipeline:
             opened = verdict.open_incident and self.store.open_incident(
                 conn, incident, "drift", rt.name, {"batch_id": ref.batch_id}
             )
-            for action in self._actions(conn, rt, ref, drift, verdict, run_id, opened, report_path):
+            for action in self._actions(conn, rt, ref, drift, verdict, run_id, opened, report_str):
                 self.store.enqueue(conn, action)
             if verdict.triggers:
                 self.store.reset_streak(conn, rt.name)
             rt.source.commit(conn, ref)
-        return verdict
+        return verdict, report if opened else None
 
     @staticmethod
     def _drift_options(rt: ModelRuntime, small: dict[str, Any] | None) -> dict[str, Any]:
@@ -609,6 +679,10 @@ class Pipeline:
             )
             if self.snapshots is not None:
                 actions[-1].payload["evidently_url"] = self.snapshots.project_url()
+            if report_path is not None:
+                actions[-1].payload["report_wait_until"] = (
+                    time.time() + self.settings.alerts.report_wait_seconds
+                )
         if verdict.resolve_incident and self.store.resolve_incident(conn, incident):
             actions.append(
                 alert_action(
@@ -738,23 +812,6 @@ class Pipeline:
                 ],
             }
         return conf
-
-    def _write_report(self, rt: ModelRuntime, ref: BatchRef, frame: pd.DataFrame) -> str | None:
-        try:
-            from watcher.alerts.report import write_drift_report
-        except ImportError:
-            return None
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ref.batch_id)
-        path = self.settings.daemon.state_dir / "reports" / rt.name / f"{safe}.html"
-        try:
-            written = write_drift_report(
-                rt.reference.frame, frame, rt.cfg.columns, path, drift=rt.cfg.drift
-            )
-            _prune_reports(path.parent, self.settings.alerts.report_retention_days)
-            return str(written)
-        except Exception:  # a report is a convenience: never lose the alert over it
-            log.exception("could not write the drift report for %s/%s", rt.name, ref.batch_id)
-            return None
 
     def _export(
         self,

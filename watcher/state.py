@@ -25,7 +25,7 @@ from typing import Any, Literal
 from watcher.errors import WatcherError
 
 ActionKind = Literal["trigger", "alert", "webhook"]
-BatchStatus = Literal["claimed", "scored", "rejected"]
+BatchStatus = Literal["claimed", "scored", "rejected", "failed"]
 ACTIVE_RUN_STATES = ("queued", "running")
 
 _SCHEMA = """
@@ -334,7 +334,7 @@ class StateStore:
         *,
         model: str,
         batch_id: str,
-        status: Literal["scored", "rejected"],
+        status: Literal["scored", "rejected", "failed"],
         rows: int | None,
         reference_version: str | None,
         dataset_drift: bool | None = None,

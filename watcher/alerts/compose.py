@@ -182,7 +182,15 @@ def _alert_blocks(
         try:
             size = path.stat().st_size
         except OSError:
-            blocks.append(Para(f"The drift report was written to {path}, which is gone now."))
+            # Reports are rendered after the batch, in the background; the mail waited a
+            # bounded time for it (alerts.report_wait_seconds) and now links where it lands.
+            blocks.append(
+                Para(
+                    f"The evidently drift report was not ready when this mail was sent; it is "
+                    f"saved on the watcher host at {path} once rendered."
+                )
+            )
+            links.append(("Drift report", path.resolve().as_uri()))
         else:
             # The limit is on what the mail carries: base64 makes 3 bytes 4, plus line ends.
             if _encoded_size(size) <= limit:

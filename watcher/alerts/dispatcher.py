@@ -24,10 +24,12 @@ While no mail is due, the server is probed (connect, TLS, login, NOOP) once a mi
 `watcher_smtp_up` says whether mail would work before an alert needs it.
 
 A sent mail touches its incident (`StateStore.touch_incident`), which restarts the
-reminder clock. A crash between sending and marking done re-sends the mail on restart with
-the same Message-ID: each delivery is marked in the state before the mail is handed over
-(`StateStore.mark_sending`), and a mail so marked is never folded into a digest (which
-would reach people a second time under another Message-ID).
+reminder clock. Right before its SMTP transaction a mail is marked in flight in a commit of
+its own (`StateStore.mark_sending`), and done right after: a crash in between re-sends that
+one mail on restart, first, alone (never folded into a digest, which would reach people a
+second time under another Message-ID) and with the same Message-ID. A mail whose drift
+report is still being rendered waits for it until ``report_wait_until`` (see
+`watcher.reports`).
 
 The state must be writable for any of this: when the mark before sending fails, nothing
 is sent; when marking a sent mail done fails (disk full), the mail is remembered as sent
@@ -49,6 +51,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import stamina
@@ -146,7 +149,7 @@ class MailDispatcher:
         if not self._record_unrecorded():
             return  # the state takes no writes: sending now could only repeat mails
         self._enqueue_reminders(now)
-        due = self.store.due_actions("alert", now, limit=1000)
+        due = [i for i in self.store.due_actions("alert", now, limit=1000) if _ready(i, now)]
         waiting = self.store.earliest_backing_off("alert", now)
         if waiting is not None:
             # Keep the order: nothing enqueued after a mail that waits for its next try.
@@ -292,6 +295,16 @@ class MailDispatcher:
             self._dead(item, kind, f"cannot compose the mail: {exc!r}")
             return True
 
+        if item.sending_at is not None:
+            self.metrics.alerts.labels(kind, "redelivered").inc()
+            log.warning(
+                "alert %s was being mailed when watcher stopped; sending it again with the "
+                "same Message-ID (a mail client shows one copy)",
+                item.key,
+                extra={"model": item.model},
+            )
+        # Its own durable step right before the SMTP transaction: a crash from here to
+        # mark_done can repeat this one mail, never another.
         try:
             self.store.mark_sending(item.id)
         except sqlite3.Error as exc:
@@ -408,6 +421,16 @@ class MailDispatcher:
             error,
             extra={"model": item.model},
         )
+
+
+def _ready(item: OutboxItem, now: float) -> bool:
+    """False while the mail waits for its drift report (rendered in the background), for
+    at most until `report_wait_until`; then it goes out with a link instead."""
+    path = item.payload.get("report_path")
+    until = item.payload.get("report_wait_until")
+    if not path or until is None or now >= float(until):
+        return True
+    return Path(str(path)).exists()
 
 
 def build_mail_workers(

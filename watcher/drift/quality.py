@@ -21,6 +21,7 @@ import pandas as pd
 
 from watcher.config import ColumnsConfig, QualityConfig
 from watcher.errors import BatchRejected
+from watcher.safetext import sample_names
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def check_batch(
     required = [*columns.features, *([columns.prediction] if columns.prediction else [])]
     missing = [c for c in required if c not in batch.columns]
     if missing:
-        present = ", ".join(map(str, batch.columns[:10]))
+        present = sample_names(list(batch.columns))
         hint = "the batch must have every configured feature and the prediction column"
         if len(batch.columns) == 1:
             hint = (
@@ -115,14 +116,17 @@ def check_batch(
     extra = [c for c in extra if c not in known_roles]
     if extra:
         # Bounded: a batch with 100,000 extra columns must not store all their names.
-        shown = extra[:20]
-        more = f" and {len(extra) - len(shown)} more" if len(extra) > len(shown) else ""
-        names = ", ".join(_short(c) for c in shown)
         report.violations.append(
             Violation(
-                "extra_columns", None, len(extra), f"columns not in the reference: {names}{more}"
+                "extra_columns",
+                None,
+                len(extra),
+                f"columns not in the reference: {sample_names(list(extra), count=20)}",
             )
         )
+
+    for col in [*columns.features, *([columns.prediction] if columns.prediction else [])]:
+        _refuse_nested(batch[col], col, name)
 
     out = batch.copy()
     numeric_cols = [
@@ -211,20 +215,18 @@ def check_batch(
         unseen_mask = ~values.isin(seen)
         share = float(unseen_mask.mean())
         if share > cfg.max_unseen_category_share:
-            examples = sorted(map(str, values[unseen_mask].unique()[:5]))
+            # No examples: values are the file's content, which is not echoed anywhere.
+            n_new = int(values[unseen_mask].nunique())
             report.violations.append(
                 Violation(
                     "unseen_categories",
                     col,
                     share,
-                    f"{share:.1%} of {col} has categories not in the reference, e.g. {examples}",
+                    f"{share:.1%} of {col} has categories not in the reference "
+                    f"({n_new} new value(s))",
                 )
             )
     return out, report
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _as_numeric(series: pd.Series, col: str, name: str) -> pd.Series:
@@ -242,16 +244,31 @@ def _as_numeric(series: pd.Series, col: str, name: str) -> pd.Series:
     converted = pd.to_numeric(series, errors="coerce")
     bad = series.notna() & converted.isna()
     if bad.any():
-        examples = sorted(map(str, series[bad].unique()[:5]))
         n_bad = int(bad.sum())
         kind = "text" if n_bad == int(series.notna().sum()) else "a mix of numbers and text"
         raise BatchRejected(
-            f"{name}: numeric column {col!r} holds {kind} ({n_bad} value(s), e.g. {examples})",
+            f"{name}: numeric column {col!r} holds {kind} ({n_bad} value(s) that are not numbers)",
             check="type_change",
             hint="fix the writer's types, or configure the column as categorical if the "
             "change is intended",
         )
     return converted
+
+
+_NESTED = (list, tuple, dict, set, np.ndarray)
+
+
+def _refuse_nested(series: pd.Series, col: str, name: str) -> None:
+    """A Parquet list, struct or map column arrives as arrays/dicts: not a feature value."""
+    if series.dtype != object:
+        return
+    head = series.dropna().head(1000)
+    if any(isinstance(v, _NESTED) for v in head):
+        raise BatchRejected(
+            f"{name}: column {col!r} holds nested values (a list, struct or map per row)",
+            check="type_change",
+            hint="write one scalar per row and column (flatten the nested field upstream)",
+        )
 
 
 def _align_categorical(series: pd.Series, reference_is_numeric: bool) -> pd.Series:
