@@ -29,7 +29,11 @@ def _config(tmp_path: Path, **policy: Any) -> Path:
     raw["daemon"] = {"state_dir": str(tmp_path / "state")}
     raw["registry"] = {"path": str(tmp_path / "registry")}
     model = raw["models"]["bikeshare"]
-    model["source"] = {"kind": "directory", "path": str(tmp_path / "in")}
+    model["source"] = {
+        "kind": "directory",
+        "path": str(tmp_path / "in"),
+        "labels_path": str(tmp_path / "labels"),
+    }
     # A cheap pipeline: the test is about the backtest, not about the model.
     model["retrain"].update(n_iter=1, selection="none", min_rows=100)
     model["policy"] = {"max_age_batches": 2, **policy}
