@@ -32,7 +32,7 @@ from watcher.errors import ConfigError, SourceError, WatcherError
 from watcher.metrics import Health, Metrics, MetricsServer
 from watcher.performance import PerformanceTracker
 from watcher.pipeline import ModelRuntime, Pipeline, Reference, load_reference, reference_tag
-from watcher.registry import ModelRegistry
+from watcher.registry_backend import open_registry
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
 from watcher.state import RunRecord, StateStore
@@ -97,7 +97,7 @@ class Daemon:
         self.health = Health(max(60.0, 5 * settings.daemon.poll_interval_seconds))
         self.store = StateStore(settings.daemon.state_dir / "state.db")
         self.pipeline = Pipeline(settings, self.store, self.metrics)
-        self.registry = ModelRegistry(settings.registry.path)
+        self.registry = open_registry(settings.registry)
         self.models: dict[str, ModelRuntime] = {}
         self.stop = asyncio.Event()
         self._server: MetricsServer | None = None
@@ -257,7 +257,12 @@ class Daemon:
 
     async def _maybe_reload(self, rt: ModelRuntime) -> None:
         """Switch to a new reference when the registry's production version changed."""
-        version = self.registry.production_version(rt.name)
+        try:
+            # Off the loop: with the MLflow backend this is an HTTP request.
+            version = await run_in_daemon_thread(self.registry.production_version, rt.name)
+        except WatcherError as exc:
+            log.error("cannot read the production version of %s: %s", rt.name, exc)
+            return
         forced = rt.name in self._reload_now
         self._reload_now.discard(rt.name)
         if version is None or (not forced and rt.reference.version == reference_tag(version)):
