@@ -10,9 +10,10 @@ Each task calls one step function of `watcher.retrain.steps` on the run folder
 `<state_dir>/retrain/<model>/<run_id>/` and passes the path on: data never travels
 through XCom. With `[registry] backend = "mlflow"` the run folder lives in the artifacts of
 the run's MLflow run instead (watcher/retrain/handoff.py): each task fills an empty local
-folder from it and saves what it made back, so Celery or Kubernetes workers share no disk. The gate deploys only a challenger that beats the production model by the
-configured margin; otherwise `deploy` is skipped, the run succeeds and the decision (with
-its reason) is in `decision.json`, the registry's `runs/` folder and the mail.
+folder from it and saves what it made back, so Celery or Kubernetes workers share no disk.
+The gate deploys only a challenger that beats the production model by the configured
+margin; otherwise `deploy` is skipped, the run succeeds and the decision (with its reason)
+is in `decision.json`, the registry's `runs/` folder (or the MLflow run) and the mail.
 
 Data problems (no labels, too few rows, missing columns) and a tampered production model
 fail the task at once; anything else is retried with exponential backoff. Every failure

@@ -221,7 +221,10 @@ def test_migrate_copies_a_file_registry_and_is_rerunnable(
         ("3", "3", False),
     ]
     assert registry.production_version(MODEL) == "2"
-    assert client.get_model_version_by_alias(f"{cfg.model_name_prefix}{MODEL}", CHAMPION).version == "2"
+    assert (
+        client.get_model_version_by_alias(f"{cfg.model_name_prefix}{MODEL}", CHAMPION).version
+        == "2"
+    )
     for v in ("1", "2", "3"):
         pd.testing.assert_frame_equal(
             registry.load_reference(MODEL, v), source.load_reference(MODEL, v)

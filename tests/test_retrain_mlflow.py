@@ -69,7 +69,8 @@ def test_dag_run_on_mlflow_registers_the_champion_and_records_the_run(
     assert client.get_model_version_by_alias(name, CHAMPION).version == "2"
     assert registry.production_version(MODEL) == "2"
     v2 = registry.get(MODEL, "2")
-    assert v2.run_id is not None and v2.run_id.startswith("manual__")
+    assert v2.run_id is not None
+    assert v2.run_id.startswith("manual__")
     assert v2.extra["decision"]["deploy"] is True
     assert {"prediction", "bikers", "ts"} <= set(registry.load_reference(MODEL, "2").columns)
 
@@ -86,13 +87,12 @@ def test_dag_run_on_mlflow_registers_the_champion_and_records_the_run(
     assert run.info.status == "FINISHED"
     handoff = {a.path.split("/")[-1] for a in client.list_artifacts(mlrun_id, "handoff")}
     assert {"data.parquet", "train.parquet", "challenger.skops", "decision.json"} <= handoff
-    assert [a.path for a in client.list_artifacts(mlrun_id, "drift")] == [
-        "drift/drift_report.json"
-    ]
+    assert [a.path for a in client.list_artifacts(mlrun_id, "drift")] == ["drift/drift_report.json"]
     for task in ("ingest", "tune_and_train", "deploy"):
         assert f"handoff_out_seconds.{task}" in run.data.metrics
     record = registry.run_record(MODEL, v2.run_id)
-    assert record is not None and record["version"] == "2"
+    assert record is not None
+    assert record["version"] == "2"
 
     # No task wrote a run folder on local disk.
     assert not (ws.settings.daemon.state_dir / "retrain").exists()

@@ -23,7 +23,9 @@ class Copied:
     skipped: bool  # already copied by an earlier migration
 
 
-def migrate(source: ModelRegistry, target: Registry, models: list[str] | None = None) -> list[Copied]:
+def migrate(
+    source: ModelRegistry, target: Registry, models: list[str] | None = None
+) -> list[Copied]:
     """Copy every version of `models` (default: all in the source); returns what happened."""
     done: list[Copied] = []
     for model in models or source.models():

@@ -110,6 +110,8 @@ class MlflowRegistry:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.request_retries)
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(cfg.request_timeout_seconds))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        # Progress bars on every download would flood task logs.
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
     # ---- calling MLflow ----------------------------------------------------------------
 
@@ -220,9 +222,7 @@ class MlflowRegistry:
             self._call(f"tag the run ({key})", self.client.set_tag, mlrun, key, value[:5000])
 
     def log_file(self, mlrun: str, path: Path, artifact_path: str | None = None) -> None:
-        self._call(
-            f"upload {path.name}", self.client.log_artifact, mlrun, str(path), artifact_path
-        )
+        self._call(f"upload {path.name}", self.client.log_artifact, mlrun, str(path), artifact_path)
 
     def end_run(self, mlrun: str, status: str = "FINISHED") -> None:
         self._call("end the MLflow run", self.client.set_terminated, mlrun, status)
@@ -268,7 +268,7 @@ class MlflowRegistry:
     def _version(self, model: str, version: str) -> ModelVersion:
         name = self._model_name(model)
         v = normalize_version(version)
-        mv = self._call(
+        mv: ModelVersion | None = self._call(
             f"read version {v} of {name}",
             self._missing,
             self.client.get_model_version,
