@@ -14,4 +14,5 @@ pytest_plugins: list[str] = [
     "fixtures_postgres",
     "fixtures_retrain",
     "fixtures_mlflow",
+    "fixtures_celery",
 ]
