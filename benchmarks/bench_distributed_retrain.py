@@ -62,6 +62,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
         folder = Path(tmp)
+        (folder / "file").mkdir()
         config = write_config(folder / "file")
         settings = load_config(config)
         data = load_example_data(settings, MODEL)

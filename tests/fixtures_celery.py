@@ -41,6 +41,7 @@ from watcher.registry_backend import open_registry
 from watcher.registry_migrate import migrate
 
 TESTS = Path(__file__).resolve().parent
+CELERY_EXECUTOR = "CeleryExecutor"
 
 
 @dataclass
@@ -169,7 +170,7 @@ def celery_airflow(
     home = folder / "airflow"
     port = free_port()
     env = _environment(home, DAGS, port) | {
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
         "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+sqlite:///{home / 'celery-results.db'}",
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "celery_worker_name.hostname",
