@@ -19,6 +19,14 @@ load (the machine is shared and noisy: compare the ratios).
 Decisions (per-column drift flags and the dataset verdict) must be identical between
 watcher and evidently, and per-column scores equal to 1e-6; the script exits 1 otherwise.
 `--quick` runs 1k and 10k only, with fewer repetitions.
+
+Then one row per test of `watcher.drift.catalog` (every evidently tabular test), on
+`--family-rows` rows per side (default 1,100: above evidently's 1,000, small enough for
+the permutation tests) and the columns of its kinds among num_0..num_2 / cat_0..cat_2:
+watcher's `engine.score` with that test as num_/cat_stattest (on the fast path or calling
+evidently's function, as the catalog says), evidently's own test function called per column
+on the raw series, and `Report([DataDriftPreset(num_method=..., cat_method=...)])`. Scores
+must agree to 1e-6 with the Report's. `--families-only` runs just this table.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from scipy.spatial import distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watcher.drift import engine
+from watcher.drift import catalog, engine
 
 NUMERIC = [f"num_{i}" for i in range(10)] + ["num_bin_0", "num_bin_1"]
 CATEGORICAL = [f"cat_{i}" for i in range(6)] + ["cat_bin_0", "cat_bin_1"]
@@ -185,10 +193,95 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+FAMILY_NUMERIC = ["num_0", "num_1", "num_2"]
+FAMILY_CATEGORICAL = ["cat_0", "cat_1", "cat_2"]
+
+
+def family_report(
+    test: str, numeric: list[str], categorical: list[str], ref: pd.DataFrame, cur: pd.DataFrame
+) -> dict[str, float]:
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    info = catalog.TESTS[test]
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+    preset = DataDriftPreset(
+        columns=numeric + categorical,
+        num_method=test if "numeric" in info.kinds else None,
+        cat_method=test if "categorical" in info.kinds else None,
+    )
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        snapshot = Report([preset]).run(
+            Dataset.from_pandas(cur[numeric + categorical], data_definition=definition),
+            Dataset.from_pandas(ref[numeric + categorical], data_definition=definition),
+        )
+    return {
+        m["config"]["column"]: float(m["value"])
+        for m in snapshot.dict()["metrics"]
+        if m["config"]["type"].endswith("ValueDrift")
+    }
+
+
+def family_function(test: str, kinds: dict[str, str], ref: pd.DataFrame, cur: pd.DataFrame) -> None:
+    stattest = catalog.evidently_stattest(test)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        for name, kind in kinds.items():
+            stattest(ref[name], cur[name], catalog.evidently_column_type(kind), None)  # type: ignore[arg-type]
+
+
+def families(rows: int, repeats: int) -> bool:
+    rng = np.random.default_rng(7)
+    # Equal sizes: evidently's G and Fisher tests refuse anything else.
+    ref, cur = make_frame(rows, rng, drifted=False), make_frame(rows, rng, drifted=True)
+    family_report("ks", FAMILY_NUMERIC, FAMILY_CATEGORICAL, ref, cur)  # untimed warm-up
+    header = (
+        f"{'test':>17} {'kinds':>8} {'path':>9} {'watcher s':>10} {'evidently fn s':>15} "
+        f"{'Report s':>9} {'Report/watcher':>15} {'fn/watcher':>11} {'equal':>6}"
+    )
+    print(f"\nEvery test, {rows:,} rows per side; seconds are best of {repeats}.")
+    print(header)
+    print("-" * len(header))
+    ok = True
+    for test, info in catalog.TESTS.items():
+        numeric = FAMILY_NUMERIC if "numeric" in info.kinds else []
+        categorical = FAMILY_CATEGORICAL if "categorical" in info.kinds else []
+        if test == "fisher_exact":  # binary columns only: evidently refuses any other
+            categorical = ["cat_bin_0", "cat_bin_1"]
+        kinds = {**dict.fromkeys(numeric, "numeric"), **dict.fromkeys(categorical, "categorical")}
+        specs = [engine.ColumnSpec(c, k) for c, k in kinds.items()]  # type: ignore[arg-type]
+        prepared = engine.prepare_reference(ref, specs, version="bench")
+        options = {
+            "num_stattest": test if numeric else None,
+            "cat_stattest": test if categorical else None,
+        }
+        # The permutation tests take seconds a call: once is enough.
+        n = 1 if test in ("TVD", "empirical_mmd") else repeats
+        t_watch, result = best_of(n, partial(engine.score, prepared, cur, **options))
+        t_fn, _ = best_of(n, partial(family_function, test, kinds, ref, cur))
+        t_report, scores = best_of(1, partial(family_report, test, numeric, categorical, ref, cur))
+        equal = not result.failures and all(
+            abs(scores[n] - c.score) <= 1e-6 for n, c in result.columns.items()
+        )
+        ok = ok and equal
+        print(
+            f"{test:>17} {'+'.join(sorted(k[:3] for k in info.kinds)):>8} {info.path:>9} "
+            f"{t_watch:>10.4f} {t_fn:>15.4f} {t_report:>9.3f} {t_report / t_watch:>14.0f}x "
+            f"{t_fn / t_watch:>10.1f}x {'yes' if equal else 'NO':>6}",
+            flush=True,
+        )
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1k and 10k only, fewer repeats")
+    parser.add_argument("--family-rows", type=int, default=1_100, help="rows per side, per test")
+    parser.add_argument("--families-only", action="store_true", help="only the per-test table")
     args = parser.parse_args()
+    if args.families_only:
+        return 0 if families(args.family_rows, 3) else 1
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
     fast_repeats = 3 if args.quick else 7
     report_repeats = {1_000: 1 if args.quick else 3, 10_000: 1 if args.quick else 3, 100_000: 2}
@@ -282,6 +375,7 @@ def main() -> int:
         f"peak RSS: {rss_without_evidently:.0f} MiB before evidently ran, "
         f"{peak_rss_mib():.0f} MiB at the end"
     )
+    ok = families(args.family_rows, 1 if args.quick else 3) and ok
     return 0 if ok else 1
 
 

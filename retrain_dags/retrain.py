@@ -61,11 +61,17 @@ _RETRY_HTML = (
 
 
 def _params(model: str) -> dict[str, Param]:
-    """What a trigger may say. The daemon sends model/reason/batches/window/drift/
-    reference_version/data; people may add data_uris, window_end and margin."""
+    """What a trigger may say. The daemon sends model/reason/reason_kind/signal/batches/
+    window/drift/reference_version/data; people may add data_uris, window_end and margin."""
     return {
         "model": Param(model, type="string", enum=[model], description="the model to retrain"),
         "reason": Param("manual", type="string", description="why this run was started"),
+        "reason_kind": Param(
+            None,
+            type=["null", "string"],
+            description="the signal that fired: drift_persisting, performance_degraded, max_age",
+        ),
+        "signal": Param(None, type=["null", "object"], description="its reading (daemon)"),
         "batches": Param(
             [], type="array", items={"type": "string"}, description="batch ids that drifted"
         ),

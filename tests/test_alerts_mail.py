@@ -299,6 +299,14 @@ def every_kind(report: str) -> list[Action]:
             batch={"batch_id": "b7", "uri": "file:///data/bikes/b7.csv"},
         ),
         alert_action(
+            "label_file_rejected",
+            key="labels:bikes:week1.csv:rejected",
+            model=m,
+            title="label file week1.csv set aside",
+            severity="warning",
+            details={"file": "/data/labels/week1.csv", "reason": "week1.csv is empty (0 bytes)"},
+        ),
+        alert_action(
             "reminder",
             key="reminder:drift:bikes:2",
             model=m,
@@ -365,7 +373,8 @@ def test_drift_report_is_evidently_html_of_the_configured_columns(drift_report: 
 def test_every_alert_kind_arrives_with_subject_parts_table_links_and_report(
     smtp_server: SmtpServer, tmp_path: Path, store: StateStore, drift_report: Path
 ) -> None:
-    settings = make_settings(smtp_server, tmp_path)
+    # The 3.9 MB evidently report takes 5.3 MB in a mail: above the default limit.
+    settings = make_settings(smtp_server, tmp_path, alerts={"attach_report_max_bytes": 6_000_000})
     metrics = Metrics()
     actions = every_kind(str(drift_report))
     enqueue(store, *actions)
@@ -460,6 +469,7 @@ def test_every_alert_kind_arrives_with_subject_parts_table_links_and_report(
     assert "Custom thing" in rejected  # unknown details keys still shown
     assert "b7.csv" in rejected
     assert "Reminder number" in text_of(mails["reminder"])
+    assert "week1.csv is empty" in text_of(mails["label_file_rejected"])
 
     # Delivered items are done, and metrics say so.
     assert store.pending_counts()["alert"] == 0

@@ -238,11 +238,16 @@ def test_secrets_from_the_environment_stay_out_of_logs_metrics_and_mails(
     with daemon(cfg, log, env) as proc:
         drop_drift_streak(tmp_path, seed=40)
         drop(tmp_path / "incoming", "bad.csv", frame(50, seed=42).drop(columns="a"))
+        # Both alerts wait; mails keep their order, so the second waits behind the first,
+        # which is refused at every round.
         wait_for(
-            lambda: sum(i["attempts"] >= 1 for i in alerts_in_outbox(tmp_path)) == 2,
+            lambda: (
+                len(alerts := alerts_in_outbox(tmp_path)) == 2
+                and sum(i["attempts"] for i in alerts) >= 2
+            ),
             SCORED_TIMEOUT,
             interval=0.2,
-            what="the drift and rejection alerts refused at login at least once",
+            what="the drift and rejection alerts waiting, refused at login twice",
         )
         assert server.messages == []
         server.users["watcher"] = smtp_password  # the server now takes the env password

@@ -1,5 +1,13 @@
 """The correctness oracle: watcher's drift engine against evidently's own Report.
 
+Every test of `watcher.drift.catalog` (evidently's 18 tabular tests) is named as
+`num_method` / `cat_method` of a `DataDriftPreset` on numeric, binary and categorical
+columns, with fewer than 1,000 and more than 1,000 reference rows (PAIRS below); the
+kind-level thresholds (`threshold`, `num_threshold`, `cat_threshold`) are compared the same
+way (THRESHOLD_CASES). evidently's `empirical_mmd` permutes with NumPy's global random
+state, unseeded: its cases use a drifting column (p = 0) and a batch that is the
+reference reshuffled (p = 1), where every permutation gives the same answer.
+
 For each case, `Report([DataDriftPreset(...)], include_tests=True)` runs once (module
 scope, ~0.5 s each after evidently's first import) and watcher's engine scores the same
 frames. Per-column scores must agree to 1e-6; the chosen test, the threshold, each drift
@@ -31,21 +39,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from watcher.drift import engine
+from watcher.drift import catalog, engine
 
-BIKESHARE = Path("/work/shared/data/bikeshare_2011_hourly.csv")
+REPO = Path(__file__).resolve().parents[1]
+BIKESHARE = REPO / "examples" / "bikeshare" / "data" / "bikeshare_2011_hourly.csv"
 
 # evidently reports the test it chose by display name.
-EVIDENTLY_NAMES = {
-    "K-S p_value": "ks",
-    "chi-square p_value": "chisquare",
-    "Z-test p_value": "z",
-    "Wasserstein distance (normed)": "wasserstein",
-    "Jensen-Shannon distance": "jensenshannon",
-    "PSI": "psi",
-    "Kullback-Leibler divergence": "kl_div",
-    "Hellinger distance": "hellinger",
-}
+EVIDENTLY_NAMES = catalog.BY_DISPLAY_NAME
 
 
 @dataclass
@@ -58,6 +58,9 @@ class Case:
     per_column: dict[str, tuple[str | None, float | None]] = field(default_factory=dict)
     num_stattest: str | None = None
     cat_stattest: str | None = None
+    threshold: float | None = None
+    num_threshold: float | None = None
+    cat_threshold: float | None = None
     drift_share: float = 0.5
     # Tests this case must exercise, so a change in data cannot quietly lose coverage.
     expect_tests: set[str] = field(default_factory=set)
@@ -78,6 +81,9 @@ def _evidently(case: Case, ref: pd.DataFrame, cur: pd.DataFrame) -> dict[str, An
             cat_method=case.cat_stattest,
             per_column_method={c: t for c, (t, _) in case.per_column.items() if t} or None,
             per_column_threshold={c: th for c, (_, th) in case.per_column.items() if th} or None,
+            threshold=case.threshold,
+            num_threshold=case.num_threshold,
+            cat_threshold=case.cat_threshold,
         )
     ]
     if case.prediction is not None:
@@ -135,6 +141,9 @@ def _watcher(case: Case, ref: pd.DataFrame, cur: pd.DataFrame) -> engine.DriftRe
         drift_share=case.drift_share,
         num_stattest=case.num_stattest,
         cat_stattest=case.cat_stattest,
+        threshold=case.threshold,
+        num_threshold=case.num_threshold,
+        cat_threshold=case.cat_threshold,
     )
 
 
@@ -266,6 +275,134 @@ CASES = [
 ]
 
 
+
+
+def _every_test_frames(n_ref: int, n_cur: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Columns on which every test has a defined answer: one that drifts, one whose batch
+    is the reference reshuffled (no drift, whatever the test), binary and few-valued ones.
+    No holes in the categorical columns: evidently's Fisher and G tests need both sides
+    equally long (they fail otherwise, in evidently and in watcher alike)."""
+    rng = np.random.default_rng(seed)
+    ref = pd.DataFrame(
+        {
+            "n_shift": rng.normal(0, 1, n_ref),
+            "n_binary": (rng.random(n_ref) < 0.45).astype(float),
+            "n_few": rng.choice([1.0, 2.0, 3.0, 4.0], n_ref, p=[0.4, 0.3, 0.2, 0.1]),
+            "c_shift": rng.choice(["red", "green", "blue", "black"], n_ref),
+            "c_binary": rng.choice(["yes", "no"], n_ref, p=[0.5, 0.5]),
+        }
+    )
+    cur = pd.DataFrame(
+        {
+            "n_shift": rng.normal(0.6, 1, n_cur),
+            "n_binary": (rng.random(n_cur) < 0.6).astype(float),
+            "n_few": rng.choice([1.0, 2.0, 3.0, 4.0], n_cur, p=[0.1, 0.2, 0.3, 0.4]),
+            "c_shift": rng.choice(["red", "green", "blue", "black", "new"], n_cur),
+            "c_binary": rng.choice(["yes", "no"], n_cur, p=[0.3, 0.7]),
+        }
+    )
+    ref.loc[ref.sample(frac=0.05, random_state=seed).index, "n_shift"] = np.nan
+    # Same values as the reference in another order (and as many: the permutation tests
+    # then find no drift deterministically).
+    n = min(n_ref, n_cur)
+    base = rng.normal(5, 2, n_ref)
+    ref["n_same"] = base
+    cur["n_same"] = rng.permutation(np.resize(base[:n], n_cur))
+    # Categories in (nearly) the same shares on both sides, however many rows.
+    for name, values in (("c_same", ["a", "b", "c"]), ("c_binary_same", ["p", "q"])):
+        ref[name] = rng.permutation(np.resize(values, n_ref))
+        cur[name] = rng.permutation(np.resize(values, n_cur))
+    return ref, cur
+
+
+# Each Report names one numeric and one categorical test (evidently's Report costs about
+# a second whatever it holds): every test, on numeric or categorical columns or both.
+PAIRS: list[tuple[str | None, str | None]] = [
+    ("ks", "chisquare"),
+    ("wasserstein", "z"),
+    ("ed", "g_test"),
+    ("t_test", "fisher_exact"),
+    ("anderson", "TVD"),
+    ("cramer_von_mises", "jensenshannon"),
+    ("es", "psi"),
+    ("mannw", "kl_div"),
+    ("empirical_mmd", "hellinger"),
+    ("jensenshannon", None),
+    ("psi", None),
+    ("kl_div", None),
+    ("hellinger", None),
+]
+
+
+def _every_test_case(num_test: str | None, cat_test: str | None, size: str) -> Case:
+    n_ref, n_cur = (400, 400) if size == "small" else (1200, 1200)
+    numeric = ["n_shift", "n_same", "n_binary", "n_few"]
+    categorical = ["c_shift", "c_same", "c_binary"]
+    if cat_test is None:
+        categorical = []
+    if cat_test == "fisher_exact":  # binary columns only: evidently refuses any other
+        categorical = ["c_binary", "c_binary_same"]
+    # The permutation tests run in evidently's Report twice (a column's drift and the
+    # dataset's count) and once in watcher: few rows and columns keep them to seconds.
+    if num_test == "empirical_mmd":  # 100 permutations of an (n + m)^2 kernel matrix
+        n_ref, n_cur = (150, 150) if size == "small" else (1001, 60)
+        numeric = ["n_shift", "n_same"] if size == "small" else ["n_shift"]
+    if cat_test == "TVD":  # 1,000 permutations in pandas: about 3 s per column and call
+        n_ref, n_cur = (150, 150) if size == "small" else (1001, 60)
+        categorical = ["c_shift"]
+    seed = 100 + PAIRS.index((num_test, cat_test)) * 2 + (size == "large")
+    return Case(
+        f"{num_test}+{cat_test}_{size}",
+        lambda: _every_test_frames(n_ref, n_cur, seed),
+        numeric,
+        categorical,
+        num_stattest=num_test,
+        cat_stattest=cat_test,
+        drift_share=0.4,
+        expect_tests={t for t in (num_test, cat_test) if t},
+    )
+
+
+EVERY_TEST_CASES = [_every_test_case(n, c, size) for n, c in PAIRS for size in ("small", "large")]
+
+
+def test_every_test_is_in_the_oracle() -> None:
+    named = {t for pair in PAIRS for t in pair if t}
+    assert named == set(catalog.TESTS)
+    numeric = {n for n, _ in PAIRS if n}
+    categorical = {c for _, c in PAIRS if c}
+    for name, info in catalog.TESTS.items():
+        assert ("numeric" in info.kinds) == (name in numeric), name
+        assert ("categorical" in info.kinds) == (name in categorical), name
+
+
+THRESHOLD_CASES = [
+    # evidently's precedence: per column, then the kind's, then `threshold`, then the
+    # test's default; on evidently's automatic choice of test and on a named one.
+    Case(
+        "thresholds_small_auto",
+        lambda: _mixed(400, 300, seed=11),
+        _NUM,
+        _CAT,
+        threshold=0.2,
+        num_threshold=0.01,
+        per_column={"x_stable": (None, 0.5)},
+        expect_tests={"ks", "chisquare", "z"},
+    ),
+    Case(
+        "thresholds_large_named",
+        lambda: _mixed(1500, 1200, seed=12),
+        _NUM,
+        _CAT,
+        num_stattest="ed",
+        threshold=0.05,
+        cat_threshold=0.02,
+        per_column={"c_colour": ("hellinger", None), "x_int": ("anderson", 0.3)},
+        expect_tests={"ed", "jensenshannon", "hellinger", "anderson"},
+    ),
+]
+
+
 @dataclass
 class Outcome:
     case: Case
@@ -273,7 +410,9 @@ class Outcome:
     watcher: engine.DriftResult
 
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: c.name)
+@pytest.fixture(
+    scope="module", params=CASES + EVERY_TEST_CASES + THRESHOLD_CASES, ids=lambda c: c.name
+)
 def outcome(request: pytest.FixtureRequest) -> Outcome:
     case: Case = request.param
     ref, cur = case.build()
@@ -377,3 +516,30 @@ def test_bikeshare_kinds_match_evidentlys_inference_on_the_batch(
     assert {s.name for s in ours if s.kind == "categorical"} == set(
         definition.get_categorical_columns()
     )
+
+
+def test_catalog_agrees_with_evidentlys_registry() -> None:
+    """Names, display names, kinds and default thresholds: evidently's registered tests,
+    all but its two text-only ones, are exactly the catalog's."""
+    from evidently.legacy.calculations import stattests
+    from evidently.legacy.calculations.stattests import registry
+
+    # evidently's own tests (a test module may have registered one of its own).
+    builtin = [t for t in vars(stattests).values() if isinstance(t, registry.StatTest)]
+    kinds = {"num": "numeric", "cat": "categorical"}
+    theirs = {}
+    for test in builtin:
+        name = test.name
+        allowed = {t.value for t in test.allowed_feature_types}
+        if allowed == {"text"}:
+            continue
+        theirs[name] = (
+            test.display_name,
+            frozenset(kinds[t] for t in allowed),
+            test.default_threshold,
+        )
+    ours = {
+        name: (t.display_name, t.kinds, t.default_threshold) for name, t in catalog.TESTS.items()
+    }
+    assert ours == theirs
+    assert len(builtin) == 20

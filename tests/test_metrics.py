@@ -46,6 +46,8 @@ def test_promtool_check_metrics_is_silent_on_a_real_daemon(
     asyncio.run(run())
     text = generate_latest(registry)
     assert b"watcher_feature_drift_score{" in text  # the scored batches are in it
+    assert b"watcher_trigger_signal_value{" in text  # and the policy's signals
+    assert b"watcher_trigger_signal_threshold{" in text
     assert b'watcher_batches_rejected_total{model="m",reason="missing_columns"} 1.0' in text
     proc = subprocess.run(
         [promtool_bin, "check", "metrics"], input=text, capture_output=True, timeout=60, check=False

@@ -19,7 +19,9 @@ def tracker(tmp_path: Path) -> tuple[PerformanceTracker, Metrics, StateStore, Pa
     labels = tmp_path / "labels"
     labels.mkdir()
     cfg = ModelConfig(
-        source=DirectorySourceConfig(path=tmp_path / "in", labels_path=labels),
+        source=DirectorySourceConfig(
+            path=tmp_path / "in", labels_path=labels, settle_seconds=0
+        ),
         columns=ColumnsConfig(numeric=["x"], prediction="pred", target="y", id="id"),
     )
     store = StateStore(tmp_path / "state.db")
@@ -38,6 +40,7 @@ def test_labels_joined_with_kept_predictions(
     pd.DataFrame({"id": [1, 2, 3, 4, 99], "y": [12.0, 18.0, 30.0, 44.0, 5.0]}).to_csv(
         labels / "week1.csv", index=False
     )
+    assert perf.check_labels() is None  # seen once: read when unchanged at the next look
     result = perf.check_labels()
     assert result is not None
     err = np.array([-2.0, 2.0, 0.0, -4.0])  # id 99 has no prediction: not counted
@@ -56,6 +59,7 @@ def test_label_file_without_the_target_is_ignored(
     perf, metrics, _, labels = tracker
     perf.keep_predictions("b1", pd.DataFrame({"id": [1], "x": [0.0], "pred": [1.0]}))
     pd.DataFrame({"id": [1], "label": [1.0]}).to_csv(labels / "wrong.csv", index=False)
+    assert perf.check_labels() is None
     assert perf.check_labels() is None
     assert (
         metrics.registry.get_sample_value(

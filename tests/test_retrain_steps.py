@@ -12,7 +12,7 @@ import pytest
 from watcher.config import ColumnsConfig, DirectorySourceConfig, ModelConfig, RetrainConfig
 from watcher.errors import SourceError, TrainingDataError
 from watcher.retrain import data, validation
-from watcher.retrain.evaluation import gate, score, split_holdout
+from watcher.retrain.evaluation import compared_rows, gate, score, split_holdout
 from watcher.retrain.features import CategoryText, OutlierClipper, build_preprocessor
 from watcher.retrain.selection import correlation_filter, select_features
 from watcher.retrain.tuning import make_pipeline, tune
@@ -352,6 +352,30 @@ def test_gate_deploys_only_when_better_by_the_margin() -> None:
 
     tie = gate({"mae": 10.0}, {"mae": 10.0}, metric="mae", margin=0.0, champion_version="3")
     assert not tie.deploy  # equal is not better
+
+
+def test_a_negative_margin_is_a_tolerance() -> None:
+    worse = gate({"mae": 11.5}, {"mae": 10.0}, metric="mae", margin=-0.2, champion_version="3")
+    assert worse.deploy  # within 20 % of the champion: the newer model goes
+    broken = gate({"mae": 12.5}, {"mae": 10.0}, metric="mae", margin=-0.2, champion_version="3")
+    assert not broken.deploy
+    assert "needed lower than 12" in broken.reason
+    assert gate({"r2": 0.7}, {"r2": 0.8}, metric="r2", margin=-0.2, champion_version="1").deploy
+
+
+def test_the_champion_is_compared_only_on_rows_it_was_not_trained_on() -> None:
+    ts = pd.date_range("2024-01-01", periods=10, freq="D", tz="UTC")
+    holdout = pd.DataFrame({"ts": ts, "x": range(10)})
+    rows, problem = compared_rows(holdout, "ts", ts[6])
+    assert problem is None
+    assert rows["x"].tolist() == [7, 8, 9]
+    rows, problem = compared_rows(holdout, "ts", ts[9])
+    assert len(rows) == 10
+    assert problem is not None
+    assert "trained on every holdout row" in problem
+    rows, problem = compared_rows(holdout, None, ts[6])
+    assert rows is holdout
+    assert problem is None
 
 
 def test_gate_for_higher_is_better_metrics() -> None:

@@ -911,4 +911,13 @@ def test_daemon_performance_from_the_labels_table(
     expected = float((labelled["predicted"] - labelled["bikers"]).abs().mean())
     assert result["mae"] == pytest.approx(expected)
     assert h.metric("watcher_model_performance", metric="mae") == pytest.approx(expected)
+    # The performance signal's history: each labelled window is a period, kept with the
+    # version that scored it.
+    with h.store.transaction() as conn:
+        periods = h.store.label_periods(conn, "bikes", "test")
+    assert len(periods) == 2  # the 30 labelled hours fall in two daily windows
+    assert {p.metric for p in periods} == {"mae"}
+    assert sum(p.rows for p in periods) == 30
+    weighted = sum(p.loss * p.rows for p in periods) / 30
+    assert weighted == pytest.approx(expected)
     h.close()

@@ -6,6 +6,8 @@ import asyncio
 import json
 import sys
 import time
+import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,9 +70,12 @@ def run(config: ConfigOpt = None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C."""
     from watcher.daemon import Daemon
     from watcher.logs import setup_logging
+    from watcher.secrets import secret_values
 
     settings = _load(config)
-    setup_logging(settings.daemon.log_format, settings.daemon.log_level)
+    setup_logging(
+        settings.daemon.log_format, settings.daemon.log_level, secrets=secret_values(settings)
+    )
     try:
         code = asyncio.run(Daemon(settings).run())
     except WatcherError as exc:
@@ -82,7 +87,14 @@ def run(config: ConfigOpt = None) -> None:
 @app.command("check-config")
 def check_config(config: Annotated[Path, typer.Argument(help="TOML config file.")]) -> None:
     """Validate a config file (and WATCHER_* overrides). Exit 0 valid, 2 invalid."""
+    from watcher.config import check_runtime
+
     settings = _load(config)
+    try:
+        check_runtime(settings)
+    except WatcherError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from exc
     out.print(f"[green]ok[/green]: {config} is valid")
     for name, model in settings.models.items():
         src = model.source
@@ -92,6 +104,68 @@ def check_config(config: Annotated[Path, typer.Argument(help="TOML config file."
             f"{len(model.columns.numeric)} numeric + {len(model.columns.categorical)} "
             f"categorical features, DAG {settings.dag_id(name)}"
         )
+        out.print(f"    retrain when: {_policy_summary(model)}", highlight=False)
+        out.print(f"    drift: {_noise_summary(name, model, settings)}", highlight=False)
+
+
+def _policy_summary(model: Any) -> str:
+    """The policy in one sentence: each trigger with its parameters, then the guardrails."""
+    from watcher.performance import performance_metric
+
+    p = model.policy
+    parts = []
+    for signal in p.triggers:
+        if signal == "drift":
+            weighted = ", importance-weighted" if p.drift.importance_weighted else ""
+            parts.append(f"drift in {p.consecutive} consecutive batches{weighted}")
+        elif signal == "performance":
+            perf = p.performance
+            metric = performance_metric(model)
+            note = (
+                " (roc_auc needs probabilities: followed as accuracy)"
+                if (metric != model.retrain.primary_metric)
+                else ""
+            )
+            parts.append(
+                f"performance: {metric} loss vs the {perf.baseline} level, {perf.detector} "
+                f"(tolerance {perf.tolerance:.0%}, threshold {perf.threshold:g}, periods "
+                f"pooled to {perf.min_rows}+ labelled rows){note}"
+            )
+        else:
+            ages = [f"{p.max_age_batches} batches"] if p.max_age_batches else []
+            ages += [f"{p.max_age_seconds:g} s"] if p.max_age_seconds else []
+            parts.append(f"max_age: older than {' or '.join(ages)}")
+    guards = [f"cooldown {p.cooldown_seconds:g} s", f"at most {p.daily_cap} a day"]
+    if p.min_age_batches or p.min_age_seconds:
+        guards.append(f"not before {p.min_age_batches} batches / {p.min_age_seconds:g} s")
+    if p.dry_run:
+        guards.append("dry run")
+    return "; ".join(parts) + " | " + ", ".join(guards)
+
+
+def _noise_summary(name: str, model: Any, settings: Settings) -> str:
+    """Where dataset drift starts to mean something against the reference in use."""
+    from watcher.pipeline import load_reference
+
+    try:
+        ref = load_reference(name, model, settings)
+    except (WatcherError, OSError, ValueError) as exc:
+        return f"reference not checked ({exc})"
+    noise = ref.noise
+    if noise is None or not noise.rows:
+        tests = "/".join(noise.tests) if noise else "-"
+        return f"reference {ref.version} ({len(ref.frame)} rows, {tests}): any batch size works"
+    alarms = ", ".join(f"{n} rows {a:.0%}" for n, a in noise.false_alarm.items())
+    remedy = (
+        "scored with ks/chisquare (small_batches = 'pvalue')"
+        if model.drift.small_batches == "pvalue"
+        else "scored as configured, with a warning (small_batches = 'warn')"
+    )
+    return (
+        f"reference {ref.version} ({len(ref.frame)} rows, {'/'.join(noise.tests)}): batches "
+        f"under {noise.rows} rows show dataset drift by chance (no-change batches drifted: "
+        f"{alarms}); such batches are {remedy}"
+    )
 
 
 @app.command()
@@ -110,7 +184,7 @@ def score(
 
     try:
         ref_df, cur_df = read_table(reference), read_table(current)
-        drift_share, num_test, cat_test = 0.5, None, None
+        options: dict[str, Any] = {}
         if config is not None:
             settings = _load(config)
             name = model or (next(iter(settings.models)) if len(settings.models) == 1 else None)
@@ -119,8 +193,7 @@ def score(
                 raise typer.Exit(2)
             mcfg = settings.models[name]
             specs, prediction = engine.specs_from_config(mcfg)
-            drift_share = mcfg.drift.drift_share
-            num_test, cat_test = mcfg.drift.num_stattest, mcfg.drift.cat_stattest
+            options = engine.options_from_config(mcfg.drift)
         else:
             specs, prediction = engine.infer_columns(ref_df), None
         missing = sorted(
@@ -131,9 +204,7 @@ def score(
             err.print(f"error: column(s) {missing} missing from the reference or current data")
             raise typer.Exit(2)
         prepared = engine.prepare_reference(ref_df, specs, version="cli", prediction=prediction)
-        result = engine.score(
-            prepared, cur_df, drift_share=drift_share, num_stattest=num_test, cat_stattest=cat_test
-        )
+        result = engine.score(prepared, cur_df, **options)
     except (OSError, ValueError, WatcherError) as exc:
         err.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc
@@ -152,6 +223,8 @@ def score(
                 "[red]yes[/red]" if c.drifted else "no",
             )
         out.print(table)
+        for name, (_test, why) in result.failures.items():
+            out.print(f"[yellow]not scored[/yellow]: {name}: {why}", highlight=False)
         verdict = (
             "[red]DATASET DRIFT[/red]"
             if result.dataset_drift
@@ -159,7 +232,7 @@ def score(
         )
         out.print(
             f"{verdict}: {result.n_drifted}/{result.n_columns} columns drifted "
-            f"(share {result.drift_share:.2f}, threshold {drift_share})"
+            f"(share {result.drift_share:.2f}, threshold {options.get('drift_share', 0.5)})"
         )
     raise typer.Exit(1 if result.dataset_drift else 0)
 
@@ -175,10 +248,14 @@ def _ago(ts: float | None) -> str:
 
 @app.command()
 def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Per model: last batches, drift streak, pending actions, last runs, last decision."""
+    """Per model: last batches, drift streak, signals, pending actions, last runs, decision."""
+    from watcher.registry_backend import open_registry
+    from watcher.secrets import Scrubber, secret_values
     from watcher.state import StateStore
 
     settings = _load(config)
+    # Errors stored before the store scrubbed them may still hold an echoed secret.
+    scrub = Scrubber(secret_values(settings))
     store = StateStore(settings.daemon.state_dir / "state.db")
     if as_json:
         from watcher.views import status_document
@@ -188,6 +265,7 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         finally:
             store.close()
         return
+    registry = open_registry(settings.registry)
     try:
         for name in settings.models:
             out.rule(
@@ -205,24 +283,70 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
                     _ago(b.finished_at),
                 )
             out.print(batches)
+            last = next((b for b in store.recent_batches(name, 5) if b.result), None)
+            if last is not None and last.result and last.result.get("small_batch"):
+                out.print(f"small batch: {last.result['small_batch']['note']}", highlight=False)
             for d in store.decisions(name, 1):
                 out.print(f"last decision: [bold]{d.outcome}[/bold] ({_ago(d.at)}): {d.reason}")
+            _print_signals(store, name, settings.models[name].policy.triggers)
             pending = store.outbox_items(name, status="pending")
             out.print(
                 f"pending actions: {len(pending)}"
                 + "".join(
                     f"\n  {p['kind']} {p['key']} (attempts {p['attempts']}"
-                    f"{', last error: ' + p['last_error'] if p['last_error'] else ''})"
+                    f"{', last error: ' + scrub(p['last_error']) if p['last_error'] else ''})"
                     for p in pending
                 )
             )
-            runs = Table("run", "state", "triggered", "ended", box=None)
+            runs = Table("run", "state", "outcome", "why", "triggered", "ended", box=None)
             for r in store.runs(name, limit=5):
-                runs.add_row(r.run_id, r.state, _ago(r.triggered_at), _ago(r.ended_at))
+                runs.add_row(
+                    r.run_id,
+                    r.state,
+                    _run_outcome(registry, name, r.run_id, r.state),
+                    str(r.conf.get("reason_kind") or ("manual" if r.conf.get("manual") else "-")),
+                    _ago(r.triggered_at),
+                    _ago(r.ended_at),
+                )
             if runs.row_count:
                 out.print(runs)
     finally:
         store.close()
+
+
+def _print_signals(store: Any, model: str, triggers: Sequence[str]) -> None:
+    """Each signal's value at the latest decision, against its threshold."""
+    last = store.last_decision_with_readings(model)
+    if last is None:
+        return
+    table = Table("signal", "triggers", "value", "threshold", "fires", "reading", box=None)
+    for r in last.readings:
+        table.add_row(
+            r["signal"],
+            "yes" if r["signal"] in triggers else "no",
+            f"{r['value']:.3g}",
+            f"{r['threshold']:.3g}",
+            "[red]yes[/red]" if r["fired"] else "no",
+            r["reason"],
+        )
+    out.print(f"signals at the decision {_ago(last.at)}:")
+    out.print(table)
+
+
+def _run_outcome(registry: Any, model: str, run_id: str, state: str) -> str:
+    """What a finished run did, from what its deploy step recorded in the registry: a run
+    whose challenger the gate refused succeeds in Airflow but deploys nothing."""
+    if state in ("queued", "running"):
+        return "-"
+    try:
+        record = registry.run_record(model, run_id)
+    except (OSError, ValueError, WatcherError):  # WatcherError: MLflow unreachable
+        record = None
+    if record is None:
+        return "failed" if state == "failed" else "unknown (no gate record)"
+    if record.get("deployed"):
+        return f"deployed v{record.get('version', '?')}"
+    return f"refused by the gate: {record.get('reason', '')}".rstrip(": ")
 
 
 @app.command()
@@ -240,7 +364,8 @@ def trigger(
         err.print(f"error: unknown model {model!r}; configured: {sorted(settings.models)}")
         raise typer.Exit(2)
     store = StateStore(settings.daemon.state_dir / "state.db")
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    # Microseconds and a random tail: two triggers in the same second are two runs.
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
     run_id = run_id_for(model, f"manual-{stamp}")
     conf: dict[str, Any] = {"model": model, "reason": reason, "manual": True, "batches": []}
     try:
@@ -417,24 +542,50 @@ def demo(
     keep_running: Annotated[
         bool, typer.Option("--keep-running", help="Leave the services up until Ctrl-C.")
     ] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own labelled table (CSV/Parquet) to replay with --config's first model; "
+            "default: the bundled Bikeshare 2011."
+        ),
+    ] = None,
+    skip: Annotated[
+        int, typer.Option(help="Periods version 1 is trained on before the replay starts.")
+    ] = 8,
+    every: Annotated[str, typer.Option(help="Period length (pandas offset: 7D, 1D, 30D).")] = "7D",
 ) -> None:
-    """The whole loop on real data: Airflow, SMTP, the daemon and a week-by-week replay."""
+    """The whole loop on real data: Airflow, SMTP, the daemon and a period-by-period replay.
+
+    With --data and --config it runs on your data and config: version 1 is trained on the
+    first --skip periods, the rest is replayed as production traffic, labels one period late.
+    """
     from watcher.demo import run_demo
     from watcher.logs import setup_logging
     from watcher.retrain.bootstrap import bootstrap_example, load_example_data
 
     setup_logging("text", "WARNING")
+    loader, boot, title = load_example_data, bootstrap_example, ""
+    if data is not None:
+        try:
+            loader, boot = _own_data(data, _load(config), skip, every)
+        except (WatcherError, OSError, ValueError) as exc:
+            err.print(f"error: {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+        title = f"watcher demo: {data.name} replayed every {every}"
     try:
         result = run_demo(
             config,
             workdir.resolve(),
-            load_example_data,
-            bootstrap_example,
+            loader,
+            boot,
             weeks=weeks,
             speed=speed,
             wait_for_retrain=wait_for_retrain,
             keep_running=keep_running,
             console=out,
+            skip=skip,
+            every=every,
+            title=title,
         )
     except WatcherError as exc:
         err.print(f"error: {exc}", highlight=False)
@@ -446,6 +597,66 @@ def demo(
         r for r in result.results if r.version_after and r.version_after != r.served_version
     ]
     raise typer.Exit(0 if result.results else 1) if deployed or weeks else typer.Exit(0)
+
+
+def _own_data(data: Path, settings: Settings, skip: int, every: str) -> tuple[Any, Any]:
+    """The demo's data loader and bootstrap for a user's table and config."""
+    import pandas as pd
+
+    from watcher.retrain.bootstrap import bootstrap
+    from watcher.retrain.data import read_table
+
+    if not settings.models:
+        raise WatcherError("the config has no models", hint="add a [models.NAME] table")
+    model = next(iter(settings.models))
+    cols = settings.models[model].columns
+    frame = read_table(data)
+    missing = [
+        f"columns.{role} ({col!r})"
+        for role, col in (("timestamp", cols.timestamp), ("target", cols.target))
+        if not col or col not in frame
+    ]
+    if missing or not cols.prediction:
+        raise WatcherError(
+            f"{data} cannot be replayed for model {model}: "
+            + (f"missing {', '.join(missing)}" if missing else "columns.prediction is not set"),
+            hint="the replay needs a timestamp and the target in the data, and "
+            "columns.prediction/id names in the config",
+        )
+    if cols.id and cols.id not in frame:
+        frame[cols.id] = range(len(frame))  # label files need a key; any unique one does
+    ts = pd.to_datetime(frame[cols.timestamp])
+    until = ts.min().normalize() + skip * pd.Timedelta(every)
+
+    def loader(_: Settings, __: str) -> pd.DataFrame:
+        return frame
+
+    def boot(s: Settings, m: str) -> str:
+        return bootstrap(s, m, frame, until=until.to_pydatetime()).version
+
+    return loader, boot
+
+
+def _replay_guardrails(
+    settings: Settings, model: str, speed: float, every: str, periods: int
+) -> str | None:
+    """A replay compresses days into seconds: say when the wall-clock guardrails would
+    suppress triggers (a cooldown longer than a replayed period, a cap below the number
+    of periods replayed)."""
+    import pandas as pd
+
+    policy = settings.models[model].policy
+    period = 60.0 / speed if speed > 0 else 1.0
+    real = pd.Timedelta(every).total_seconds()
+    if policy.cooldown_seconds <= period and policy.daily_cap >= periods:
+        return None
+    return (
+        f"note: cooldown_seconds = {policy.cooldown_seconds:g} and daily_cap = "
+        f"{policy.daily_cap} are wall-clock guardrails, and one {every} period ({real:g} s of "
+        f"data) passes in about {period:g} s here ({periods} periods): triggers after the "
+        "first will be suppressed. For a replay set [models.X.policy] cooldown_seconds = 0 "
+        "and daily_cap = 100 (as `watcher demo` does)"
+    )
 
 
 @app.command()
@@ -474,19 +685,29 @@ def replay(
         err.print("error: the config has no models")
         raise typer.Exit(2)
 
+    if name not in settings.models:
+        err.print(f"error: unknown model {name!r}; configured: {sorted(settings.models)}")
+        raise typer.Exit(2)
+    measure = "error_rate" if settings.models[name].retrain.task == "classification" else "mae"
     progress = _progress()
     task = progress.add_task("replaying", total=weeks)
 
     def show(p: PeriodResult) -> None:
         share = "-" if p.drift_share is None else f"{p.drift_share:.2f}"
+        why = f" ({p.reason})" if p.decision == "triggered" else ""
         progress.console.print(
             f"{p.start:%Y-%m-%d} rows={p.rows} served=v{p.served_version} "
-            f"drift_share={share} decision={p.decision or p.status} mae={p.mae:.2f}"
+            f"drift_share={share} decision={p.decision or p.status}{why} {measure}={p.mae:.3g}",
+            highlight=False,
         )
         progress.advance(task)
 
     try:
         replayer = Replay(settings, name, read_table(data))
+        n = replayer.count(every, skip)
+        note = _replay_guardrails(settings, name, speed, every, min(n, weeks or n))
+        if note:
+            err.print(note, highlight=False, markup=False)
         try:
             with progress:
                 replayer.run(
@@ -503,6 +724,83 @@ def replay(
     except (WatcherError, OSError) as exc:
         err.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc
+
+
+@app.command()
+def backtest(
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Labelled history (Parquet or CSV); default: the bundled Bikeshare."),
+    ] = None,
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option(help="Model to backtest.")] = None,
+    every: Annotated[str, typer.Option(help="Period length (pandas offset, e.g. 7D).")] = "7D",
+    skip: Annotated[int, typer.Option(help="Periods that train version 1.")] = 8,
+    label_delay: Annotated[int, typer.Option(help="Periods until labels arrive.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: retrain.seed).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Replay only this many periods.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of error against runs.")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Processes (default: the cores).")] = None,
+) -> None:
+    """Replay labelled history and compare retraining policies: never, schedules, the
+    configured policy and each signal alone (runs, deployments, error)."""
+    import os
+
+    from rich.progress import Progress
+
+    from watcher import backtest as bt
+    from watcher import backtest_report as report
+    from watcher.retrain.bootstrap import load_example_data
+    from watcher.retrain.data import read_table
+
+    settings = _load(config)
+    name = model or next(iter(settings.models), None)
+    if name is None:
+        err.print("error: the config has no models")
+        raise typer.Exit(2)
+    try:
+        frame = load_example_data(settings, name) if data is None else read_table(data)
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("training", total=None)
+
+            def progress(stage: str, done: int, total: int) -> None:
+                bar.update(task, description=stage, completed=done, total=total)
+
+            result = bt.run_backtest(
+                settings,
+                name,
+                frame,
+                every=every,
+                skip=skip,
+                label_delay=label_delay,
+                seed=seed,
+                jobs=jobs or os.cpu_count() or 1,
+                limit=limit,
+                progress=progress,
+            )
+    except (WatcherError, OSError) as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    h = result.history
+    title = (
+        f"{name}: {h.n_periods - h.skip} periods of {every} after {h.skip} for version 1, "
+        f"labels {h.label_delay} period(s) late"
+    )
+    out.print(report.table(result.results, title))
+    out.print(
+        f"{result.trainings} training runs shared by {len(result.results)} policies "
+        f"in {result.seconds:.0f}s"
+    )
+    for r in result.results:
+        if r.kind == "policy" and r.runs == 0:
+            out.print(f"[yellow]{r.name} never fired[/yellow]: its error is never retraining's")
+    if json_out is not None:
+        seed_used = seed if seed is not None else settings.models[name].retrain.seed
+        doc = report.to_dict(result.results, periods=h.n_periods - h.skip, seed=seed_used)
+        report.write_json(json_out, doc)
+    if plot is not None:
+        report.plot(result.results, plot, title=title, starts=h.starts)
 
 
 def _progress() -> Any:

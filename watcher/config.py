@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,15 +36,40 @@ from watcher.errors import ConfigError
 
 ModelFamily = Literal["hist_gradient_boosting", "random_forest", "linear"]
 
-# Stat tests watcher can run; the names are evidently's.
-StatTest = Literal[
-    "ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi", "kl_div", "hellinger"
-]
+
+def _stattest_name(value: str | None) -> str | None:
+    """A registered test (watcher.drift.catalog) or a custom 'package.module:function',
+    which is imported here, once, so `watcher check-config` reports one that cannot load."""
+    if value is None:
+        return None
+    from watcher.drift.catalog import check_name  # light: no evidently import
+
+    try:
+        return check_name(value)
+    except ConfigError as exc:
+        raise ValueError(f"{exc.message}; {exc.hint}" if exc.hint else exc.message) from exc
+
+
+# Stat tests: evidently's names (see watcher.drift.catalog) or "package.module:function".
+StatTest = Annotated[str, AfterValidator(_stattest_name)]
+
+
+# The one rule for model names: ASCII, because a name becomes part of DAG ids, metric
+# labels and registry folders (the registry checks names with this same pattern).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _no_line_breaks(value: str, what: str) -> str:
+    # A CR/LF in a mail header field would let a value add headers (Bcc: ...).
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"{what} must not contain line breaks")
+    return value
 
 
 class _Section(BaseModel):
-    # Unknown keys are almost always typos: refuse them rather than ignore them.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are almost always typos: refuse them rather than ignore them. No value
+    # is meaningful as inf or nan (an infinite poll interval would stop polling).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _read_secret(value: SecretStr | None, file: Path | None, what: str) -> SecretStr | None:
@@ -57,7 +83,8 @@ def _read_secret(value: SecretStr | None, file: Path | None, what: str) -> Secre
 
 class DaemonConfig(_Section):
     state_dir: Path = Path(".watcher")
-    poll_interval_seconds: float = Field(5.0, gt=0)
+    # Below 10 ms an idle daemon busy-loops; above an hour nothing is watched.
+    poll_interval_seconds: float = Field(5.0, ge=0.01, le=3600)
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -117,6 +144,16 @@ class SmtpConfig(_Section):
     retry_backoff_seconds: float = Field(30.0, gt=0)
     retry_backoff_max_seconds: float = Field(1800.0, gt=0)
 
+    @field_validator("sender")
+    @classmethod
+    def _sender_one_line(cls, v: str) -> str:
+        return _no_line_breaks(v, "smtp.sender")
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients_one_line(cls, v: list[str]) -> list[str]:
+        return [_no_line_breaks(r, "a recipient") for r in v]
+
     @model_validator(mode="after")
     def _secret_from_file(self) -> SmtpConfig:
         self.password = _read_secret(self.password, self.password_file, "smtp.password")
@@ -130,8 +167,59 @@ class AlertsConfig(_Section):
     # more than `digest_threshold` of them.
     digest_window_seconds: float = Field(30.0, ge=0)
     digest_threshold: int = Field(5, ge=1)
+    # The largest report attached, counted as it is in the mail (base64: 4/3 of the file).
+    # An evidently report is ~4 MB (5.3 MB mailed): larger ones are linked, not attached.
     attach_report_max_bytes: int = Field(5_000_000, ge=0)
+    # Drift reports (HTML, several MB each) older than this are deleted; 0 keeps them all.
+    report_retention_days: float = Field(30.0, ge=0)
+    # Drift reports are rendered after the batch in a child process, on at most this many
+    # rows per side (a deterministic sample), stopped after the timeout; the mail citing a
+    # report waits for it this long, then links where it will be.
+    report_max_rows: int = Field(50_000, ge=100)
+    report_timeout_seconds: float = Field(300.0, gt=0)
+    report_wait_seconds: float = Field(120.0, ge=0)
     source_silent_after_seconds: float = Field(0.0, ge=0)  # 0 disables the check
+
+
+class EvidentlyConfig(_Section):
+    """Snapshots of scored batches in an Evidently UI workspace (off by default)."""
+
+    # A local workspace folder (what `evidently ui --workspace PATH` serves), or the URL of
+    # a running `evidently ui` (http:// or https://).
+    workspace: str | None = None
+    project: str = "watcher"
+    snapshots: Literal["all", "drifted"] = "all"
+    # Where people open the UI, for the link in alert mails; default: `workspace` when it
+    # is a URL (a folder workspace has no link without it).
+    ui_url: str | None = None
+    # Batches waiting for their snapshot at most; more are dropped (and counted).
+    max_pending: int = Field(16, ge=1)
+
+    @field_validator("workspace", "ui_url")
+    @classmethod
+    def _no_trailing_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @field_validator("workspace")
+    @classmethod
+    def _evidently_installed(cls, v: str | None) -> str | None:
+        from watcher.drift.catalog import evidently_installed
+
+        if v and not evidently_installed():
+            raise ValueError(
+                "evidently.workspace needs evidently, which is not installed: "
+                "pip install 'watcher-drift[reports]'"
+            )
+        return v
+
+    @property
+    def is_remote(self) -> bool:
+        ws = self.workspace
+        return ws is not None and ws.startswith(("http://", "https://"))
+
+    @property
+    def link_base(self) -> str | None:
+        return self.ui_url or (self.workspace if self.is_remote else None)
 
 
 class WebhookConfig(_Section):
@@ -216,6 +304,18 @@ class DirectorySourceConfig(_Section):
     settle_seconds: float = Field(2.0, ge=0)
     # Label files (id + target) that arrive after the predictions.
     labels_path: Path | None = None
+    # Bigger batches are quarantined (check "too_large") instead of read: scoring takes
+    # about 5x the file size in memory. None: no cap.
+    max_batch_bytes: int | None = Field(1_000_000_000, ge=1)
+    max_batch_rows: int | None = Field(None, ge=1)
+    # "refuse": a symbolic link is never followed (it is quarantined with the reason);
+    # "inside": followed only when it resolves to a regular file inside the folder.
+    symlinks: Literal["refuse", "inside"] = "refuse"
+    # "auto": inotify where the kernel offers it (a batch renamed into the folder is taken
+    # at once, without settle time), polling every daemon.poll_interval_seconds otherwise;
+    # "poll": never use notifications (network file systems do not deliver them for
+    # changes made on other hosts).
+    watch: Literal["auto", "poll"] = "auto"
 
 
 class SqlSourceConfig(_Section):
@@ -312,7 +412,17 @@ class DriftConfig(_Section):
     # num_stattest / cat_stattest; per-column settings win.
     num_stattest: StatTest | None = None
     cat_stattest: StatTest | None = None
+    # evidently's DataDriftPreset thresholds: per column, then num_/cat_threshold for the
+    # column's kind, then `threshold` for every column, then the test's own default.
+    threshold: float | None = Field(None, gt=0)
+    num_threshold: float | None = Field(None, gt=0)
+    cat_threshold: float | None = Field(None, gt=0)
     columns: dict[str, ColumnDriftConfig] = Field(default_factory=dict)
+    # A batch smaller than the reference's noise line (measured at load: below it, batches
+    # drawn from the reference itself show dataset drift; see watcher/batchsize.py) is
+    # scored with p-value tests (ks, chisquare) where evidently's rule would pick a
+    # distance test ("pvalue"), or scored as configured with a warning ("warn").
+    small_batches: Literal["pvalue", "warn"] = "pvalue"
 
 
 class QualityConfig(_Section):
@@ -432,6 +542,21 @@ class RetrainConfig(_Section):
     dagrun_timeout_seconds: float = Field(4 * 3600.0, gt=0)
     task_timeout_seconds: float = Field(3600.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_defaults_to_the_task(cls, data: Any) -> Any:
+        # mae is the regression default; a classifier left without one is scored by accuracy.
+        if isinstance(data, dict) and data.get("task") == "classification":
+            data.setdefault("primary_metric", "accuracy")
+        return data
+
+
+# The primary metrics each task can be scored by (the gate and the performance signal).
+_TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "regression": ("mae", "rmse", "r2"),
+    "classification": ("accuracy", "f1", "roc_auc"),
+}
+
 
 class ModelConfig(_Section):
     source: SourceConfig
@@ -444,6 +569,42 @@ class ModelConfig(_Section):
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     recipients: list[str] = Field(default_factory=list)
 
+    @field_validator("recipients")
+    @classmethod
+    def _recipients_one_line(cls, v: list[str]) -> list[str]:
+        return [_no_line_breaks(r, "a recipient") for r in v]
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> ModelConfig:
+        r = self.retrain
+        fits = _TASK_METRICS[r.task]
+        if r.primary_metric not in fits:
+            raise ValueError(
+                f"retrain.primary_metric {r.primary_metric!r} does not fit retrain.task "
+                f"{r.task!r}: use one of {', '.join(fits)} (or set task = "
+                f"{'classification' if r.task == 'regression' else 'regression'!r})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _performance_signal_has_labels(self) -> ModelConfig:
+        if "performance" not in self.policy.triggers:
+            return self
+        cols, src = self.columns, self.source
+        missing = [f"columns.{c}" for c in ("target", "prediction", "id") if not getattr(cols, c)]
+        labels = src.labels_path if src.kind == "directory" else src.labels_table
+        if labels is None:
+            missing.append(
+                "source.labels_path" if src.kind == "directory" else "source.labels_table"
+            )
+        if missing:
+            raise ValueError(
+                "policy.triggers has 'performance', which compares the model's predictions "
+                f"with labels, but it lacks {', '.join(missing)}: set them, or remove "
+                "'performance' from triggers"
+            )
+        return self
+
     @model_validator(mode="after")
     def _drift_columns_are_features(self) -> ModelConfig:
         unknown = sorted(set(self.drift.columns) - set(self.columns.features))
@@ -451,6 +612,23 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"drift.columns names {unknown}, which are not numeric or categorical features"
             )
+        from watcher.drift.catalog import check_kind
+
+        numeric = set(self.columns.numeric)
+        checks = [
+            (self.drift.num_stattest, "numeric", "drift.num_stattest"),
+            (self.drift.cat_stattest, "categorical", "drift.cat_stattest"),
+            *(
+                (c.stattest, "numeric" if name in numeric else "categorical", f"drift.{name}")
+                for name, c in self.drift.columns.items()
+                if name in self.columns.features
+            ),
+        ]
+        for test, kind, where in checks:
+            try:
+                check_kind(test, kind, where)  # type: ignore[arg-type]
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
         return self
 
 
@@ -461,6 +639,7 @@ class Settings(BaseSettings):
         env_prefix="WATCHER_",
         env_nested_delimiter="__",
         extra="forbid",
+        allow_inf_nan=False,
         # Environment values for nested sections are parsed as JSON where they look like it.
         env_parse_none_str="null",
     )
@@ -471,6 +650,7 @@ class Settings(BaseSettings):
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    evidently: EvidentlyConfig = Field(default_factory=EvidentlyConfig)
     webhooks: dict[str, WebhookConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
@@ -490,10 +670,10 @@ class Settings(BaseSettings):
     @classmethod
     def _model_names(cls, v: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
         for name in v:
-            if not name.replace("_", "").replace("-", "").isalnum():
+            if not MODEL_NAME.match(name):
                 raise ValueError(
-                    f"model name {name!r} may hold only letters, digits, '_' and '-' "
-                    "(it becomes part of DAG ids and metric labels)"
+                    f"model name {name!r} may hold only ASCII letters, digits, '_' and '-' "
+                    "(it becomes part of DAG ids, metric labels and registry folders)"
                 )
         return v
 
@@ -569,26 +749,86 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         "ca_file",
         "password_file",
         "base_training_data",
+        "workspace",
         "url_file",
         "token_file",
     }
     for key, value in data.items():
         if isinstance(value, dict):
             _resolve_paths(value, base)
-        elif key in path_keys and isinstance(value, str) and not Path(value).is_absolute():
+        elif (
+            key in path_keys
+            and isinstance(value, str)
+            and not Path(value).is_absolute()
+            and "://" not in value  # evidently.workspace may be a URL
+        ):
             data[key] = str((base / value).resolve())
 
 
+_SECRET_KEY = re.compile(r"pass|secret|token|key|credential|dsn|auth", re.IGNORECASE)
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
-    """One line per problem, naming the field the way it is written in the file."""
+    """One line per problem, naming the field the way it is written in the file.
+
+    The offending value is shown only for known, non-secret fields: an unknown key may be
+    a misspelled secret (`pasword = ...`), so its value is never echoed.
+    """
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if p not in ("directory", "sql"))
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        hidden = (
+            err["type"] == "extra_forbidden"
+            or any(_SECRET_KEY.search(str(p)) for p in err["loc"])
+            or isinstance(got, dict | list)
+            or got is None
+        )
+        shown = "" if hidden else f" (got {_short(repr(got))})"
         lines.append(f"{loc or '<root>'}: {msg}{shown}")
     return lines
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_runtime(settings: Settings) -> None:
+    """The checks that need the scoring code (which stat tests apply to which column kind,
+    source URLs). `watcher run` and `watcher check-config` both call this, so check-config
+    accepts exactly what run accepts. Raises ConfigError listing every problem."""
+    from watcher.drift.engine import specs_from_config  # scipy: only when checking
+
+    problems = []
+    for name, model in settings.models.items():
+        try:
+            specs_from_config(model)
+        except ConfigError as exc:
+            problems.append(f"models.{name}: {exc}")
+        if model.source.kind != "sql":
+            continue
+        try:
+            from watcher.sources.sqlconn import build_url
+        except ImportError as exc:  # the sql extra is optional: say which one to install
+            raise ConfigError(
+                f"model {name!r} reads a sql source, but its drivers are not installed ({exc})",
+                hint="pip install 'watcher-drift[sql]'",
+            ) from exc
+        try:
+            build_url(model.source)
+        except ConfigError as exc:
+            problems.append(f"models.{name}: {exc}")
+        ts = model.columns.timestamp
+        if ts and ts != model.source.timestamp_column:
+            problems.append(
+                f"models.{name}: columns.timestamp is {ts!r} but source.timestamp_column is "
+                f"{model.source.timestamp_column!r}; make the two the same"
+            )
+    if problems:
+        raise ConfigError(
+            f"the configuration has {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+        )
 
 
 def load_config(path: Path | None) -> Settings:

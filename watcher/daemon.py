@@ -20,22 +20,31 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import stamina.instrumentation
 from prometheus_client import CollectorRegistry
 
 from watcher.alerts import alert_action
-from watcher.config import ModelConfig, Settings
-from watcher.errors import ConfigError, SourceError, WatcherError
+from watcher.config import ModelConfig, Settings, check_runtime
+from watcher.errors import ConfigError, ReferenceDataError, SourceError, WatcherError
 from watcher.metrics import Health, Metrics, MetricsServer
 from watcher.performance import PerformanceTracker
-from watcher.pipeline import ModelRuntime, Pipeline, Reference, load_reference, reference_tag
+from watcher.pipeline import (
+    ModelRuntime,
+    Pipeline,
+    Reference,
+    load_reference,
+    prepare,
+    reference_tag,
+)
+from watcher.registry import ModelRegistry
 from watcher.registry_backend import open_registry
+from watcher.secrets import Scrubber, secret_values
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
-from watcher.state import RunRecord, StateStore
+from watcher.state import RunRecord, StateDirLock, StateStore
 from watcher.workers import PeriodicWorker, run_periodically
 
 log = logging.getLogger(__name__)
@@ -96,7 +105,10 @@ class Daemon:
         # Healthy while the main loop has beaten within a few poll intervals (or a minute).
         self.health = Health(max(60.0, 5 * settings.daemon.poll_interval_seconds))
         self.store = StateStore(settings.daemon.state_dir / "state.db")
+        self.store.scrub = Scrubber(secret_values(settings))
+        self.lock = StateDirLock(settings.daemon.state_dir)
         self.pipeline = Pipeline(settings, self.store, self.metrics)
+        # A folder, or MLflow (then every read is an HTTP request: kept off the loop).
         self.registry = open_registry(settings.registry)
         self.models: dict[str, ModelRuntime] = {}
         self.stop = asyncio.Event()
@@ -105,6 +117,11 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._interrupts = 0
         self._reload_now: set[str] = set()
+        # (model, step) -> the last error logged for it: a failure that repeats every round
+        # is logged once (and again when it changes), counted every time.
+        self._failing: dict[tuple[str, str], str] = {}
+        # model -> (registry version that failed to load, when to try it again)
+        self._bad_version: dict[str, tuple[str, float]] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -119,6 +136,15 @@ class Daemon:
 
     async def startup(self) -> None:
         cfg = self.settings
+        check_runtime(cfg)  # what `watcher check-config` checks, no more, no less
+        self.lock.acquire()  # before anything is claimed, mailed or bound
+        self.metrics.state_writable.set_function(lambda: 0 if self.store.write_error else 1)
+        self.health.problems["state store"] = lambda: (
+            f"cannot write {self.store.path}: {self.store.write_error}; outbox deliveries "
+            "are held until it can"
+            if self.store.write_error
+            else None
+        )
         # stamina's own Prometheus hook counts on the global registry, which is never served.
         stamina.instrumentation.set_on_retry_hooks(
             [stamina.instrumentation.LoggingOnRetryHook, self.metrics.count_retry]
@@ -130,7 +156,7 @@ class Daemon:
             self._server.start()
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, self._server.port)
         for name, model_cfg in cfg.models.items():
-            reference = await run_in_daemon_thread(load_reference, name, model_cfg, cfg)
+            reference = await run_in_daemon_thread(self._load_reference_at_start, name, model_cfg)
             source = build_source(name, model_cfg, self.store, self.metrics)
             performance = PerformanceTracker(
                 name, model_cfg, cfg.daemon.state_dir, self.store, self.metrics, source
@@ -154,11 +180,16 @@ class Daemon:
             for rt in self.models.values():
                 if self.stop.is_set():
                     break
-                await self._maybe_reload(rt)
-                await self._poll_and_score(rt)
-                await run_in_daemon_thread(rt.performance.check_labels)
-                self._check_silence(rt)
-            self._export_outbox()
+                # One model's failure (a damaged registry, a bad label file, a vanished
+                # folder, a bug) never stops the others: each step is contained.
+                await self._contained(rt.name, "registry", self._maybe_reload(rt))
+                await self._contained(rt.name, "source", self._poll_and_score(rt))
+                await self._contained(
+                    rt.name, "label_file", run_in_daemon_thread(self.pipeline.on_labels, rt)
+                )
+                await self._contained(rt.name, "internal", self._async(self._check_silence, rt))
+            with contextlib.suppress(Exception):  # a metric only; the store may be failing
+                self._export_outbox()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=interval)
 
@@ -177,9 +208,11 @@ class Daemon:
         for rt in self.models.values():
             with contextlib.suppress(Exception):
                 await rt.source.close()
+        self.pipeline.close()
         if self._server is not None:
             self._server.stop()
         self.store.close()
+        self.lock.release()
         log.info("stopped")
 
     def request_stop(self) -> None:
@@ -198,14 +231,98 @@ class Daemon:
 
     # ---- the loop's steps -----------------------------------------------------------------
 
+    @staticmethod
+    async def _async(fn: Callable[..., Any], *args: Any) -> None:
+        fn(*args)
+
+    async def _contained(self, model: str, step: str, work: Awaitable[Any]) -> None:
+        """Run one step of one model; a failure is counted, logged once while it repeats,
+        and retried next round, while the other models go on."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.problems.labels(model, step).inc()
+            text = f"{type(exc).__name__}: {exc}"
+            if self._failing.get((model, step)) != text:
+                self._failing[(model, step)] = text
+                log.error(
+                    "%s: %s step failed: %s; the other models go on, retrying next round",
+                    model,
+                    step,
+                    text,
+                    exc_info=not isinstance(exc, WatcherError),
+                    extra={"model": model},
+                )
+            return
+        if self._failing.pop((model, step), None) is not None:
+            log.info("%s: %s step works again", model, step, extra={"model": model})
+
+    def _load_reference_at_start(self, name: str, cfg: ModelConfig) -> Reference:
+        """The production reference; when the registry is damaged, the last one in use.
+
+        A damaged pointer or a broken new version must not keep the daemon from starting
+        when the version it used before is still intact in the registry.
+        """
+        try:
+            return load_reference(name, cfg, self.settings)
+        except Exception as exc:
+            last = self.store.reference_version(name)
+            if not last or not last.removeprefix("v").isdigit():
+                if isinstance(exc, WatcherError):
+                    raise
+                raise ReferenceDataError(
+                    f"model {name}: cannot load the reference: {type(exc).__name__}: {exc}",
+                    hint="check the registry version in production (`watcher models`)",
+                ) from exc
+            try:
+                version = last.removeprefix("v")
+                frame = self.registry.load_reference(name, version)
+                reference = prepare(name, cfg, reference_tag(version), frame)
+            except Exception:
+                raise exc from None
+            self.metrics.problems.labels(name, "registry").inc()
+            self._bad_version[name] = (self._production_text(name), time.monotonic() + 60)
+            log.error(
+                "%s: cannot load the production reference (%s); using %s, the last one in use",
+                name,
+                exc,
+                last,
+            )
+            return reference
+
+    def _production_text(self, name: str) -> str:
+        """What the production pointer says, even when it is not a valid version."""
+        if not isinstance(self.registry, ModelRegistry):
+            # MLflow: the champion alias always names an existing version number.
+            try:
+                return self.registry.production_version(name) or ""
+            except WatcherError:
+                return ""
+        try:
+            return (self.registry.root / name / "PRODUCTION").read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
     async def _poll_and_score(self, rt: ModelRuntime) -> None:
         try:
             refs = await rt.source.poll()
         except SourceError as exc:
             self.metrics.source_up.labels(rt.name).set(0)
-            log.warning("source of %s unavailable: %s; retrying next round", rt.name, exc)
+            if self._failing.get((rt.name, "source down")) != str(exc):  # once per cause
+                self._failing[(rt.name, "source down")] = str(exc)
+                log.warning("source of %s unavailable: %s; retrying every round", rt.name, exc)
+            if isinstance(rt.source, DirectorySource):
+                self._folder_down(rt, exc)
             return
         self.metrics.source_up.labels(rt.name).set(1)
+        self._failing.pop((rt.name, "source down"), None)
+        if isinstance(rt.source, DirectorySource):
+            self._folder_up(rt)
+            if rt.source.reused_names:
+                self.metrics.problems.labels(rt.name, "name_reused").inc(rt.source.reused_names)
+                rt.source.reused_names = 0
         for ref in refs:
             if self.stop.is_set():
                 return
@@ -256,27 +373,37 @@ class Daemon:
         return False
 
     async def _maybe_reload(self, rt: ModelRuntime) -> None:
-        """Switch to a new reference when the registry's production version changed."""
-        try:
-            # Off the loop: with the MLflow backend this is an HTTP request.
-            version = await run_in_daemon_thread(self.registry.production_version, rt.name)
-        except WatcherError as exc:
-            log.error("cannot read the production version of %s: %s", rt.name, exc)
-            return
+        """Switch to a new reference when the registry's production version changed.
+
+        A version that fails to load (damaged pointer, metadata or artifact) is logged once
+        and tried again at most once a minute; the current reference stays in use.
+        """
         forced = rt.name in self._reload_now
         self._reload_now.discard(rt.name)
-        if version is None or (not forced and rt.reference.version == reference_tag(version)):
+        pointer = await run_in_daemon_thread(self._production_text, rt.name)
+        bad = self._bad_version.get(rt.name)
+        if bad is not None and bad[0] == pointer and time.monotonic() < bad[1] and not forced:
             return
         try:
+            version = await run_in_daemon_thread(self.registry.production_version, rt.name)
+            if version is None or (not forced and rt.reference.version == reference_tag(version)):
+                self._bad_version.pop(rt.name, None)
+                return
             reference = await run_in_daemon_thread(load_reference, rt.name, rt.cfg, self.settings)
-        except WatcherError as exc:
-            log.error(
-                "cannot load the new reference of %s: %s; keeping %s",
-                rt.name,
-                exc,
-                rt.reference.version,
-            )
+        except Exception as exc:
+            self.metrics.problems.labels(rt.name, "registry").inc()
+            if bad is None or bad[0] != pointer:
+                log.error(
+                    "cannot load the new reference of %s (PRODUCTION %r): %s; keeping %s",
+                    rt.name,
+                    pointer,
+                    exc if isinstance(exc, WatcherError) else f"{type(exc).__name__}: {exc}",
+                    rt.reference.version,
+                    extra={"model": rt.name},
+                )
+            self._bad_version[rt.name] = (pointer, time.monotonic() + 60)
             return
+        self._bad_version.pop(rt.name, None)
         if reference.version != rt.reference.version:
             log.info(
                 "%s: reference switched %s -> %s", rt.name, rt.reference.version, reference.version
@@ -286,6 +413,7 @@ class Daemon:
 
     def _use_reference(self, name: str, reference: Reference) -> None:
         self.store.set_reference_version(name, reference.version)
+        self.store.note_deployment(name)
         self.metrics.set_model_version(name, reference.version)
         self.metrics.drift_streak.labels(name).set(self.store.drift_streak(name))
 
@@ -295,6 +423,46 @@ class Daemon:
         rt = self.models.get(model)
         if rt is not None:
             await self._maybe_reload(rt)
+
+    def _folder_down(self, rt: ModelRuntime, exc: SourceError) -> None:
+        """A folder that vanished (unmounted share) is an incident: one alert per outage.
+        (sql sources alert on their own, after `down_alert_after_seconds`.)"""
+        assert isinstance(rt.source, DirectorySource)
+        key = f"source:{rt.name}:down"
+        details = {"path": str(rt.source.incoming), "error": exc.message, "what_to_do": exc.hint}
+        with self.store.transaction() as conn:
+            if self.store.open_incident(conn, key, "source_down", rt.name, details):
+                self.store.enqueue(
+                    conn,
+                    alert_action(
+                        "source_down",
+                        key=f"{key}:{time.time():.0f}",
+                        model=rt.name,
+                        title=f"incoming folder unavailable: {exc.message}"[:300],
+                        severity="critical",
+                        details=details,
+                        incident=key,
+                    ),
+                )
+
+    def _folder_up(self, rt: ModelRuntime) -> None:
+        key = f"source:{rt.name}:down"
+        if not any(i["key"] == key for i in self.store.open_incidents()):
+            return
+        with self.store.transaction() as conn:
+            if self.store.resolve_incident(conn, key):
+                self.store.enqueue(
+                    conn,
+                    alert_action(
+                        "source_recovered",
+                        key=f"{key}:recovered:{time.time():.0f}",
+                        model=rt.name,
+                        title="the incoming folder is back",
+                        severity="info",
+                        incident=key,
+                    ),
+                )
+                log.info("%s: incoming folder is back", rt.name)
 
     def _check_silence(self, rt: ModelRuntime) -> None:
         limit = self.settings.alerts.source_silent_after_seconds

@@ -136,10 +136,10 @@ def _row(r: PeriodResult) -> list[str]:
     ]
 
 
-def _table(results: list[PeriodResult]) -> Table:
-    t = Table(title="watcher demo: Bikeshare 2011 replayed week by week", expand=False)
+def _table(results: list[PeriodResult], title: str = "", error: str = "MAE") -> Table:
+    t = Table(title=title or "watcher demo: Bikeshare 2011 replayed week by week", expand=False)
     for col in (
-        "week",
+        "period",
         "from",
         "rows",
         "drift share",
@@ -147,10 +147,12 @@ def _table(results: list[PeriodResult]) -> Table:
         "decision",
         "retrain run",
         "model",
-        "MAE",
-        "MAE no retrain",
+        error,
+        f"{error} no retrain",
     ):
-        t.add_column(col, justify="right" if col in ("rows", "MAE", "MAE no retrain") else "left")
+        t.add_column(
+            col, justify="right" if col in ("rows", error, f"{error} no retrain") else "left"
+        )
     for r in results[-25:]:
         t.add_row(*_row(r))
     return t
@@ -167,7 +169,12 @@ def run_demo(
     wait_for_retrain: bool = False,
     keep_running: bool = False,
     console: Console | None = None,
+    skip: int = 8,
+    every: str = "7D",
+    title: str = "",
 ) -> DemoRun:
+    """Run the loop on `data_loader`'s table: `bootstrap` trains version 1 (on the first
+    `skip` periods), then the rest is replayed period by period (`every`, a pandas offset)."""
     console = console or Console()
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -180,6 +187,13 @@ def run_demo(
     }
     config_path, model = demo_config(example, workdir, ports)
     settings = load_config(config_path)
+    given = load_config(example).models[model].policy
+    console.print(
+        f"policy for the replay: cooldown_seconds 0 (configured: {given.cooldown_seconds:g}), "
+        f"daily_cap 100 (configured: {given.daily_cap}): periods pass in seconds here, so "
+        "real-time guardrails would suppress every trigger after the first",
+        highlight=False,
+    )
     demo = DemoRun(workdir, config_path, settings, model, MailSink(workdir / "mail", ports["smtp"]))
     try:
         demo.mail.start()
@@ -238,15 +252,18 @@ def run_demo(
             console.print(f"      Prometheus at {prom.url}")
         console.print("[bold]5/5[/bold] replaying production traffic …")
         replay = Replay(settings, model, data_loader(settings, model))
-        with Live(_table([]), console=console, refresh_per_second=4) as live:
+        error = "error rate" if settings.models[model].retrain.task == "classification" else "MAE"
+        with Live(_table([], title, error), console=console, refresh_per_second=4) as live:
 
             def show(r: PeriodResult) -> None:
                 demo.results.append(r)
-                live.update(_table(demo.results))
+                live.update(_table(demo.results, title, error))
                 if not daemon.alive():
                     raise RuntimeError(f"the watcher daemon exited; see {daemon.log_path}")
 
             replay.run(
+                skip=skip,
+                every=every,
                 limit=weeks,
                 period_seconds=60.0 / speed if speed > 0 else 0.0,
                 wait_for_retrain=wait_for_retrain,
@@ -299,11 +316,22 @@ def print_summary(demo: DemoRun, console: Console) -> None:
     succeeded = sum(r.run_state == "success" for r in triggered)
     console.rule("[bold]summary")
     console.print(
-        f"weeks replayed: {len(results)}; retrains triggered: {len(triggered)} "
+        f"periods replayed: {len(results)}; retrains triggered: {len(triggered)} "
         f"({succeeded} succeeded); new versions deployed: {deployed} "
         f"(production: {production}; kept in the registry: {kept})"
     )
-    table = Table("month", "MAE with the loop", "MAE without retraining")
+    # Why each retrain happened: the signal that fired, with its numbers.
+    for r in triggered:
+        after = f"; v{r.version_after} in production after it" if r.version_after else ""
+        console.print(
+            f"  retrain at period {r.index} ({r.start:%Y-%m-%d}), run {r.run_state or 'pending'}"
+            f": {r.reason}{after}",
+            highlight=False,
+        )
+    error = (
+        "error rate" if demo.settings.models[demo.model].retrain.task == "classification" else "MAE"
+    )
+    table = Table("month", f"{error} with the loop", f"{error} without retraining")
     monthly = monthly_mae(results) if results else pd.DataFrame()
     for month, row in monthly.iterrows():
         table.add_row(

@@ -56,6 +56,11 @@ class TrainingDataError(WatcherError):
     """
 
 
+class BacktestError(WatcherError):
+    """A backtest cannot run on this data or with these options (no labels, no timestamp,
+    too few periods...)."""
+
+
 class AirflowError(WatcherError):
     """The Airflow REST API refused or failed a request."""
 

@@ -26,9 +26,13 @@ from prometheus_client import (
 )
 
 from watcher import __version__
+from watcher.errors import WatcherError
 
-# Scoring a batch takes milliseconds to minutes depending on its size.
-_STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Stage times seen (benchmarks/bench_latency.py): 10k rows take 5-250 ms per stage, 1M rows
+# 0.5-10 s. Eight bounds resolve the 100 ms batch-to-metric target, big batches and the
+# WatcherScoringSlow rule's 120 s, at 4 stages x 12 series per model (there were 76 with
+# 15 bounds: 7,600 for 100 models).
+_STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 2.5, 15, 120, 300)
 
 
 class Metrics:
@@ -125,6 +129,39 @@ class Metrics:
             ["model", "check"],
             registry=r,
         )
+        self.trigger_signal_value = Gauge(
+            "watcher_trigger_signal_value",
+            "A trigger signal's current value (drift: streak; performance: CUSUM of the "
+            "relative loss excess; max_age: batches or seconds since deployment).",
+            ["model", "signal"],
+            registry=r,
+        )
+        self.trigger_signal_threshold = Gauge(
+            "watcher_trigger_signal_threshold",
+            "The value at which the trigger signal fires.",
+            ["model", "signal"],
+            registry=r,
+        )
+        self.trigger_signal_fired = Gauge(
+            "watcher_trigger_signal_fired",
+            "1 when the trigger signal fires at the latest decision.",
+            ["model", "signal"],
+            registry=r,
+        )
+        self.drift_batch_too_small = Gauge(
+            "watcher_drift_batch_too_small",
+            "1 when the last batch was under the reference's noise line (its drift "
+            "verdict would be chance with the tests evidently's rule picks).",
+            ["model"],
+            registry=r,
+        )
+        self.drift_min_batch_rows = Gauge(
+            "watcher_drift_min_batch_rows",
+            "Rows a batch needs before dataset drift means something against the reference "
+            "(0: any size).",
+            ["model"],
+            registry=r,
+        )
         self.model_performance = Gauge(
             "watcher_model_performance",
             "Production model performance on labelled data.",
@@ -206,6 +243,26 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.problems = Counter(
+            "watcher_problems",
+            "Failures contained without stopping the daemon, by model and kind (label_file, "
+            "registry, source, name_reused, state_write, internal): each is logged and the "
+            "rest of the daemon keeps monitoring.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.state_writable = Gauge(
+            "watcher_state_writable",
+            "1 while the state store takes writes; 0 after a write failed (disk full, "
+            "read-only): outbox deliveries stop until it works again.",
+            registry=r,
+        )
+        self.source_file_problems = Counter(
+            "watcher_source_file_problems",
+            "Files in a batch folder watcher would not read or could not move, by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
         # stamina's retries (Airflow calls, SMTP, SQL connections) on this registry, not on
         # the global one nobody serves: see `count_retry`. Same name and labels as stamina's.
         self.retries = Counter(
@@ -218,6 +275,18 @@ class Metrics:
             "watcher_dag_paused_detections",
             "Times a model's retrain DAG was found paused.",
             ["model"],
+            registry=r,
+        )
+        self.drift_test_failures = Counter(
+            "watcher_drift_test_failures",
+            "Columns a stat test could not score (it raised or returned no finite score).",
+            ["model", "stattest"],
+            registry=r,
+        )
+        self.evidently_snapshots = Counter(
+            "watcher_evidently_snapshots",
+            "Batches sent to the Evidently UI workspace, by outcome (added, failed).",
+            ["model", "outcome"],
             registry=r,
         )
 
@@ -233,6 +302,8 @@ class Metrics:
         for outcome in ("triggered", "failed"):
             self.retrain_triggers.labels(model, outcome)
         self.dag_paused.labels(model)
+        for kind in ("label_file", "registry", "source", "name_reused", "internal"):
+            self.problems.labels(model, kind)
         self.late_rows.labels(model)
         self.sampled_rows.labels(model)
         for kind in ("trigger", "alert"):
@@ -283,12 +354,44 @@ class Health:
         self.stale_after = stale_after_seconds
         self.ready = False
         self._beat = time.monotonic()
+        # Why the daemon cannot do its work although it is alive (the state store refuses
+        # writes, ...): /readyz answers 503 with these, /healthz names them.
+        self.problems: dict[str, Callable[[], str | None]] = {}
 
     def beat(self) -> None:
         self._beat = time.monotonic()
 
     def alive(self) -> bool:
         return time.monotonic() - self._beat < self.stale_after
+
+    def current_problems(self) -> list[str]:
+        found = []
+        for name, check in self.problems.items():
+            why = check()
+            if why:
+                found.append(f"{name}: {why}")
+        return found
+
+
+class MetricsPortError(WatcherError):
+    """The metrics endpoint cannot listen on its address."""
+
+
+def _healthz(health: Health) -> tuple[int, bytes]:
+    # Liveness: a restart would not cure a full disk (and would resend what it cannot
+    # record), so problems are named here but only /readyz fails on them.
+    if not health.alive():
+        return 503, b"main loop stalled\n"
+    body = "".join(f"degraded: {p}\n" for p in health.current_problems()) or "ok\n"
+    return 200, body.encode()
+
+
+def _readyz(health: Health) -> tuple[int, bytes]:
+    problems = health.current_problems()
+    if health.ready and health.alive() and not problems:
+        return 200, b"ready\n"
+    body = "not ready\n" + "".join(f"{p}\n" for p in problems)
+    return 503, body.encode()
 
 
 class MetricsServer:
@@ -302,10 +405,8 @@ class MetricsServer:
 
     def __init__(self, metrics: Metrics, health: Health, host: str, port: int) -> None:
         probes: dict[str, Callable[[], tuple[int, bytes]]] = {
-            "/healthz": lambda: (200, b"ok\n") if health.alive() else (503, b"main loop stalled\n"),
-            "/readyz": lambda: (
-                (200, b"ready\n") if health.ready and health.alive() else (503, b"not ready\n")
-            ),
+            "/healthz": lambda: _healthz(health),
+            "/readyz": lambda: _readyz(health),
         }
 
         class Handler(MetricsHandler):
@@ -324,7 +425,14 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise MetricsPortError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror}",
+                hint="another process holds the port (a second watcher?); choose a free "
+                "metrics.port, 0 for any free port, or set metrics.enabled = false",
+            ) from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True

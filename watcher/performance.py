@@ -1,34 +1,74 @@
 """The production model's performance, once labels arrive.
 
-Directory sources: predictions are kept (id + prediction, a small Parquet file per batch)
-when a batch is scored; label files (id + target) land later in the source's
-``labels_path``. Each new label file is joined with the kept predictions and the model's
-metrics on those rows are exported as ``watcher_model_performance{model,metric}``. A label
-file is read once: its name is recorded in the state store.
+Directory sources: predictions are kept (id + prediction + the version whose reference
+scored the batch, a small Parquet file per batch) when a batch is scored; label files
+(id + target) land later in the source's ``labels_path``. Each new label file is joined
+with the kept predictions. A label file is read once: its name is recorded in the state
+store, in the same transaction as its losses and the policy's decision on them. Like a
+batch, a label file is read only once it has settled (size and mtime unchanged across two
+checks and at least ``settle_seconds`` old), so one read mid-write does not lose its later
+rows. A file that cannot be used (empty, not UTF-8, damaged Parquet, no id/target column,
+text labels for a regression model) is set aside: recorded in the store with the reason,
+logged, counted in ``watcher_problems_total{kind="label_file"}`` and mailed; the other
+files are still used.
 
 SQL sources with a ``labels_table``: the prediction log already holds the predictions, so
 every ``late_check_interval_seconds`` the labels of the recent finished windows
-(``late_check_windows`` of them) are joined by id and the metrics on them exported.
+(``late_check_windows`` of them) are joined by id; each window is a period, recorded again
+when more of its rows are labelled.
+
+For each labelled period the primary metric (``retrain.primary_metric``; ``accuracy`` when
+that is ``roc_auc``, which needs probabilities the prediction log does not hold) is turned
+into a loss (`watcher.signals.loss_of`) and kept with the version that served the period:
+the `performance` trigger signal's history. The metrics on everything read in one round
+are exported as ``watcher_model_performance{model,metric}``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import sqlite3
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from watcher.alerts import alert_action
 from watcher.config import ModelConfig
-from watcher.errors import SourceError
+from watcher.errors import SourceError, WatcherError
 from watcher.metrics import Metrics
 from watcher.retrain.evaluation import classification_metrics, regression_metrics
+from watcher.signals import loss_of
 from watcher.sources.base import Source
-from watcher.state import StateStore
+from watcher.state import LabelPeriod, StateStore
 
 log = logging.getLogger(__name__)
+
+
+class LabelFileError(WatcherError):
+    """A label file cannot be used; it is set aside with this reason."""
+
+
+def performance_metric(cfg: ModelConfig) -> str:
+    """The metric the performance signal follows: the gate's primary metric, except
+    roc_auc, which needs class probabilities that predictions alone do not give."""
+    metric = cfg.retrain.primary_metric
+    return "accuracy" if metric == "roc_auc" else metric
+
+
+@dataclass
+class LabelsRead:
+    """What one round of label reading found, not yet recorded."""
+
+    metrics: dict[str, float]  # on every row read this round
+    periods: list[LabelPeriod] = field(default_factory=list)
+    marks: list[str] = field(default_factory=list)  # watermark keys of label files read
+    rejected: dict[str, str] = field(default_factory=dict)  # label file name -> why not used
 
 
 class PerformanceTracker:
@@ -62,11 +102,17 @@ class PerformanceTracker:
             and cols.prediction
             else None
         )
+        # Whether this model has labels to follow at all (the performance signal's input).
+        self.tracks = self.enabled or self.sql is not None
         self._next_sql_check = 0.0
         self._read_files: set[str] = set()  # label files known to be read (recorded in the store)
+        self._unmatched: dict[str, int] = {}  # label file -> kept prediction files at last look
+        self._seen: dict[str, tuple[int, int]] = {}  # (size, mtime_ns) at the previous check
+        self.settle_seconds = src.settle_seconds if src.kind == "directory" else 0.0
 
-    def keep_predictions(self, batch_id: str, frame: pd.DataFrame) -> None:
-        """Called after a batch is scored (worker thread)."""
+    def keep_predictions(self, batch_id: str, frame: pd.DataFrame, version: str = "") -> None:
+        """Called after a batch is scored (worker thread); `version` is the reference the
+        batch was scored against, i.e. the production version that served it."""
         cols = self.cfg.columns
         if not self.enabled or cols.id not in frame or cols.prediction not in frame:
             return
@@ -75,12 +121,49 @@ class PerformanceTracker:
         kept = frame[[cols.id, cols.prediction]].rename(
             columns={cols.id: "id", cols.prediction: "prediction"}
         )
+        kept["version"] = version
         tmp = self.dir / f".{safe}.parquet.tmp"
         kept.to_parquet(tmp, index=False)
         tmp.replace(self.dir / f"{safe}.parquet")
 
     def check_labels(self) -> dict[str, float] | None:
-        """Read labels not seen before; export and return the metrics on them."""
+        """Read labels not seen before, record their periods; the metrics on them.
+
+        The daemon does not call this: it reads with `read_labels` and records with
+        `record` inside the transaction of the policy's decision (`Pipeline.on_labels`).
+        """
+        read = self.read_labels()
+        if read is None:
+            return None
+        with self.store.transaction() as conn:
+            self.record(conn, read)
+        return read.metrics or None
+
+    def record(self, conn: sqlite3.Connection, read: LabelsRead) -> list[LabelPeriod]:
+        """Store what `read_labels` found, inside the caller's transaction; the periods
+        that are new or changed."""
+        changed = [p for p in read.periods if self.store.add_label_period(conn, self.model, p)]
+        for key in read.marks:
+            self.store.set_watermark(conn, key, "read")
+        for name, why in read.rejected.items():
+            self.store.set_watermark(conn, self._mark(name), f"rejected: {why}"[:1000])
+            self.store.enqueue(
+                conn,
+                alert_action(
+                    "label_file_rejected",
+                    key=f"{self._mark(name)}:rejected",
+                    model=self.model,
+                    title=f"label file {name} set aside",
+                    severity="warning",
+                    details={"file": name, "reason": why},
+                ),
+            )
+        self._read_files.update(k.rsplit(":", 1)[-1] for k in read.marks)
+        self._read_files.update(read.rejected)
+        return changed
+
+    def read_labels(self) -> LabelsRead | None:
+        """Labels not read before, joined with their predictions. Reads only."""
         if self.sql is not None:
             return self._check_sql_labels()
         if not self.enabled or self.labels_path is None or not self.labels_path.is_dir():
@@ -94,46 +177,153 @@ class PerformanceTracker:
         ]
         # This runs every loop round: ask the store about a file name once per process.
         new = []
-        for p in candidates:
-            if self.store.watermark(f"labels:{self.model}:{p.name}") is None:
+        for p in self._settled(candidates):
+            if self.store.watermark(self._mark(p.name)) is None:
                 new.append(p)
             else:
                 self._read_files.add(p.name)
         if not new:
             return None
         target = self.cfg.columns.target
+        id_col = self.cfg.columns.id
         assert target is not None
-        assert self.cfg.columns.id is not None
-        frames = []
+        assert id_col is not None
+        kept_files = sorted(self.dir.glob("*.parquet")) if self.dir.is_dir() else []
+        # A label file none of whose ids has a kept prediction yet (labels that came
+        # first) is read again only once more predictions were kept.
+        new = [p for p in new if self._unmatched.get(p.name) != len(kept_files)]
+        if not new:
+            return None
+        kept = [pd.read_parquet(p) for p in kept_files]
+        predictions = pd.concat(kept) if kept else None
+        if predictions is not None and "version" not in predictions:
+            predictions["version"] = ""
+        read = LabelsRead({})
+        joined_all = []
         for path in new:
-            df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-            if self.cfg.columns.id not in df or target not in df:
+            try:
+                labels = self._read_label_file(path)
+            except LabelFileError as exc:
+                read.rejected[path.name] = str(exc)
+                self.metrics.problems.labels(self.model, "label_file").inc()
                 log.warning(
-                    "label file %s lacks %s or %s; ignored", path, self.cfg.columns.id, target
+                    "%s: label file %s set aside, its labels are not used: %s",
+                    self.model,
+                    path.name,
+                    exc,
+                    extra={"model": self.model},
                 )
                 continue
-            frames.append(
-                df[[self.cfg.columns.id, target]].rename(
-                    columns={self.cfg.columns.id: "id", target: "label"}
-                )
+            joined = (
+                labels.merge(predictions, on="id", how="inner")
+                if predictions is not None
+                else labels.iloc[:0]
             )
-        kept = (
-            [pd.read_parquet(p) for p in sorted(self.dir.glob("*.parquet"))]
-            if self.dir.is_dir()
-            else []
-        )
-        result: dict[str, float] | None = None
-        if frames and kept:
-            joined = pd.concat(frames).merge(pd.concat(kept), on="id", how="inner")
+            if joined.empty:
+                if path.name not in self._unmatched:
+                    log.info("%s: no kept prediction for the ids of %s yet", self.model, path)
+                self._unmatched[path.name] = len(kept_files)
+                continue
+            self._unmatched.pop(path.name, None)
+            read.marks.append(self._mark(path.name))
+            joined_all.append(joined)
+            for version, rows in joined.groupby("version", sort=False):
+                period = self._period(path.name, str(version), rows["label"], rows["prediction"])
+                if period is not None:
+                    read.periods.append(period)
+        if not read.marks and not read.rejected:
+            return None
+        if joined_all:
+            joined = pd.concat(joined_all)
             if len(joined):
-                result = self._export(joined["label"].to_numpy(), joined["prediction"].to_numpy())
-        with self.store.transaction() as conn:
-            for path in new:
-                self.store.set_watermark(conn, f"labels:{self.model}:{path.name}", "read")
-        self._read_files.update(path.name for path in new)
-        return result
+                read.metrics = self._export(
+                    joined["label"].to_numpy(), joined["prediction"].to_numpy()
+                )
+        return read
 
-    def _check_sql_labels(self) -> dict[str, float] | None:
+    def _settled(self, paths: list[Path]) -> list[Path]:
+        """The files whose size and mtime did not change since the last check and that are
+        at least `settle_seconds` old: the same rule as for batches."""
+        now = time.time()
+        current: dict[str, tuple[int, int]] = {}
+        settled = []
+        for p in paths:
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            current[p.name] = sig
+            if self._seen.get(p.name) == sig and now - st.st_mtime >= self.settle_seconds:
+                settled.append(p)
+        self._seen = current
+        return settled
+
+    def _read_label_file(self, path: Path) -> pd.DataFrame:
+        """id + label of one file; LabelFileError says why a file cannot be used."""
+        id_col, target = self.cfg.columns.id, self.cfg.columns.target
+        assert id_col is not None
+        assert target is not None
+        if path.stat().st_size == 0:
+            raise LabelFileError(f"{path.name} is empty (0 bytes)")
+        try:
+            if path.suffix == ".parquet":
+                df = pd.read_parquet(path)
+            else:
+                df = pd.read_csv(path, encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise LabelFileError(
+                f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from exc
+        except Exception as exc:  # pandas and pyarrow raise many types for damaged files
+            kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+            raise LabelFileError(
+                f"{path.name} is not a readable {kind} file: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from exc
+        missing = [c for c in (id_col, target) if c not in df.columns]
+        if missing:
+            raise LabelFileError(f"{path.name} lacks column(s) {missing}")
+        out = df[[id_col, target]].rename(columns={id_col: "id", target: "label"})
+        if self.cfg.retrain.task == "regression":
+            numbers = pd.to_numeric(out["label"], errors="coerce")
+            bad = out["label"].notna() & numbers.isna()
+            if bad.any():
+                examples = sorted(map(str, out["label"][bad].unique()[:3]))
+                raise LabelFileError(
+                    f"{path.name}: {int(bad.sum())} label(s) are not numbers (e.g. "
+                    f"{examples}), but retrain.task is regression"
+                )
+            out["label"] = numbers
+        return out
+
+    def _mark(self, file_name: str) -> str:
+        return f"labels:{self.model}:{file_name}"
+
+    def _metrics(self, y: Any, p: Any) -> dict[str, float]:
+        # The same metric definitions the retraining DAG's gate uses.
+        if self.cfg.retrain.task == "regression":
+            return regression_metrics(np.asarray(y, dtype=float), np.asarray(p, dtype=float))
+        return classification_metrics(np.asarray(y), np.asarray(p), None)
+
+    def _period(self, name: str, version: str, y: pd.Series, p: pd.Series) -> LabelPeriod | None:
+        """The loss of one period's labelled rows (None when no row could be scored)."""
+        ok = y.notna().to_numpy() & p.notna().to_numpy()
+        if not ok.any():
+            return None
+        metric = performance_metric(self.cfg)
+        try:
+            value = self._metrics(y[ok], p[ok]).get(metric, math.nan)
+        except (TypeError, ValueError) as exc:
+            log.warning("%s: cannot score the labels of %s: %s", self.model, name, exc)
+            return None
+        if not math.isfinite(value):
+            return None
+        version = version or (self.store.reference_version(self.model) or "")
+        return LabelPeriod(
+            name, version, metric, value, loss_of(metric, value), int(ok.sum()), time.time()
+        )
+
+    def _check_sql_labels(self) -> LabelsRead | None:
         src = self.cfg.source
         assert self.sql is not None
         assert src.kind == "sql"
@@ -154,14 +344,25 @@ class PerformanceTracker:
         pred_col = self.cfg.columns.prediction
         if labels.empty or label_col not in labels or pred_col not in labels:
             return None
-        return self._export(labels[label_col].to_numpy(), labels[pred_col].to_numpy())
+        read = LabelsRead(self._export(labels[label_col].to_numpy(), labels[pred_col].to_numpy()))
+        # Each finished window is a period, attributed to the version that scored it.
+        windows = self.sql.windows
+        ts = pd.to_datetime(labels[src.timestamp_column], utc=True)
+        index = (
+            (ts - pd.Timestamp(windows.origin, unit="s", tz="UTC")).dt.total_seconds()
+            // windows.width
+        ).astype(int)
+        for k, rows in labels.groupby(index.to_numpy(), sort=True):
+            period = windows.batch_id(int(k))  # type: ignore[call-overload]
+            with self.store.transaction() as conn:
+                version = self.store.batch_version(conn, self.model, period) or ""
+            found = self._period(period, version, rows[label_col], rows[pred_col])
+            if found is not None:
+                read.periods.append(found)
+        return read
 
     def _export(self, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-        # The same metric definitions the retraining DAG's gate uses.
-        if self.cfg.retrain.task == "regression":
-            result = regression_metrics(y.astype(float), p.astype(float))
-        else:
-            result = classification_metrics(y, p, None)
+        result = self._metrics(y, p)
         for metric, value in result.items():
             self.metrics.model_performance.labels(self.model, metric).set(value)
         log.info(

@@ -66,6 +66,13 @@ class PolicyInput:
     age_seconds: float = 0.0
     # The performance signal's reading, when labels have been read (see watcher.signals).
     performance: Reading | None = None
+    # The drift flags the drift *trigger* reads, when they differ from the dataset-drift
+    # flags that drive incidents (importance weighting); newest first. None: drift_flags.
+    trigger_drift_flags: Sequence[bool] | None = None
+    # The age `max_age` reads, when it differs from the model's age: counted from the
+    # last max_age trigger, so a retrain the gate refused waits a whole period again.
+    schedule_age_batches: int | None = None
+    schedule_age_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,11 +110,14 @@ def opens_incident(streak: int, cfg: PolicyConfig) -> bool:
 
 def readings_for(inp: PolicyInput, cfg: PolicyConfig) -> tuple[Reading, ...]:
     """Every signal's current reading, whether or not it may trigger this model."""
-    out = [drift_reading(inp.drift_flags, cfg)]
+    flags = inp.drift_flags if inp.trigger_drift_flags is None else inp.trigger_drift_flags
+    out = [drift_reading(flags, cfg)]
     if inp.performance is not None:
         out.append(inp.performance)
     if cfg.max_age_batches is not None or cfg.max_age_seconds is not None:
-        out.append(max_age_reading(inp.age_batches, inp.age_seconds, cfg))
+        batches = inp.age_batches if inp.schedule_age_batches is None else inp.schedule_age_batches
+        seconds = inp.age_seconds if inp.schedule_age_seconds is None else inp.schedule_age_seconds
+        out.append(max_age_reading(batches, seconds, cfg))
     return tuple(out)
 
 
@@ -125,10 +135,11 @@ def decide(inp: PolicyInput, cfg: PolicyConfig) -> Verdict:
         return Verdict(outcome, reason, streak, opened, resolved, signal, readings)
 
     if not fired:
-        if "drift" in cfg.triggers and 0 < streak < cfg.consecutive:
+        drift_streak = int(by_name["drift"].value)
+        if "drift" in cfg.triggers and 0 < drift_streak < cfg.consecutive:
             return verdict("streak_building", by_name["drift"].reason)
         quiet = "; ".join(by_name[s].reason for s in cfg.triggers if s in by_name)
-        if streak == 0 and cfg.triggers == ["drift"]:
+        if drift_streak == 0 and cfg.triggers == ["drift"]:
             return verdict("no_drift", "no dataset drift in this batch")
         return verdict("no_trigger", f"no trigger signal fired: {quiet or 'no readings yet'}")
     young = too_young(inp.age_batches, inp.age_seconds, cfg)

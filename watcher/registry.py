@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from watcher.config import MODEL_NAME
 from watcher.errors import ChecksumMismatch, RegistryError
 
 METADATA = "metadata.json"
@@ -57,7 +58,7 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
     }
 )
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_MODEL_NAME = MODEL_NAME  # the config's rule, so check-config refuses what this refuses
 
 
 @dataclass(frozen=True)
@@ -168,13 +169,26 @@ def load_trusted_model(path: Path) -> Any:
     import skops.io as sio  # heavy; readers of metadata only should not pay for it
 
     with _quiet_skops():
-        untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+        try:
+            untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+        except Exception as exc:  # not a skops zip (a renamed pickle, a truncated file)
+            raise RegistryError(
+                f"{path} is not a skops model file ({type(exc).__name__}: {exc}); "
+                "refusing to load it",
+                hint="only models saved by watcher's retraining steps can be loaded",
+            ) from exc
         if untrusted:
             raise RegistryError(
                 f"{path} holds types watcher does not trust: {untrusted}; refusing to load it",
                 hint="only models built by watcher's retraining steps can be loaded",
             )
-        return sio.load(path, trusted=sorted(TRUSTED_TYPES))
+        try:
+            return sio.load(path, trusted=sorted(TRUSTED_TYPES))
+        except Exception as exc:
+            raise RegistryError(
+                f"{path} cannot be loaded: {type(exc).__name__}: {exc}",
+                hint="restore the file, or roll back to another version",
+            ) from exc
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -231,11 +245,20 @@ class ModelRegistry:
 
     def production_version(self, model: str) -> str | None:
         """The version in production, or None. Cheap: reads one small file."""
+        pointer = self._model_dir(model) / "PRODUCTION"
         try:
-            text = (self._model_dir(model) / "PRODUCTION").read_text(encoding="utf-8").strip()
+            text = pointer.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
-        return normalize_version(text) if text else None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"cannot read {pointer}: {exc}") from exc
+        try:
+            return normalize_version(text) if text else None
+        except RegistryError as exc:
+            raise RegistryError(
+                f"{pointer} holds {text[:40]!r}, which is not a version number",
+                hint=f"run `watcher rollback {model} --to VERSION` to write a valid pointer",
+            ) from exc
 
     def get(self, model: str, version: str) -> VersionInfo:
         """Metadata of one version; RegistryError if it does not exist."""
@@ -249,9 +272,15 @@ class ModelRegistry:
                 f"model {model} has no version {normalize_version(version)} in {self.root}",
                 hint=f"known versions: {known}",
             ) from exc
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RegistryError(f"{meta} is not valid JSON: {exc}") from exc
-        return VersionInfo.from_json(data, vdir)
+        try:
+            return VersionInfo.from_json(data, vdir)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RegistryError(
+                f"{meta} is damaged: {type(exc).__name__}: {exc}",
+                hint="restore it from a backup, or roll back to another version",
+            ) from exc
 
     def list_versions(self, model: str) -> list[VersionInfo]:
         """Every complete version of a model, oldest first."""
@@ -263,7 +292,13 @@ class ModelRegistry:
             for p in vroot.iterdir()
             if p.is_dir() and p.name.isdigit() and (p / METADATA).exists()
         ]
-        return [self.get(model, p.name) for p in sorted(found, key=lambda p: int(p.name))]
+        versions = []
+        for p in sorted(found, key=lambda p: int(p.name)):
+            # A version whose metadata is damaged cannot be used; it must not hide the rest
+            # (nor keep the DAG from registering the next one).
+            with contextlib.suppress(RegistryError):
+                versions.append(self.get(model, p.name))
+        return versions
 
     def models(self) -> list[str]:
         """Names of the models that have a folder in the registry."""
@@ -292,6 +327,13 @@ class ModelRegistry:
         if art is None:
             raise RegistryError(f"model {info.model} version {info.version} has no {name} artifact")
         path = info.path / art.path
+        # The metadata names files inside its own version folder, nothing else.
+        if not path.resolve().is_relative_to(info.path.resolve()):
+            raise RegistryError(
+                f"model {info.model} version {info.version}: artifact path {art.path!r} "
+                "points outside the version folder; refusing to load it",
+                hint="the metadata was edited by hand or damaged; restore it",
+            )
         if not path.is_file():
             raise RegistryError(
                 f"model {info.model} version {info.version}: artifact {path} is missing",
@@ -310,7 +352,15 @@ class ModelRegistry:
     def load_reference(self, model: str, version: str) -> pd.DataFrame:
         """The version's training data (the drift reference), checksum verified first."""
         info = self.get(model, version)
-        return pd.read_parquet(self._verified_path(info, "reference"))
+        path = self._verified_path(info, "reference")
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for files that are not Parquet
+            raise RegistryError(
+                f"model {model} version {info.version}: {path} is not a readable Parquet "
+                f"file ({type(exc).__name__}: {exc})",
+                hint="restore it, or roll back to another version",
+            ) from exc
 
     def load_model(self, model: str, version: str) -> Any:
         """The estimator, checksum verified, loaded by skops with allowlisted types only."""
@@ -350,7 +400,8 @@ class ModelRegistry:
                 name: Artifact(fname, sha256_file(tmp / fname), (tmp / fname).stat().st_size)
                 for name, fname in (("model", MODEL_FILE), ("reference", REFERENCE_FILE))
             }
-            number = max((int(v.version) for v in self.list_versions(model)), default=0) + 1
+            # Every numbered folder counts, damaged or not: a number is never reused.
+            number = max((int(p.name) for p in vroot.iterdir() if p.name.isdigit()), default=0) + 1
             while True:
                 info = VersionInfo(
                     model=model,

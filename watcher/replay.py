@@ -25,8 +25,8 @@ import pandas as pd
 from watcher.config import ModelConfig, Settings
 from watcher.errors import WatcherError
 from watcher.pipeline import reference_tag
-from watcher.registry import ModelRegistry
-from watcher.state import StateStore
+from watcher.registry_backend import open_registry
+from watcher.state import Decision, StateStore
 
 
 @dataclass
@@ -36,7 +36,9 @@ class PeriodResult:
     rows: int
     served_version: str
     batch_file: str
-    mae: float  # of the served predictions, known once the labels arrive
+    # The served predictions' error, known once the labels arrive: the mean absolute error
+    # for a regression, the error rate (share of wrong classes) for a classification.
+    mae: float
     baseline_mae: float | None = None  # the first production version, never retrained
     status: str = "sent"
     drift_share: float | None = None
@@ -60,9 +62,18 @@ def periods(
 
 
 def predict(estimator: Any, frame: pd.DataFrame) -> np.ndarray:
-    """Serve like production: the estimator gets exactly the columns it was fitted on."""
+    """Serve like production: the estimator gets exactly the columns it was fitted on.
+    Class labels stay what the model predicts (strings such as 'Up' included)."""
     columns = list(getattr(estimator, "feature_names_in_", frame.columns))
-    return np.asarray(estimator.predict(frame[columns]), dtype=float)
+    return np.asarray(estimator.predict(frame[columns]))
+
+
+def error(task: str, y: Any, predicted: Any) -> float:
+    """The replay's per-period error: MAE for a regression, error rate for a classifier."""
+    y, predicted = np.asarray(y), np.asarray(predicted)
+    if task == "classification":
+        return float((y != predicted).mean())
+    return float(np.abs(predicted.astype(float) - y.astype(float)).mean())
 
 
 class Replay:
@@ -86,7 +97,7 @@ class Replay:
         self.incoming = src.path
         self.labels = src.labels_path or (src.path.parent / "labels")
         self.data = data.sort_values(cols.timestamp)
-        self.registry = ModelRegistry(settings.registry.path)
+        self.registry = open_registry(settings.registry)
         # The daemon's own state: the replay follows what it scored and decided.
         self.store = StateStore(settings.daemon.state_dir / "state.db")
         self._served: tuple[str, Any] | None = None
@@ -104,6 +115,11 @@ class Replay:
             if self._baseline is None:
                 self._baseline = self._served[1]
         return self._served
+
+    def count(self, every: str = "7D", skip: int = 8) -> int:
+        """How many periods `run` would replay."""
+        assert self.cfg.columns.timestamp
+        return max(0, sum(1 for _ in periods(self.data, self.cfg.columns.timestamp, every)) - skip)
 
     def run(
         self,
@@ -136,19 +152,21 @@ class Replay:
             _write_atomically(served, self.incoming / name)
             if pending_labels is not None:  # last period's labels arrive now
                 _write_atomically(pending_labels[1], self.labels / pending_labels[0])
+            delivered = pending_labels[0] if pending_labels is not None else None
             pending_labels = (f"labels-{start:%Y-%m-%d}.parquet", chunk[[cols.id, cols.target]])
-            y = chunk[cols.target].to_numpy(dtype=float)
+            y = chunk[cols.target].to_numpy()
+            task = self.cfg.retrain.task
             result = PeriodResult(
                 index=skip + i + 1,
                 start=start,
                 rows=len(chunk),
                 served_version=version,
                 batch_file=name,
-                mae=float(np.abs(served[cols.prediction].to_numpy() - y).mean()),
-                baseline_mae=float(np.abs(predict(self._baseline, chunk) - y).mean()),
+                mae=error(task, y, served[cols.prediction].to_numpy()),
+                baseline_mae=error(task, y, predict(self._baseline, chunk)),
             )
             if wait:
-                self._follow(result, timeout, wait_for_retrain)
+                self._follow(result, timeout, wait_for_retrain, delivered)
             results.append(result)
             if on_period is not None:
                 on_period(result)
@@ -157,8 +175,16 @@ class Replay:
             _write_atomically(pending_labels[1], self.labels / pending_labels[0])
         return results
 
-    def _follow(self, result: PeriodResult, timeout: float, wait_for_retrain: bool) -> None:
-        """Wait for the daemon to score the batch, then for any retraining it caused."""
+    def _follow(
+        self,
+        result: PeriodResult,
+        timeout: float,
+        wait_for_retrain: bool,
+        labels: str | None = None,
+    ) -> None:
+        """Wait for the daemon to score the batch (and to decide on the `labels` file
+        delivered with it, when the model follows its performance), then for any
+        retraining either decision caused."""
         deadline = time.monotonic() + timeout
         record = None
         while time.monotonic() < deadline:
@@ -185,6 +211,20 @@ class Replay:
             result.decision, result.reason, result.run_id = d.outcome, d.reason, d.run_id
         elif record.reason:
             result.decision, result.reason = "rejected", record.reason
+        if labels is not None and self._follows_labels():
+            # The daemon reads labels after scoring: wait for its decision on them, and
+            # show it when it triggered (a performance or age trigger happens there).
+            point = f"labels:{labels}"
+            found: list[Decision] = []
+            # Bounded: labels that match no kept prediction make no decision at all.
+            until = min(deadline, time.monotonic() + 30.0)
+            while time.monotonic() < until and not found:
+                found = self.store.decisions(self.model, 1, batch_id=point)
+                if not found:
+                    time.sleep(0.2)
+            if found and found[0].run_id and not result.run_id:
+                d = found[0]
+                result.decision, result.reason, result.run_id = d.outcome, d.reason, d.run_id
         if result.run_id and result.decision == "triggered" and wait_for_retrain:
             while time.monotonic() < deadline:
                 result.run_state = self.run_states().get(result.run_id, "pending")
@@ -193,6 +233,10 @@ class Replay:
                     break
                 time.sleep(0.5)
         result.version_after = self.registry.production_version(self.model)
+
+    def _follows_labels(self) -> bool:
+        cols = self.cfg.columns
+        return bool(cols.id and cols.prediction and cols.target)
 
     def wait_idle(self, timeout: float = 600.0) -> None:
         """Wait until no retrain of the model is pending or running (end of a replay)."""

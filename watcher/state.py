@@ -1,5 +1,6 @@
 """Durable state in one SQLite file (WAL): batch ledger, drift history, decisions, outbox,
-retrain runs, incidents and source watermarks.
+retrain runs, incidents, source watermarks and the production model's loss per labelled
+period.
 
 The ledger and the outbox are what make effects exactly-once across crashes: a batch's
 result, the policy's decision and the actions it causes are written in ONE transaction
@@ -9,18 +10,22 @@ that make each delivery idempotent (a deterministic dag_run_id, a deterministic 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from watcher.errors import WatcherError
+
 ActionKind = Literal["trigger", "alert", "webhook"]
-BatchStatus = Literal["claimed", "scored", "rejected"]
+BatchStatus = Literal["claimed", "scored", "rejected", "failed"]
 ACTIVE_RUN_STATES = ("queued", "running")
 
 _SCHEMA = """
@@ -54,7 +59,10 @@ CREATE TABLE IF NOT EXISTS decisions (
     at REAL NOT NULL,
     outcome TEXT NOT NULL,
     reason TEXT NOT NULL,
-    run_id TEXT
+    run_id TEXT,
+    -- The signal that fired and every signal's reading (JSON), for `status` and audits.
+    signal TEXT,
+    readings TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_model_at ON decisions (model, at);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -68,7 +76,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL,
     next_attempt_at REAL NOT NULL,
     done_at REAL,
-    last_error TEXT
+    last_error TEXT,
+    -- Set in its own commit right before a mail's SMTP transaction, cleared when it is done:
+    -- after a crash it names the one mail that may have been delivered already.
+    sending_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS runs (
@@ -92,6 +103,21 @@ CREATE TABLE IF NOT EXISTS incidents (
     resolved_at REAL,
     details TEXT NOT NULL DEFAULT '{}'
 );
+-- The production model's loss on each labelled period (a label file, or a SQL window),
+-- with the version that served it: the performance signal's history since a deployment.
+CREATE TABLE IF NOT EXISTS label_periods (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    period TEXT NOT NULL,
+    version TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    loss REAL NOT NULL,
+    rows INTEGER NOT NULL,
+    at REAL NOT NULL,
+    UNIQUE (model, period, version)
+);
+CREATE INDEX IF NOT EXISTS label_periods_model ON label_periods (model, version, id);
 CREATE TABLE IF NOT EXISTS watermarks (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL,
@@ -119,6 +145,7 @@ class OutboxItem:
     payload: dict[str, Any]
     attempts: int
     created_at: float
+    sending_at: float | None = None  # a delivery began then and was never marked done
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,21 @@ class Decision:
     outcome: str
     reason: str
     run_id: str | None
+    signal: str | None = None
+    readings: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LabelPeriod:
+    """The production model's loss on the labelled rows of one period."""
+
+    period: str
+    version: str
+    metric: str
+    value: float
+    loss: float
+    rows: int
+    at: float
 
 
 class StateStore:
@@ -172,7 +214,7 @@ class StateStore:
         self.path = path
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30
+            path, isolation_level=None, check_same_thread=False, timeout=30, factory=_Connection
         )
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -181,6 +223,31 @@ class StateStore:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(outbox)")}
+            if "sending_at" not in columns:  # a state file from before in-flight marking
+                self._conn.execute("ALTER TABLE outbox ADD COLUMN sending_at REAL")
+            self._add_missing_columns()
+        # Why the last write failed (disk full, read-only, I/O error), None once one works:
+        # the daemon's health and `watcher_state_writable` read it.
+        self.write_error: str | None = None
+
+    def _add_missing_columns(self) -> None:
+        """State files written by an older watcher lack the newer columns: add them."""
+        have = {r["name"] for r in self._conn.execute("PRAGMA table_info(decisions)")}
+        for column in ("signal", "readings"):
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE decisions ADD COLUMN {column} TEXT")
+
+    @property
+    def scrub(self) -> Callable[[str], str]:
+        return self._conn.scrub
+
+    @scrub.setter
+    def scrub(self, scrubber: Callable[[str], str]) -> None:
+        """Every text stored from outside (errors, alert payloads, incident details) passes
+        through this; the daemon sets its Scrubber, so a secret a server echoed never
+        reaches the state file or `watcher status`."""
+        self._conn.scrub = scrubber
 
     def close(self) -> None:
         with self._lock:
@@ -190,13 +257,24 @@ class StateStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT; everything inside is written together or not at all."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            changes = self._conn.total_changes
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    # A COMMIT that failed (disk full) leaves the transaction open: without
+                    # this rollback every later BEGIN would fail too.
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if _is_write_failure(exc):
+                    self.write_error = str(exc)
                 raise
-            self._conn.execute("COMMIT")
+            if self._conn.total_changes > changes:  # an empty transaction proves nothing
+                self.write_error = None
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -256,7 +334,7 @@ class StateStore:
         *,
         model: str,
         batch_id: str,
-        status: Literal["scored", "rejected"],
+        status: Literal["scored", "rejected", "failed"],
         rows: int | None,
         reference_version: str | None,
         dataset_drift: bool | None = None,
@@ -307,6 +385,24 @@ class StateStore:
         ).fetchall()
         return [bool(r["dataset_drift"]) for r in rows]
 
+    @staticmethod
+    def drifted_columns_since_reset(
+        conn: sqlite3.Connection, model: str, limit: int
+    ) -> list[dict[str, bool]]:
+        """Per scored batch since the last streak reset (newest first): which columns
+        drifted. For the importance-weighted drift signal."""
+        rows = conn.execute(
+            "SELECT b.result FROM batches b LEFT JOIN model_state m ON m.model = b.model "
+            "WHERE b.model = ? AND b.status = 'scored' AND b.seq > COALESCE(m.streak_reset_seq, 0) "
+            "ORDER BY b.seq DESC LIMIT ?",
+            (model, limit),
+        ).fetchall()
+        out = []
+        for r in rows:
+            columns = (json.loads(r["result"]) if r["result"] else {}).get("drift", {})
+            out.append({k: bool(c["drifted"]) for k, c in columns.get("columns", {}).items()})
+        return out
+
     def drift_streak(self, model: str) -> int:
         with self._lock:
             flags = self.drift_flags_since_reset(self._conn, model, 10_000)
@@ -347,7 +443,22 @@ class StateStore:
                 "UPDATE model_state SET reference_version = ?, updated_at = ? WHERE model = ?",
                 (version, time.time(), model),
             )
+            # The model's age (the max_age/min_age signals) counts from here.
+            self.set_watermark(conn, f"deployed_at:{model}", repr(time.time()))
             return True
+
+    def note_deployment(self, model: str) -> None:
+        """A state file from before ages were kept has no deployment time: count from now."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO watermarks (key, value, updated_at) VALUES (?, ?, ?)",
+                (f"deployed_at:{model}", repr(time.time()), time.time()),
+            )
+
+    def deployed_at(self, model: str) -> float | None:
+        """When the daemon started using the model's current reference version."""
+        value = self.watermark(f"deployed_at:{model}")
+        return None if value is None else float(value)
 
     # ---- decisions ----------------------------------------------------------------------
 
@@ -361,11 +472,22 @@ class StateStore:
         reason: str,
         run_id: str | None = None,
         at: float | None = None,
+        signal: str | None = None,
+        readings: list[dict[str, Any]] | None = None,
     ) -> None:
         conn.execute(
-            "INSERT INTO decisions (model, batch_id, at, outcome, reason, run_id) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (model, batch_id, time.time() if at is None else at, outcome, reason, run_id),
+            "INSERT INTO decisions (model, batch_id, at, outcome, reason, run_id, signal, "
+            "readings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                model,
+                batch_id,
+                time.time() if at is None else at,
+                outcome,
+                reason,
+                run_id,
+                signal,
+                None if readings is None else json.dumps(readings, default=_finite),
+            ),
         )
 
     @staticmethod
@@ -388,9 +510,122 @@ class StateStore:
             (model, batch_id, batch_id, limit),
         )
         return [
-            Decision(r["model"], r["batch_id"], r["at"], r["outcome"], r["reason"], r["run_id"])
+            Decision(
+                r["model"],
+                r["batch_id"],
+                r["at"],
+                r["outcome"],
+                r["reason"],
+                r["run_id"],
+                r["signal"],
+                json.loads(r["readings"]) if r["readings"] else [],
+            )
             for r in rows
         ]
+
+    def last_decision_with_readings(self, model: str) -> Decision | None:
+        """The newest decision that recorded the signals' readings (for `watcher status`)."""
+        rows = self._read(
+            "SELECT id FROM decisions WHERE model = ? AND readings IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1",
+            (model,),
+        )
+        if not rows:
+            return None
+        found = self._read("SELECT * FROM decisions WHERE id = ?", (rows[0]["id"],))
+        r = found[0]
+        return Decision(
+            r["model"],
+            r["batch_id"],
+            r["at"],
+            r["outcome"],
+            r["reason"],
+            r["run_id"],
+            r["signal"],
+            json.loads(r["readings"]),
+        )
+
+    @staticmethod
+    def last_trigger_at(conn: sqlite3.Connection, model: str, signal: str) -> float | None:
+        """When `signal` last triggered (or dry-ran) a retrain of the model."""
+        row = conn.execute(
+            "SELECT MAX(at) AS at FROM decisions WHERE model = ? AND signal = ? "
+            "AND outcome IN ('triggered', 'dry_run')",
+            (model, signal),
+        ).fetchone()
+        return None if row is None or row["at"] is None else float(row["at"])
+
+    # ---- performance: the production model's loss per labelled period --------------------
+
+    @staticmethod
+    def add_label_period(conn: sqlite3.Connection, model: str, period: LabelPeriod) -> bool:
+        """Record (or, when more of its rows are labelled now, update) a period's loss.
+        True when something changed."""
+        cur = conn.execute(
+            "INSERT INTO label_periods (model, period, version, metric, value, loss, rows, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, period, version) DO UPDATE SET "
+            "metric = excluded.metric, value = excluded.value, loss = excluded.loss, "
+            "rows = excluded.rows, at = excluded.at WHERE excluded.rows != label_periods.rows",
+            (
+                model,
+                period.period,
+                period.version,
+                period.metric,
+                period.value,
+                period.loss,
+                period.rows,
+                period.at,
+            ),
+        )
+        return cur.rowcount == 1
+
+    @staticmethod
+    def label_periods(
+        conn: sqlite3.Connection, model: str, version: str, *, after: float = 0.0
+    ) -> list[LabelPeriod]:
+        """The periods served by `version`, oldest first; only those recorded after `after`."""
+        rows = conn.execute(
+            "SELECT * FROM label_periods WHERE model = ? AND version = ? AND at > ? ORDER BY id",
+            (model, version, after),
+        ).fetchall()
+        return [
+            LabelPeriod(
+                r["period"], r["version"], r["metric"], r["value"], r["loss"], r["rows"], r["at"]
+            )
+            for r in rows
+        ]
+
+    @staticmethod
+    def batches_served(conn: sqlite3.Connection, model: str, version: str) -> int:
+        """Batches scored against `version` (its age in batches)."""
+        row = conn.execute(
+            "SELECT COUNT(*) AS n FROM batches WHERE model = ? AND reference_version = ? "
+            "AND status = 'scored'",
+            (model, version),
+        ).fetchone()
+        return int(row["n"])
+
+    @staticmethod
+    def batches_served_since(
+        conn: sqlite3.Connection, model: str, version: str, since: float
+    ) -> int:
+        """Batches scored against `version` after `since` (Unix time)."""
+        row = conn.execute(
+            "SELECT COUNT(*) AS n FROM batches WHERE model = ? AND reference_version = ? "
+            "AND status = 'scored' AND finished_at > ?",
+            (model, version, since),
+        ).fetchone()
+        return int(row["n"])
+
+    @staticmethod
+    def batch_version(conn: sqlite3.Connection, model: str, batch_prefix: str) -> str | None:
+        """The reference version the newest scoring of a batch (or its revisions) used."""
+        row = conn.execute(
+            "SELECT reference_version FROM batches WHERE model = ? AND status = 'scored' "
+            "AND (batch_id = ? OR substr(batch_id, 1, ?) = ?) ORDER BY seq DESC LIMIT 1",
+            (model, batch_prefix, len(batch_prefix) + 4, batch_prefix + "#rev"),
+        ).fetchone()
+        return None if row is None else str(row["reference_version"])
 
     # ---- outbox -------------------------------------------------------------------------
 
@@ -407,7 +642,7 @@ class StateStore:
                 action.kind,
                 action.key,
                 action.model,
-                json.dumps(action.payload),
+                _scrub(conn, json.dumps(action.payload)),
                 now,
                 now if not_before is None else not_before,
             ),
@@ -422,11 +657,17 @@ class StateStore:
         )
         return [_outbox(r) for r in rows]
 
+    def mark_sending(self, item_id: int) -> None:
+        """Commit that a delivery starts now, before the SMTP transaction: a crash from here
+        to `mark_done` may deliver this one mail twice (same Message-ID), no other."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE outbox SET sending_at = ? WHERE id = ?", (time.time(), item_id))
+
     def mark_done(self, item_id: int) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE outbox SET status = 'done', done_at = ?, attempts = attempts + 1 "
-                "WHERE id = ?",
+                "UPDATE outbox SET status = 'done', done_at = ?, attempts = attempts + 1, "
+                "sending_at = NULL WHERE id = ?",
                 (time.time(), item_id),
             )
 
@@ -444,18 +685,29 @@ class StateStore:
     def reschedule(self, item_id: int, next_attempt_at: float, error: str) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
-                "WHERE id = ?",
-                (next_attempt_at, error, item_id),
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, "
+                "sending_at = NULL WHERE id = ?",
+                (next_attempt_at, self.scrub(error), item_id),
             )
 
     def mark_dead(self, item_id: int, error: str) -> None:
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?, "
-                "done_at = ? WHERE id = ?",
-                (error, time.time(), item_id),
+                "done_at = ?, sending_at = NULL WHERE id = ?",
+                (self.scrub(error), time.time(), item_id),
             )
+
+    def earliest_backing_off(self, kind: ActionKind, now: float) -> int | None:
+        """The oldest pending action that failed before and waits for its next attempt.
+
+        Later actions wait behind it, so that after an outage they go out in order."""
+        rows = self._read(
+            "SELECT MIN(id) AS id FROM outbox WHERE kind = ? AND status = 'pending' "
+            "AND attempts > 0 AND next_attempt_at > ?",
+            (kind, now),
+        )
+        return None if not rows or rows[0]["id"] is None else int(rows[0]["id"])
 
     def pending_counts(self) -> dict[str, int]:
         rows = self._read(
@@ -559,7 +811,7 @@ class StateStore:
             "INSERT INTO incidents (key, kind, model, opened_at, details) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET opened_at = excluded.opened_at, resolved_at = NULL, "
             "last_notified_at = NULL, details = excluded.details",
-            (key, kind, model, time.time(), json.dumps(details)),
+            (key, kind, model, time.time(), _scrub(conn, json.dumps(details))),
         )
         return True
 
@@ -597,6 +849,72 @@ class StateStore:
         )
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that carries the store's scrubber, so the static helpers that write
+    inside a transaction (`enqueue`, `open_incident`) scrub too."""
+
+    scrub: Callable[[str], str] = staticmethod(lambda text: text)
+
+
+def _scrub(conn: sqlite3.Connection, text: str) -> str:
+    scrub: Callable[[str], str] | None = getattr(conn, "scrub", None)
+    return text if scrub is None else scrub(text)
+
+
+def _is_write_failure(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return any(
+        what in text for what in ("full", "readonly", "read-only", "disk i/o", "unable to open")
+    )
+
+
+class StateLocked(WatcherError):
+    """Another daemon runs on the same state directory."""
+
+
+class StateDirLock:
+    """One daemon per state directory: an exclusive `flock` on ``<state_dir>/daemon.lock``.
+
+    Two daemons on one state would both claim the same batches and mail the same alerts.
+    The kernel drops the lock when the process dies (even by SIGKILL), so a crash never
+    leaves a stale lock behind. CLI commands (`status`, `trigger`) do not take it.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "daemon.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateLocked(
+                f"another watcher daemon (pid {holder}) is running on the state directory "
+                f"{self.path.parent}; refusing to start a second one",
+                hint="stop the other daemon first, or give this one its own daemon.state_dir",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _finite(value: Any) -> Any:
+    """json.dumps default: numpy scalars as Python numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a decision's readings")
+
+
 def _batch(r: sqlite3.Row) -> BatchRecord:
     return BatchRecord(
         seq=r["seq"],
@@ -623,6 +941,7 @@ def _outbox(r: sqlite3.Row) -> OutboxItem:
         payload=json.loads(r["payload"]),
         attempts=r["attempts"],
         created_at=r["created_at"],
+        sending_at=r["sending_at"],
     )
 
 

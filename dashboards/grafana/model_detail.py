@@ -258,6 +258,19 @@ def build() -> Board:
     )
     board.add(
         timeseries(
+            "Trigger signals against their thresholds",
+            [
+                Q(f"watcher_trigger_signal_value{{{M}}}", "{{signal}}"),
+                Q(f"watcher_trigger_signal_threshold{{{M}}}", "{{signal}} threshold"),
+            ],
+            minimum=0,
+            w=8,
+            dashed=".* threshold",
+        ),
+        "How close is each retrain signal (drift streak, performance CUSUM, age) to firing?",
+    )
+    board.add(
+        timeseries(
             "Retrain runs by state",
             [Q(f"watcher_retrain_runs{{{M}}}", "{{state}}")],
             minimum=0,

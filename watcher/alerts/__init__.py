@@ -21,6 +21,7 @@ AlertKind = Literal[
     "source_silent",
     "source_recovered",
     "batch_rejected",
+    "label_file_rejected",
     "reminder",
 ]
 Severity = Literal["critical", "warning", "info"]

@@ -41,6 +41,7 @@ from watcher.alerts.render import (
     to_text,
 )
 from watcher.config import Settings
+from watcher.secrets import secret_values
 from watcher.state import OutboxItem
 
 
@@ -57,13 +58,6 @@ def message_id(key: str, sender: str) -> str:
     room = 78 - len("In-Reply-To: <watcher..@>") - len(digest) - len(domain)
     readable = re.sub(r"[^A-Za-z0-9_-]+", "-", key)[: max(room, 0)].strip("-")
     return f"<watcher.{readable + '.' if readable else ''}{digest}@{domain}>"
-
-
-def secret_values(settings: Settings) -> tuple[str, ...]:
-    """Every password the configuration holds; none may appear in a mail."""
-    found = [settings.smtp.password, settings.airflow.password]
-    found += [getattr(m.source, "password", None) for m in settings.models.values()]
-    return tuple(s.get_secret_value() for s in found if s is not None and s.get_secret_value())
 
 
 def grafana_link(settings: Settings, model: str | None, dashboard: str | None = None) -> str:
@@ -177,6 +171,9 @@ def _alert_blocks(
     if airflow:
         links.append(("Airflow run" if run.get("run_id") else "Airflow DAG", airflow))
 
+    if p.get("evidently_url"):
+        links.append(("Evidently UI: the model's batches", str(p["evidently_url"])))
+
     attachment = None
     report = p.get("report_path")
     if report:
@@ -185,15 +182,25 @@ def _alert_blocks(
         try:
             size = path.stat().st_size
         except OSError:
-            blocks.append(Para(f"The drift report was written to {path}, which is gone now."))
+            # Reports are rendered after the batch, in the background; the mail waited a
+            # bounded time for it (alerts.report_wait_seconds) and now links where it lands.
+            blocks.append(
+                Para(
+                    f"The evidently drift report was not ready when this mail was sent; it is "
+                    f"saved on the watcher host at {path} once rendered."
+                )
+            )
+            links.append(("Drift report", path.resolve().as_uri()))
         else:
-            if size <= limit:
+            # The limit is on what the mail carries: base64 makes 3 bytes 4, plus line ends.
+            if _encoded_size(size) <= limit:
                 attachment = (_report_name(model, batch), path.read_bytes())
                 blocks.append(Para(f"The evidently drift report is attached ({attachment[0]})."))
             else:
                 blocks.append(
                     Para(
-                        f"The evidently drift report ({size / 1e6:.1f} MB) is larger than "
+                        f"The evidently drift report ({size / 1e6:.1f} MB, "
+                        f"{_encoded_size(size) / 1e6:.1f} MB in a mail) is larger than "
                         f"alerts.attach_report_max_bytes ({limit} bytes); it is saved on "
                         f"the watcher host at {path}."
                     )
@@ -201,6 +208,12 @@ def _alert_blocks(
                 links.append(("Drift report", path.resolve().as_uri()))
     blocks.append(Links("Links", links))
     return headline, blocks, attachment
+
+
+def _encoded_size(size: int) -> int:
+    """Bytes an attachment of `size` bytes takes in a mail (base64, 76-character lines)."""
+    encoded = 4 * ((size + 2) // 3)
+    return encoded + 2 * (encoded // 76 + 1)
 
 
 def _report_name(model: str | None, batch: dict[str, Any]) -> str:

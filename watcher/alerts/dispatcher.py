@@ -24,8 +24,21 @@ While no mail is due, the server is probed (connect, TLS, login, NOOP) once a mi
 `watcher_smtp_up` says whether mail would work before an alert needs it.
 
 A sent mail touches its incident (`StateStore.touch_incident`), which restarts the
-reminder clock. A crash between sending and marking done re-sends the mail on restart with
-the same Message-ID.
+reminder clock. Right before its SMTP transaction a mail is marked in flight in a commit of
+its own (`StateStore.mark_sending`), and done right after: a crash in between re-sends that
+one mail on restart, first, alone (never folded into a digest, which would reach people a
+second time under another Message-ID) and with the same Message-ID. A mail whose drift
+report is still being rendered waits for it until ``report_wait_until`` (see
+`watcher.reports`).
+
+The state must be writable for any of this: when the mark before sending fails, nothing
+is sent; when marking a sent mail done fails (disk full), the mail is remembered as sent
+in memory and no further mail goes out until the state takes writes again
+(`watcher_state_writable` 0, /readyz 503). A mail is never sent again because its
+delivery could not be recorded.
+
+After an outage mails go out in the order they were enqueued: mails behind one that is
+backing off wait for it.
 """
 
 from __future__ import annotations
@@ -34,21 +47,24 @@ import asyncio
 import hashlib
 import logging
 import random
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import stamina
 
 from watcher.alerts import Severity, alert_action
-from watcher.alerts.compose import compose, secret_values
+from watcher.alerts.compose import compose
 from watcher.alerts.kinds import KINDS, SEVERITY_ORDER
 from watcher.alerts.render import format_duration, label
 from watcher.alerts.smtp import MessageRefused, SmtpSender, redact
 from watcher.config import Settings
 from watcher.errors import MailError
 from watcher.metrics import Metrics
+from watcher.secrets import secret_values
 from watcher.state import Action, OutboxItem, StateStore
 from watcher.workers import PeriodicWorker
 
@@ -99,6 +115,10 @@ class MailDispatcher:
         self.probe_interval = probe_interval_seconds
         self._last_contact = float("-inf")
         self._up: bool | None = None
+        # Mails handed to the server whose delivery the state could not record (disk full):
+        # never sent again by this process; recorded as soon as the state takes writes.
+        self._unrecorded: dict[int, OutboxItem] = {}
+        self._state_broken = False  # the last state write failed (logged once)
 
     def _set_up(self, up: bool, why: str = "") -> None:
         self._last_contact = self.clock()
@@ -126,9 +146,19 @@ class MailDispatcher:
 
     async def run_once(self) -> None:
         now = self.clock()
+        if not self._record_unrecorded():
+            return  # the state takes no writes: sending now could only repeat mails
         self._enqueue_reminders(now)
-        due = self.store.due_actions("alert", now, limit=1000)
-        for item in self._plan(due, now):
+        due = [i for i in self.store.due_actions("alert", now, limit=1000) if _ready(i, now)]
+        waiting = self.store.earliest_backing_off("alert", now)
+        if waiting is not None:
+            # Keep the order: nothing enqueued after a mail that waits for its next try.
+            due = [i for i in due if i.id < waiting]
+        # A mail whose delivery began before a crash goes first and alone, never folded into
+        # a digest: it may have reached people already, under its own Message-ID.
+        inflight = [i for i in due if i.sending_at is not None]
+        planned = self._plan([i for i in due if i.sending_at is None], now)
+        for item in [*inflight, *planned]:
             if not await self._deliver(item):
                 break  # the server is down or misconfigured: the rest waits for a later round
         if now - self._last_contact >= self.probe_interval:
@@ -265,6 +295,23 @@ class MailDispatcher:
             self._dead(item, kind, f"cannot compose the mail: {exc!r}")
             return True
 
+        if item.sending_at is not None:
+            self.metrics.alerts.labels(kind, "redelivered").inc()
+            log.warning(
+                "alert %s was being mailed when watcher stopped; sending it again with the "
+                "same Message-ID (a mail client shows one copy)",
+                item.key,
+                extra={"model": item.model},
+            )
+        # Its own durable step right before the SMTP transaction: a crash from here to
+        # mark_done can repeat this one mail, never another.
+        try:
+            self.store.mark_sending(item.id)
+        except sqlite3.Error as exc:
+            self._state_failed(item, exc, sent=False)
+            return False
+        self._state_works()
+
         cfg = self.settings.smtp
         try:
             async for attempt in stamina.retry_context(
@@ -284,8 +331,13 @@ class MailDispatcher:
             return False
 
         now = self.clock()
-        self.store.mark_done(item.id)
         self._set_up(True)
+        try:
+            self.store.mark_done(item.id)
+        except sqlite3.Error as exc:
+            self._unrecorded[item.id] = item
+            self._state_failed(item, exc, sent=True)
+            return False
         self.metrics.alerts.labels(kind, "sent").inc()
         if kind != "digest":
             self._sent_at.append(now)
@@ -301,6 +353,38 @@ class MailDispatcher:
             extra={"model": item.model},
         )
         return True
+
+    def _state_failed(self, item: OutboxItem, exc: sqlite3.Error, *, sent: bool) -> None:
+        self.metrics.problems.labels(item.model or "", "state_write").inc()
+        if self._state_broken and not sent:
+            return  # said already; /readyz and watcher_state_writable keep saying it
+        self._state_broken = True
+        log.error(
+            "the state store takes no writes (%s): %s; no mail is sent until it does "
+            "(free disk space under %s)",
+            exc,
+            f"mail {item.key} was sent and will not be sent again"
+            if sent
+            else f"mail {item.key} was not sent",
+            self.store.path.parent,
+            extra={"model": item.model},
+        )
+
+    def _record_unrecorded(self) -> bool:
+        """Record sent-but-unrecorded mails as done. False while the state refuses writes."""
+        for item_id in list(self._unrecorded):
+            try:
+                self.store.mark_done(item_id)
+            except sqlite3.Error:
+                return False
+            item = self._unrecorded.pop(item_id)
+            log.info("recorded mail %s as sent now that the state takes writes", item.key)
+        return True
+
+    def _state_works(self) -> None:
+        if self._state_broken:
+            self._state_broken = False
+            log.info("the state store takes writes again; mail delivery goes on")
 
     def _failed_round(self, item: OutboxItem, kind: str, exc: MailError) -> None:
         rounds = item.attempts + 1
@@ -337,6 +421,16 @@ class MailDispatcher:
             error,
             extra={"model": item.model},
         )
+
+
+def _ready(item: OutboxItem, now: float) -> bool:
+    """False while the mail waits for its drift report (rendered in the background), for
+    at most until `report_wait_until`; then it goes out with a link instead."""
+    path = item.payload.get("report_path")
+    until = item.payload.get("report_wait_until")
+    if not path or until is None or now >= float(until):
+        return True
+    return Path(str(path)).exists()
 
 
 def build_mail_workers(

@@ -22,6 +22,7 @@ source_down            down_seconds, table, dsn (password redacted), error, what
 source_silent          last_batch_at, silent_seconds
 source_recovered       silent_seconds
 batch_rejected         reason, check
+label_file_rejected    file, reason
 reminder               reminder, incident_kind, opened_at, open_seconds, last_notified_at
 =====================  ==========================================================================
 
@@ -131,6 +132,11 @@ KINDS: dict[str, KindText] = {
         "Batch rejected",
         "The batch failed an input check and was set aside without scoring. Fix the "
         "producer and deliver the batch again under a new name.",
+    ),
+    "label_file_rejected": KindText(
+        "Label file set aside",
+        "A label file could not be read or does not fit the model; its labels were not "
+        "used and it will not be read again. Fix it and drop it under a new name.",
     ),
     "reminder": KindText(
         "Incident still open",

@@ -9,8 +9,14 @@ evidently 0.7.23's `Report([DataDriftPreset()])`:
   together), else chi-square, or the Z-test with at most 2 distinct values; with more,
   normed Wasserstein for a numeric column with more than 5 distinct values, else
   Jensen-Shannon;
-- the threshold is the column's own `threshold`, else the test's default (0.05 for the
-  p-value tests KS, chi-square and Z; 0.1 for the distances);
+- the threshold is, as in evidently's `DataDriftPreset`: the column's own `threshold`, then
+  `num_threshold` / `cat_threshold` for its kind, then `threshold` for every column, then
+  the test's default (see `watcher.drift.catalog`, which lists every test, its kinds, its
+  default threshold and drift rule, and whether watcher computes it on its fast path or
+  calls evidently's own function);
+- a custom test (`"package.module:function"`) runs on the cleaned columns; an error in it,
+  or in one of evidently's functions, fails that column only: it is listed in
+  `DriftResult.failures` with the test's name and the batch is still scored;
 - the dataset drifts when the share of drifted feature columns reaches `drift_share`.
   The prediction column is scored the same way but is not counted in that share.
 
@@ -30,15 +36,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from watcher.config import ModelConfig, StatTest
-from watcher.drift import stattests
-from watcher.drift.stattests import (
-    TESTS,
-    Kind,
-    Sample,
-)
+from watcher.config import DriftConfig, ModelConfig
+from watcher.drift import catalog, stattests
+from watcher.drift.catalog import TESTS, Kind
+from watcher.drift.stattests import Sample
 from watcher.errors import BatchRejected, ConfigError, ReferenceDataError
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "DriftResult",
     "PreparedReference",
     "infer_columns",
+    "options_from_config",
     "prepare_reference",
     "score",
     "specs_from_config",
@@ -62,7 +67,7 @@ class ColumnSpec:
 
     name: str
     kind: Kind
-    stattest: StatTest | None = None
+    stattest: str | None = None  # a catalog name or "package.module:function"
     threshold: float | None = None
 
 
@@ -99,6 +104,9 @@ class DriftResult:
     n_columns: int  # scored features
     # Columns that could not be scored, with the reason (e.g. no values in the batch).
     skipped: dict[str, str] = field(default_factory=dict)
+    # Columns whose test failed (raised, or returned no finite score and flag): column ->
+    # (test, what went wrong). Counted as scoring failures; the other columns are scored.
+    failures: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The `watcher score --json` shape."""
@@ -107,6 +115,16 @@ class DriftResult:
             "drift_share": self.drift_share,
             "columns": {name: c.to_dict() for name, c in self.columns.items()},
             "prediction": None if self.prediction is None else self.prediction.to_dict(),
+            **(
+                {
+                    "failures": {
+                        name: {"stattest": test, "error": why}
+                        for name, (test, why) in self.failures.items()
+                    }
+                }
+                if self.failures
+                else {}
+            ),
         }
 
 
@@ -121,6 +139,9 @@ class PreparedReference:
     samples: Mapping[str, Sample]
     # The prediction column is dropped here when the reference holds no prediction values.
     skipped: Mapping[str, str] = field(default_factory=dict)
+    # The reference's own columns (no copy), in row order, for tests that run evidently's
+    # function or a custom one: TVD and empirical_mmd permute rows, so order matters.
+    raw: Mapping[str, pd.Series] = field(default_factory=dict)
 
     def all_specs(self) -> tuple[ColumnSpec, ...]:
         """Features, then the prediction column if there is one."""
@@ -130,13 +151,12 @@ class PreparedReference:
 def _check_spec_test(name: str, kind: Kind, test: str | None, where: str) -> None:
     if test is None:
         return
+    try:
+        catalog.check_name(test)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message} for column {name!r}", hint=exc.hint) from exc
     info = TESTS.get(test)
-    if info is None:
-        raise ConfigError(
-            f"{where}: unknown stat test {test!r} for column {name!r}",
-            hint=f"use one of {sorted(TESTS)}",
-        )
-    if kind not in info.kinds:
+    if info is not None and kind not in info.kinds:
         allowed = " and ".join(sorted(info.kinds))
         raise ConfigError(
             f"{where}: stat test {test!r} does not apply to {kind} column {name!r} "
@@ -219,7 +239,8 @@ def prepare_reference(
             f"reference {version} has no values (all missing or infinite) in column(s) {empty}",
             hint="fill the column in the reference data, or stop scoring it",
         )
-    return PreparedReference(version, len(reference), specs, prediction, samples, skipped)
+    raw = {name: reference[name] for name in samples}
+    return PreparedReference(version, len(reference), specs, prediction, samples, skipped, raw)
 
 
 def _single_column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -233,10 +254,8 @@ def _single_column(frame: pd.DataFrame, name: str) -> pd.Series:
     return column
 
 
-def _current_sample(spec: ColumnSpec, series: pd.Series) -> Sample:
-    if spec.kind == "categorical":
-        return stattests.categorical_sample(series)
-    if not pd.api.types.is_numeric_dtype(series):
+def _current_series(spec: ColumnSpec, series: pd.Series) -> pd.Series:
+    if spec.kind == "numeric" and not pd.api.types.is_numeric_dtype(series):
         converted = pd.to_numeric(series, errors="coerce")
         if (series.notna() & converted.isna()).any():
             raise BatchRejected(
@@ -244,19 +263,72 @@ def _current_sample(spec: ColumnSpec, series: pd.Series) -> Sample:
                 check="type_change",
                 hint="fix the writer's types, or configure the column as categorical",
             )
-        series = converted
+        return converted
+    return series
+
+
+def _sample(spec: ColumnSpec, series: pd.Series) -> Sample:
+    if spec.kind == "categorical":
+        return stattests.categorical_sample(series)
     return stattests.numeric_sample(series)
 
 
+def _clean(series: pd.Series) -> pd.Series:
+    # What evidently hands its test functions: ±inf as missing, then missing dropped.
+    return series.replace([-np.inf, np.inf], np.nan).dropna()
+
+
+@dataclass(frozen=True)
+class _Options:
+    num_stattest: str | None
+    cat_stattest: str | None
+    threshold: float | None
+    num_threshold: float | None
+    cat_threshold: float | None
+
+    def stattest(self, kind: Kind) -> str | None:
+        return self.num_stattest if kind == "numeric" else self.cat_stattest
+
+    def kind_threshold(self, kind: Kind) -> float | None:
+        own = self.num_threshold if kind == "numeric" else self.cat_threshold
+        return own if own is not None else self.threshold
+
+
 def _score_column(
-    spec: ColumnSpec, ref: Sample, cur: Sample, kind_default: StatTest | None
+    spec: ColumnSpec,
+    ref: Sample,
+    cur: Sample,
+    options: _Options,
+    ref_raw: pd.Series,
+    cur_raw: pd.Series,
 ) -> ColumnDrift:
-    test: StatTest = spec.stattest or kind_default or stattests.default_test(spec.kind, ref, cur)
-    info = TESTS[test]
-    threshold = info.default_threshold if spec.threshold is None else spec.threshold
-    value = stattests.run(test, spec.kind, ref, cur)
-    drifted = info.drifted(value, threshold)
-    return ColumnDrift(spec.name, spec.kind, test, value, float(threshold), drifted)
+    test = (
+        spec.stattest or options.stattest(spec.kind) or stattests.default_test(spec.kind, ref, cur)
+    )
+    threshold = spec.threshold if spec.threshold is not None else options.kind_threshold(spec.kind)
+    info = TESTS.get(test)
+    if info is not None and info.path == "fast":
+        used = info.default_threshold if threshold is None else threshold
+        value = stattests.run(test, spec.kind, ref, cur)
+        return ColumnDrift(
+            spec.name, spec.kind, test, value, float(used), info.drifted(value, used)
+        )
+    value, drifted, used = catalog.run_function(
+        test, _clean(ref_raw), _clean(cur_raw), spec.kind, threshold
+    )
+    return ColumnDrift(spec.name, spec.kind, test, value, used, drifted)
+
+
+def options_from_config(drift: DriftConfig) -> dict[str, Any]:
+    """The keyword arguments of `score` that a model's `[drift]` section sets."""
+    return {
+        "drift_share": drift.drift_share,
+        "num_stattest": drift.num_stattest,
+        "cat_stattest": drift.cat_stattest,
+        "threshold": drift.threshold,
+        "num_threshold": drift.num_threshold,
+        "cat_threshold": drift.cat_threshold,
+    }
 
 
 def score(
@@ -264,19 +336,31 @@ def score(
     current: pd.DataFrame,
     *,
     drift_share: float = 0.5,
-    num_stattest: StatTest | None = None,
-    cat_stattest: StatTest | None = None,
+    num_stattest: str | None = None,
+    cat_stattest: str | None = None,
+    threshold: float | None = None,
+    num_threshold: float | None = None,
+    cat_threshold: float | None = None,
 ) -> DriftResult:
     """Score a batch against a prepared reference.
 
     Raises BatchRejected when the batch lacks a configured column, repeats one, holds text
     in a numeric column, or has no value in any feature (nothing left to score), and
-    ConfigError when `num_stattest` / `cat_stattest` does not apply to its kind.
+    ConfigError when `num_stattest` / `cat_stattest` does not apply to its kind. A test
+    that fails on a column (see `DriftResult.failures`) raises nothing.
     """
     if not 0 < drift_share <= 1:
         raise ConfigError(f"drift_share must be in (0, 1], got {drift_share}")
+    for name, value in (
+        ("threshold", threshold),
+        ("num_threshold", num_threshold),
+        ("cat_threshold", cat_threshold),
+    ):
+        if value is not None and not value > 0:
+            raise ConfigError(f"drift.{name} must be > 0, got {value}")
     _check_spec_test("<numeric columns>", "numeric", num_stattest, "drift.num_stattest")
     _check_spec_test("<categorical columns>", "categorical", cat_stattest, "drift.cat_stattest")
+    options = _Options(num_stattest, cat_stattest, threshold, num_threshold, cat_threshold)
     specs = prepared.all_specs()
     missing = [s.name for s in specs if s.name not in current.columns]
     if missing:
@@ -286,36 +370,55 @@ def score(
             hint="the batch must have every configured feature and the prediction column",
         )
     skipped = dict(prepared.skipped)
+    failures: dict[str, tuple[str, str]] = {}
     results: dict[str, ColumnDrift] = {}
     for spec in specs:
-        cur = _current_sample(spec, _single_column(current, spec.name))
+        series = _current_series(spec, _single_column(current, spec.name))
+        cur = _sample(spec, series)
         if cur.n == 0:
             skipped[spec.name] = "no values in the batch (all missing or infinite)"
             continue
-        kind_default = num_stattest if spec.kind == "numeric" else cat_stattest
-        results[spec.name] = _score_column(spec, prepared.samples[spec.name], cur, kind_default)
+        ref_raw = prepared.raw.get(spec.name)
+        if ref_raw is None:  # a PreparedReference built by hand: rebuild from the sample
+            ref_raw = pd.Series(_values_of(prepared.samples[spec.name]))
+        try:
+            results[spec.name] = _score_column(
+                spec, prepared.samples[spec.name], cur, options, ref_raw, series
+            )
+        except catalog.TestFailed as exc:
+            failures[spec.name] = (exc.test, str(exc))
 
     prediction = None
     if prepared.prediction is not None:
         prediction = results.pop(prepared.prediction.name, None)
     n_columns = len(results)
-    if n_columns == 0:
+    if n_columns == 0 and not failures:
         raise BatchRejected(
             "no feature has any value in the batch: nothing to score",
             check="all_missing",
             hint="the upstream feature pipeline probably failed",
         )
     n_drifted = sum(c.drifted for c in results.values())
-    share = n_drifted / n_columns
+    # Every feature's test failed: the batch is scored (nothing is quarantined over a
+    # broken test), with no drift found; the failures say why.
+    share = n_drifted / n_columns if n_columns else 0.0
     return DriftResult(
         columns=results,
         prediction=prediction,
-        dataset_drift=share >= drift_share,
+        dataset_drift=n_columns > 0 and share >= drift_share,
         drift_share=share,
         n_drifted=n_drifted,
         n_columns=n_columns,
         skipped=skipped,
+        failures=failures,
     )
+
+
+def _values_of(sample: Sample) -> Any:
+    if isinstance(sample, stattests.NumericSample):
+        return sample.in_dtype()
+    keys = list(sample.counts)
+    return np.repeat(np.asarray(keys, dtype=object), [sample.counts[k] for k in keys])
 
 
 def _inferred_kind(column: pd.Series) -> Kind | None:

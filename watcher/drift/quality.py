@@ -20,6 +20,7 @@ import pandas as pd
 
 from watcher.config import ColumnsConfig, QualityConfig
 from watcher.errors import BatchRejected
+from watcher.safetext import sample_names
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,13 @@ def check_batch(
     columns: ColumnsConfig,
     cfg: QualityConfig,
     name: str = "batch",
+    *,
+    numeric_prediction: bool = True,
 ) -> tuple[pd.DataFrame, QualityReport]:
-    """Validate and normalise a batch. Returns the frame to score and what was found."""
+    """Validate and normalise a batch. Returns the frame to score and what was found.
+
+    `numeric_prediction=False` for a classifier: its predictions are class labels
+    (strings such as 'Up' included), not numbers."""
     rows = len(batch)
     if rows == 0:
         raise BatchRejected(
@@ -90,7 +96,7 @@ def check_batch(
     required = [*columns.features, *([columns.prediction] if columns.prediction else [])]
     missing = [c for c in required if c not in batch.columns]
     if missing:
-        present = ", ".join(map(str, batch.columns[:10]))
+        present = sample_names(list(batch.columns))
         hint = "the batch must have every configured feature and the prediction column"
         if len(batch.columns) == 1:
             hint = (
@@ -108,12 +114,24 @@ def check_batch(
     known_roles = {columns.target, columns.timestamp, columns.id} - {None}
     extra = [c for c in extra if c not in known_roles]
     if extra:
+        # Bounded: a batch with 100,000 extra columns must not store all their names.
         report.violations.append(
-            Violation("extra_columns", None, len(extra), f"columns not in the reference: {extra}")
+            Violation(
+                "extra_columns",
+                None,
+                len(extra),
+                f"columns not in the reference: {sample_names(list(extra), count=20)}",
+            )
         )
 
+    for col in [*columns.features, *([columns.prediction] if columns.prediction else [])]:
+        _refuse_nested(batch[col], col, name)
+
     out = batch.copy()
-    numeric_cols = [*columns.numeric, *([columns.prediction] if columns.prediction else [])]
+    numeric_cols = [
+        *columns.numeric,
+        *([columns.prediction] if columns.prediction and numeric_prediction else []),
+    ]
     for col in numeric_cols:
         out[col] = _as_numeric(out[col], col, name)
         finite = np.isfinite(out[col].to_numpy(dtype=float, na_value=np.nan)) | out[col].isna()
@@ -124,6 +142,17 @@ def check_batch(
             report.violations.append(
                 Violation("non_finite", col, n_inf / rows, f"{n_inf} infinite value(s) in {col}")
             )
+    if columns.prediction and out[columns.prediction].isna().all():
+        # Not a rejection: the features can still be scored, only prediction drift cannot.
+        report.violations.append(
+            Violation(
+                "all_missing",
+                columns.prediction,
+                1.0,
+                f"prediction column {columns.prediction!r} has no values: prediction drift "
+                "is not scored",
+            )
+        )
     for col in columns.categorical:
         out[col] = _align_categorical(out[col], profile.categorical_is_numeric.get(col, False))
 
@@ -168,19 +197,28 @@ def check_batch(
         unseen_mask = ~values.isin(seen)
         share = float(unseen_mask.mean())
         if share > cfg.max_unseen_category_share:
-            examples = sorted(map(str, values[unseen_mask].unique()[:5]))
+            # No examples: values are the file's content, which is not echoed anywhere.
+            n_new = int(values[unseen_mask].nunique())
             report.violations.append(
                 Violation(
                     "unseen_categories",
                     col,
                     share,
-                    f"{share:.1%} of {col} has categories not in the reference, e.g. {examples}",
+                    f"{share:.1%} of {col} has categories not in the reference "
+                    f"({n_new} new value(s))",
                 )
             )
     return out, report
 
 
 def _as_numeric(series: pd.Series, col: str, name: str) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
+        # pd.to_numeric would turn them into nanoseconds without a word.
+        raise BatchRejected(
+            f"{name}: numeric column {col!r} holds timestamps ({series.dtype})",
+            check="type_change",
+            hint="fix the writer's types, or leave the column out of columns.numeric",
+        )
     if pd.api.types.is_bool_dtype(series):
         return series.astype(float)
     if pd.api.types.is_numeric_dtype(series):
@@ -188,16 +226,31 @@ def _as_numeric(series: pd.Series, col: str, name: str) -> pd.Series:
     converted = pd.to_numeric(series, errors="coerce")
     bad = series.notna() & converted.isna()
     if bad.any():
-        examples = sorted(map(str, series[bad].unique()[:5]))
         n_bad = int(bad.sum())
         kind = "text" if n_bad == int(series.notna().sum()) else "a mix of numbers and text"
         raise BatchRejected(
-            f"{name}: numeric column {col!r} holds {kind} ({n_bad} value(s), e.g. {examples})",
+            f"{name}: numeric column {col!r} holds {kind} ({n_bad} value(s) that are not numbers)",
             check="type_change",
             hint="fix the writer's types, or configure the column as categorical if the "
             "change is intended",
         )
     return converted
+
+
+_NESTED = (list, tuple, dict, set, np.ndarray)
+
+
+def _refuse_nested(series: pd.Series, col: str, name: str) -> None:
+    """A Parquet list, struct or map column arrives as arrays/dicts: not a feature value."""
+    if series.dtype != object:
+        return
+    head = series.dropna().head(1000)
+    if any(isinstance(v, _NESTED) for v in head):
+        raise BatchRejected(
+            f"{name}: column {col!r} holds nested values (a list, struct or map per row)",
+            check="type_change",
+            hint="write one scalar per row and column (flatten the nested field upstream)",
+        )
 
 
 def _align_categorical(series: pd.Series, reference_is_numeric: bool) -> pd.Series:

@@ -16,7 +16,7 @@ import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,51 +24,10 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
 
-from watcher.config import StatTest
+from watcher.drift.catalog import Kind
 
-Kind = Literal["numeric", "categorical"]
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-
-
-@dataclass(frozen=True)
-class TestInfo:
-    """What watcher needs to know about one of evidently's tests."""
-
-    name: StatTest
-    default_threshold: float
-    # Kinds evidently accepts when a user names the test. Its automatic choice is wider:
-    # it runs chi-square and the Z-test on numeric columns with few distinct values.
-    kinds: frozenset[Kind]
-    # p-value tests drift when the score is small; distances when it is large.
-    p_value: bool
-    # evidently's KS test drifts at p <= threshold; chi-square and Z at p < threshold.
-    inclusive: bool
-
-    def drifted(self, score: float, threshold: float) -> bool:
-        """The drift decision evidently takes for this test."""
-        if self.p_value:
-            return score <= threshold if self.inclusive else score < threshold
-        return score >= threshold
-
-
-_NUM: frozenset[Kind] = frozenset({"numeric"})
-_CAT: frozenset[Kind] = frozenset({"categorical"})
-_BOTH: frozenset[Kind] = frozenset({"numeric", "categorical"})
-
-TESTS: dict[str, TestInfo] = {
-    t.name: t
-    for t in (
-        TestInfo("ks", 0.05, _NUM, p_value=True, inclusive=True),
-        TestInfo("chisquare", 0.05, _CAT, p_value=True, inclusive=False),
-        TestInfo("z", 0.05, _CAT, p_value=True, inclusive=False),
-        TestInfo("wasserstein", 0.1, _NUM, p_value=False, inclusive=True),
-        TestInfo("jensenshannon", 0.1, _BOTH, p_value=False, inclusive=True),
-        TestInfo("psi", 0.1, _BOTH, p_value=False, inclusive=True),
-        TestInfo("kl_div", 0.1, _BOTH, p_value=False, inclusive=True),
-        TestInfo("hellinger", 0.1, _BOTH, p_value=False, inclusive=True),
-    )
-}
 
 # evidently uses its own binned histograms for a numeric column only when the reference
 # has more than this many distinct values; otherwise each value is its own bin.
@@ -110,6 +69,9 @@ class NumericReference(NumericSample):
 
     # max(std, 0.001), as evidently norms the Wasserstein distance.
     wasserstein_norm: float
+    # Mean and sample standard deviation (ddof=1), for the t-test.
+    mean: float = math.nan
+    std: float = math.nan
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,7 +107,9 @@ def numeric_reference(series: pd.Series) -> NumericReference:
     clean = pd.Series(sample.in_dtype())
     # np.std on a Series runs pandas' std(ddof=0); evidently calls exactly that.
     norm = max(float(np.std(clean)), 0.001) if sample.n else 0.001
-    prepared = NumericReference(sample.values, sample.dtype, norm)
+    mean = float(np.mean(sample.values)) if sample.n else math.nan
+    std = float(np.std(sample.values, ddof=1)) if sample.n > 1 else math.nan
+    prepared = NumericReference(sample.values, sample.dtype, norm, mean, std)
     _ = prepared.uniques  # computed now, so scoring a batch only touches the batch's side
     return prepared
 
@@ -186,7 +150,7 @@ def n_unique(ref: Sample, cur: Sample, *, at_most: int) -> int:
     return len(ref.counts.keys() | cur.counts.keys())
 
 
-def default_test(kind: Kind, ref: Sample, cur: Sample) -> StatTest:
+def default_test(kind: Kind, ref: Sample, cur: Sample) -> str:
     """evidently's `_get_default_stattest`: by kind, reference size and distinct values.
 
     The reference size is the column's count of finite values, as evidently sees it.
@@ -238,13 +202,13 @@ def ks(ref: NumericSample, cur: NumericSample) -> float:
     return float(stats.ks_2samp(ref.values, cur.values).pvalue)
 
 
-def wasserstein_normed(ref: NumericReference, cur: NumericSample) -> float:
-    """First Wasserstein distance divided by max(std(reference), 0.001).
+def _cdf_gaps(ref: NumericSample, cur: NumericSample) -> tuple[FloatArray, FloatArray]:
+    """|U - V| between the two empirical CDFs at every merged point, and the gaps between
+    those points: SciPy's `_cdf_distance` on presorted inputs.
 
-    SciPy's `_cdf_distance(1, u, v)` on presorted inputs: merging two sorted runs is linear
-    (timsort), and the counts of each side up to every merged point give both CDFs. Inside
-    a run of equal values the counts differ from SciPy's, but those terms are multiplied by
-    a zero gap; at the run's end they agree.
+    Merging two sorted runs is linear (timsort), and the counts of each side up to every
+    merged point give both CDFs. Inside a run of equal values the counts differ from
+    SciPy's, but those terms are multiplied by a zero gap; at the run's end they agree.
     """
     n, m = ref.n, cur.n
     both = np.concatenate((ref.values, cur.values))
@@ -258,8 +222,26 @@ def wasserstein_normed(ref: NumericReference, cur: NumericSample) -> float:
     # |U - V| in place: these arrays are as long as both samples together.
     u_cdf -= v_cdf
     np.abs(u_cdf, out=u_cdf)
-    distance_ = float(np.dot(u_cdf, deltas))
-    return distance_ / ref.wasserstein_norm
+    return u_cdf, deltas
+
+
+def wasserstein_normed(ref: NumericReference, cur: NumericSample) -> float:
+    """First Wasserstein distance divided by max(std(reference), 0.001)."""
+    gaps, deltas = _cdf_gaps(ref, cur)
+    return float(np.dot(gaps, deltas)) / ref.wasserstein_norm
+
+
+def energy(ref: NumericSample, cur: NumericSample) -> float:
+    """SciPy's `energy_distance`: sqrt(2) times the L2 distance between the CDFs."""
+    gaps, deltas = _cdf_gaps(ref, cur)
+    return float(np.sqrt(2) * np.sqrt(np.dot(gaps * gaps, deltas)))
+
+
+def t_test(ref: NumericReference, cur: NumericSample) -> float:
+    """Student's two-sample t-test p-value (SciPy's `ttest_ind`, equal variances)."""
+    std = float(np.std(cur.values, ddof=1)) if cur.n > 1 else math.nan
+    mean = float(np.mean(cur.values))
+    return float(stats.ttest_ind_from_stats(ref.mean, ref.std, ref.n, mean, std, cur.n).pvalue)
 
 
 def chisquare(ref: Sample, cur: Sample) -> float:
@@ -372,12 +354,18 @@ def hellinger(kind: Kind, ref: Sample, cur: Sample) -> float:
     return math.sqrt(1 - float(np.clip(overlap, 0, 1)))
 
 
-def run(test: StatTest, kind: Kind, ref: Sample, cur: Sample) -> float:
-    """The score of `test` for one column."""
-    if test in ("ks", "wasserstein"):
+def run(test: str, kind: Kind, ref: Sample, cur: Sample) -> float:
+    """The score of a fast-path `test` (see `watcher.drift.catalog`) for one column."""
+    if test in ("ks", "wasserstein", "ed", "t_test"):
         if not (isinstance(ref, NumericReference) and isinstance(cur, NumericSample)):
             raise TypeError(f"{test} needs numeric samples")
-        return ks(ref, cur) if test == "ks" else wasserstein_normed(ref, cur)
+        if test == "ks":
+            return ks(ref, cur)
+        if test == "ed":
+            return energy(ref, cur)
+        if test == "t_test":
+            return t_test(ref, cur)
+        return wasserstein_normed(ref, cur)
     if test == "chisquare":
         return chisquare(ref, cur)
     if test == "z":
@@ -388,4 +376,6 @@ def run(test: StatTest, kind: Kind, ref: Sample, cur: Sample) -> float:
         return psi(kind, ref, cur)
     if test == "kl_div":
         return kl_div(kind, ref, cur)
-    return hellinger(kind, ref, cur)
+    if test == "hellinger":
+        return hellinger(kind, ref, cur)
+    raise ValueError(f"{test!r} has no fast path")

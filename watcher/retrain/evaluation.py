@@ -26,6 +26,31 @@ def split_holdout(frame: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.D
     return frame.iloc[:cut].reset_index(drop=True), frame.iloc[cut:].reset_index(drop=True)
 
 
+def compared_rows(
+    holdout: pd.DataFrame, ts_column: str | None, seen_until: Any
+) -> tuple[pd.DataFrame, str | None]:
+    """The holdout rows on which challenger and champion are compared, and a problem.
+
+    The champion may have been refit on the start of this run's holdout (its training
+    window overlaps this one): scored on those rows it looks better than it is, and the
+    gate refused most challengers for that reason. So both models are compared on the rows
+    newer than everything the champion was trained on. When there are none, the champion
+    cannot be compared fairly (the problem says why) and the gate treats it so.
+    """
+    if ts_column is None or ts_column not in holdout.columns or seen_until is None:
+        return holdout, None
+    end = pd.Timestamp(seen_until)
+    end = end.tz_localize("UTC") if end.tzinfo is None else end
+    ts = pd.to_datetime(holdout[ts_column], utc=True)
+    rows = holdout[(ts > end).to_numpy()]
+    if rows.empty:
+        return holdout, (
+            f"it was trained on every holdout row (its training data ends {end.isoformat()}), "
+            "so its holdout score would flatter it"
+        )
+    return rows, None
+
+
 def sklearn_scoring(metric: str, y: pd.Series | None = None) -> Any:
     """The scikit-learn scorer that ranks models as `metric` does (greater is better).
 
@@ -148,13 +173,17 @@ def gate(
             True, f"the champion (version {champion_version}) cannot be compared: {why}"
         )
     old = champion[metric]
+    # A negative margin is a tolerance: the challenger was trained on newer data than the
+    # champion (the final model even on the holdout), so on Bikeshare deploying unless it
+    # is clearly worse beat demanding that it be better (see README, "Does retraining pay
+    # off?"). At 0 a tie keeps the champion.
     if metric in LOWER_IS_BETTER:
         needed = old * (1 - margin)
-        better = new < needed if margin > 0 else new < old
+        better = new <= needed if margin < 0 else new < needed
         relation = "lower"
     else:
         needed = old + margin * abs(old)
-        better = new > needed if margin > 0 else new > old
+        better = new >= needed if margin < 0 else new > needed
         relation = "higher"
     if better:
         return decision(

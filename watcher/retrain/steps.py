@@ -40,7 +40,13 @@ from watcher.registry import VersionInfo, load_trusted_model, save_model
 from watcher.registry_backend import Registry, open_registry
 from watcher.retrain import data as data_mod
 from watcher.retrain import validation
-from watcher.retrain.evaluation import Decision, limited_threads, score, split_holdout
+from watcher.retrain.evaluation import (
+    Decision,
+    compared_rows,
+    limited_threads,
+    score,
+    split_holdout,
+)
 from watcher.retrain.evaluation import gate as gate_decision
 from watcher.retrain.features import build_preprocessor
 from watcher.retrain.selection import SelectionResult, select_features
@@ -253,8 +259,15 @@ def evaluate(ctx: RunContext) -> Path:
         if version is not None:
             info = ctx.registry.get(ctx.model, version)
             missing = [f for f in info.features if f not in holdout.columns]
+            # Only the rows the champion was not trained on compare the two fairly.
+            seen_until = info.training_window[1] if info.training_window else None
+            rows, problem = compared_rows(holdout, ctx.model_cfg.columns.timestamp, seen_until)
+            result["rows"] = len(rows)
+            result["challenger"] = score(challenger, rows[selection.features], rows[target], task)
             if missing:
                 result["champion_problem"] = f"its features {missing} are not in the data"
+            elif problem is not None:
+                result["champion_problem"] = problem
             else:
                 try:
                     champion = ctx.registry.load_model(ctx.model, version)
@@ -263,9 +276,7 @@ def evaluate(ctx: RunContext) -> Path:
                 except RegistryError as exc:
                     result["champion_problem"] = str(exc)
                 else:
-                    result["champion"] = score(
-                        champion, holdout[info.features], holdout[target], task
-                    )
+                    result["champion"] = score(champion, rows[info.features], rows[target], task)
         _write_json(ctx.path("evaluation.json"), result)
         return ctx.path("evaluation.json")
 

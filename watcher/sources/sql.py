@@ -62,7 +62,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -108,6 +108,8 @@ T = TypeVar("T")
 
 # A long backlog is handed out in slices so one poll stays cheap; the next poll continues.
 MAX_WINDOWS_PER_POLL = 500
+# The earliest timestamp a window can start at; a day of margin for session time zones.
+_FLOOR = datetime(1, 1, 2, tzinfo=UTC).timestamp()
 
 
 class SqlSource:
@@ -135,6 +137,7 @@ class SqlSource:
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        self._reported_ancient = False
         self.url = build_url(cfg)
         self.dsn = redacted(self.url)  # for messages: the password is never shown
         self.engine = make_engine(cfg, f"watcher:{model}")
@@ -290,13 +293,30 @@ class SqlSource:
         return table_columns(conn, self.cfg.labels_table)
 
     def _oldest(self, conn: Connection) -> float | None:
-        """Start of the window holding the oldest row (at or after `source.start`)."""
-        sql = f"SELECT min({self._ts}) FROM {self._table}"
-        params: dict[str, Any] = {}
-        if self.cfg.start:
-            sql += f" WHERE {self._ts} >= :origin"
-            params["origin"] = as_datetime(self.windows.origin)
-        oldest = conn.execute(text(sql), params).scalar_one()
+        """Start of the window holding the oldest row (at or after `source.start`).
+
+        Rows before year 1 (``-infinity``, BC dates) have no Python datetime: they are
+        left out (and reported once), so one such row cannot keep the source down.
+        """
+        floor = as_datetime(_FLOOR)
+        origin = max(floor, as_datetime(self.windows.origin)) if self.cfg.start else floor
+        sql = f"SELECT min({self._ts}) FROM {self._table} WHERE {self._ts} >= :origin"
+        oldest = conn.execute(text(sql), {"origin": origin}).scalar_one()
+        if not self._reported_ancient:
+            self._reported_ancient = True
+            ancient = conn.execute(
+                text(f"SELECT count(*) FROM {self._table} WHERE {self._ts} < :floor"),
+                {"floor": floor},
+            ).scalar_one()
+            if ancient:
+                log.warning(
+                    "%s: %d row(s) of %s have %s before year 1 (-infinity or BC); they are "
+                    "never scored",
+                    self.model,
+                    ancient,
+                    self.cfg.table,
+                    self.cfg.timestamp_column,
+                )
         if oldest is None:
             return None
         t = as_utc(oldest).timestamp()

@@ -2,10 +2,11 @@
 
 Only the columns the model's roles name are selected; rows arrive in server-side chunks of
 `chunk_rows` (a named cursor, so the server never sends more than a chunk at a time); and
-beyond a row cap a uniform sample is kept: a bottom-k sample on a hash of each row's
-values, salted with the window. That sample is deterministic (the same window always
-gives the same rows, whatever order the server returns them in) and needs memory for the
-cap plus one chunk, never for the whole range.
+beyond a row cap the database itself picks a uniform sample: the `cap` rows whose row text,
+salted with the window, has the smallest md5. That sample is deterministic (the same window
+always gives the same rows, whatever order the server returns them in), and only the
+sampled rows cross the wire. `BottomK` does the same in memory (for callers that sample
+frames they already hold).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from watcher.sources.sqlconn import (
     select_expr,
     yields_float,
 )
+
+_POS = "_watcher_pos"  # the read order, kept through the database's sampling
 
 
 @dataclass(frozen=True)
@@ -177,19 +180,36 @@ def read_range(
     window's row count in the same snapshot as the rows.
     """
     params = {"start": start, "end": end, **plan.params}
+    sql = plan.select_sql
+    total: int | None = None
+    if cap is not None:
+        # The cap is applied by the database: count the window, and when it holds more
+        # rows than the cap, let the server pick them (the smallest hashes of each row's
+        # text salted with the window: deterministic and uniform) so only `cap` rows cross
+        # the wire. Same transaction, same snapshot: the count is what the sample is of.
+        total = int(conn.execute(text(f"SELECT count(*) FROM ({sql}) AS w"), params).scalar_one())
+        if total > cap:
+            sql = (
+                "SELECT s.* FROM (SELECT w.* FROM (SELECT q.*, row_number() OVER () AS "
+                f"{_POS} FROM ({sql}) AS q) AS w ORDER BY md5(CAST(w AS text) || :_salt) "
+                f"LIMIT :_cap) AS s ORDER BY s.{_POS}"
+            )
+            params |= {"_salt": hashlib.sha256(seed.encode()).hexdigest()[:16], "_cap": cap}
     # stream_results: a named (server-side) cursor; yield_per on the result: FETCH that many
     # rows at a time (as an execution option alone it does not size Core partitions).
     streamed = (
-        conn.execution_options(stream_results=True)
-        .execute(text(plan.select_sql), params)
-        .yield_per(chunk_rows)
+        conn.execution_options(stream_results=True).execute(text(sql), params).yield_per(chunk_rows)
     )
-    names = list(streamed.keys())
+    fetched = list(streamed.keys())
+    names = [n for n in fetched if n != _POS]
     cursor = streamed.cursor  # the server-side (named) DBAPI cursor
-    sample = BottomK(cap, seed)
+    # The database already capped the rows; BottomK only collects the chunks.
+    sample = BottomK(None, seed)
     try:
         for part in streamed.partitions():
-            chunk = pd.DataFrame.from_records([tuple(r) for r in part], columns=names)
+            chunk = pd.DataFrame.from_records([tuple(r) for r in part], columns=fetched)
+            if _POS in fetched:
+                chunk = chunk.drop(columns=_POS)
             for c in plan.float_columns:
                 chunk[c] = chunk[c].astype("float64")
             sample.add(chunk)
@@ -202,7 +222,7 @@ def read_range(
     frame = sample.result(names)
     if plan.timestamp_column is not None:
         frame[plan.timestamp_column] = pd.to_datetime(frame[plan.timestamp_column], utc=True)
-    return RangeRead(frame, sample.seen)
+    return RangeRead(frame, sample.seen if total is None else total)
 
 
 class BottomK:

@@ -1,0 +1,617 @@
+"""Backtest retraining policies on labelled history, in this process, without Airflow.
+
+The history is cut into periods (a week by default). Version 1 is trained on the first
+`skip` periods; each later period is served by the model in production, its labels arrive
+`label_delay` periods later, and after each period a policy decides whether to retrain.
+A retraining run is the DAG's own steps (`watcher.retrain.steps`: validate, engineer,
+select, train) on the data the DAG would see at that moment: the configured window ending
+with the period just served, labels only for periods old enough. The challenger then goes
+through the same evaluation and gate (`watcher.retrain.evaluation`) against the policy's
+champion, and the refit model is deployed if the gate says so.
+
+Training does not depend on the policy: the run after period i sees the same data and the
+same seed whatever policy asked for it, so each period's run is done once (in parallel) and
+shared by every policy that retrains after that period. Only the evaluation, the gate and
+the serving differ between policies, and they are cheap.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from watcher import signals
+from watcher.config import ModelConfig, PolicyConfig, Settings
+from watcher.drift import engine
+from watcher.drift.engine import PreparedReference
+from watcher.errors import BacktestError, TrainingDataError
+from watcher.policy import PolicyInput, decide
+from watcher.registry import load_trusted_model
+from watcher.retrain import data as data_mod
+from watcher.retrain import steps
+from watcher.retrain.evaluation import Decision as GateDecision
+from watcher.retrain.evaluation import compared_rows, gate, limited_threads, score
+from watcher.retrain.selection import SelectionResult
+from watcher.signals import PeriodLoss, loss_of, performance_reading, weighted_drift_share
+
+SCHEDULES = (1, 2, 3, 4, 6, 8)
+MIN_SERVED_PERIODS = 2
+Kind = Literal["never", "schedule", "policy"]
+
+
+# ---- the history, cut into periods ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class History:
+    """The labelled history of one model, in time order, cut into periods."""
+
+    model: str
+    frame: pd.DataFrame  # every row, sorted by time, with a `_period` column
+    starts: list[pd.Timestamp]  # start of each period
+    skip: int  # periods used for version 1
+    label_delay: int
+
+    @property
+    def n_periods(self) -> int:
+        return len(self.starts)
+
+    def rows(self, period: int) -> pd.DataFrame:
+        rows: pd.DataFrame = self.frame[self.frame["_period"].to_numpy() == period]
+        return rows
+
+
+def load_history(
+    frame: pd.DataFrame,
+    model_cfg: ModelConfig,
+    model: str,
+    *,
+    every: str = "7D",
+    skip: int = 8,
+    label_delay: int = 1,
+    limit: int | None = None,
+) -> History:
+    """Check the data can be backtested and cut it into periods (BacktestError if not)."""
+    cols = model_cfg.columns
+    if cols.timestamp is None or cols.timestamp not in frame.columns:
+        raise BacktestError(
+            f"the data has no timestamp column ({cols.timestamp or 'columns.timestamp unset'})",
+            hint="a backtest replays history in time order: set columns.timestamp in the "
+            "config and give every row a time",
+        )
+    if cols.target is None or cols.target not in frame.columns:
+        raise BacktestError(
+            f"the data has no labels: the target column {cols.target!r} is absent",
+            hint="a backtest needs the true outcome of every row (columns.target)",
+        )
+    if frame[cols.target].notna().sum() == 0:
+        raise BacktestError(
+            f"the data has no labels: the target column {cols.target!r} is empty",
+            hint="a backtest needs the true outcome of every row",
+        )
+    missing = [c for c in cols.features if c not in frame.columns]
+    if missing:
+        raise BacktestError(
+            f"the data lacks the configured feature column(s) {missing}",
+            hint="the data must hold every feature of columns.numeric/categorical",
+        )
+    try:
+        width = pd.Timedelta(every)
+    except ValueError as exc:
+        raise BacktestError(
+            f"--every {every!r} is not a period length", hint="use e.g. 7D, 1D, 12h"
+        ) from exc
+    if width <= pd.Timedelta(0):
+        raise BacktestError(f"--every {every!r} must be a positive period length")
+    if skip < 1 or label_delay < 0:
+        raise BacktestError("--skip must be at least 1 and --label-delay at least 0")
+    ts = data_mod.timestamps(frame, cols)
+    assert ts is not None
+    if ts.isna().any():
+        raise BacktestError(
+            f"{int(ts.isna().sum())} rows have no timestamp in {cols.timestamp!r}",
+            hint="drop them or fill them in",
+        )
+    data = frame.copy()
+    data[cols.timestamp] = ts
+    data = data.sort_values(cols.timestamp, kind="stable").reset_index(drop=True)
+    origin = data[cols.timestamp].min().normalize()
+    keys = ((data[cols.timestamp] - origin) // width).astype(int)
+    # Periods are numbered densely: an empty stretch of time is no period to serve.
+    codes, uniques = pd.factorize(keys, sort=True)
+    data["_period"] = codes
+    starts = [origin + int(k) * width for k in uniques]
+    if limit is not None:
+        keep = skip + limit
+        data = data[data["_period"] < keep].reset_index(drop=True)
+        starts = starts[:keep]
+    served = len(starts) - skip
+    if served < MIN_SERVED_PERIODS:
+        raise BacktestError(
+            f"too few periods: the data spans {len(starts)} period(s) of {every}, "
+            f"{skip} of them train version 1, leaving {max(served, 0)} to replay "
+            f"(at least {MIN_SERVED_PERIODS} needed)",
+            hint="use a shorter --every, a smaller --skip, or more history",
+        )
+    return History(model, data, starts, skip, label_delay)
+
+
+# ---- one retraining run per period, shared by all policies ---------------------------
+
+
+@dataclass
+class Training:
+    """The outcome of the DAG's steps run after `period` (or version 1 when period < 0)."""
+
+    period: int
+    ok: bool
+    message: str = ""
+    challenger: Any = None  # fitted on the training rows, judged on the holdout
+    final: Any = None  # what deploy registers (refit on every row when configured)
+    features: list[str] = field(default_factory=list)
+    holdout: pd.DataFrame | None = None
+    trained_until: pd.Timestamp | None = None  # newest row the final model saw
+    reference: pd.DataFrame | None = None  # the next drift reference, with predictions
+    importance: dict[str, float] = field(default_factory=dict)  # selection's scores
+    seconds: float = 0.0
+
+
+def training_rows(history: History, model_cfg: ModelConfig, after: int, delay: int) -> pd.DataFrame:
+    """What ingest would gather after period `after`: the window up to that period's end,
+    with labels only for periods at least `delay` old, plus the base training data."""
+    cols, cfg = model_cfg.columns, model_cfg.retrain
+    assert cols.timestamp is not None
+    assert cols.target is not None
+    frame = history.frame
+    rows = frame[frame["_period"].to_numpy() <= after].copy()
+    rows.loc[rows["_period"] > after - delay, cols.target] = np.nan
+    ts = rows[cols.timestamp]
+    if cfg.window == "last_days":
+        rows = rows[(ts > ts.max() - pd.Timedelta(days=cfg.window_size)).to_numpy()]
+    elif cfg.window == "last_batches":
+        rows = rows[(rows["_period"] > after - cfg.window_size).to_numpy()]
+    rows = rows.drop(columns=["_period"]).assign(**{data_mod.ORIGIN: "production"})
+    if cfg.base_training_data is not None:
+        base = data_mod.read_table(cfg.base_training_data).assign(**{data_mod.ORIGIN: "base"})
+        rows = pd.concat([rows, base], ignore_index=True)
+    return rows.reset_index(drop=True)
+
+
+def run_training(
+    settings: Settings, history: History, after: int, delay: int, workdir: Path
+) -> Training:
+    """Run the DAG's training steps on the data seen after period `after`."""
+    model_cfg = settings.models[history.model]
+    cols = model_cfg.columns
+    started = time.monotonic()
+    ctx = steps.RunContext(settings, history.model, f"backtest-{after:04d}-{delay}")
+    rows = training_rows(history, model_cfg, after, delay)
+    steps._write_parquet(ctx.path("data.parquet"), rows)
+    steps._write_json(ctx.path("ingest.json"), {"production_rows": len(rows)})
+    try:
+        steps.validate(ctx)
+        steps.engineer(ctx)
+        steps.select(ctx)
+        steps.train(ctx)
+    except TrainingDataError as exc:  # the DAG run fails the same way
+        return Training(after, False, exc.message, seconds=time.monotonic() - started)
+    selection = SelectionResult.from_dict(steps._read_json(ctx.path("selection.json")))
+    challenger = load_trusted_model(ctx.path("challenger.skops"))
+    final_path = ctx.path("final.skops")
+    final = load_trusted_model(final_path) if final_path.exists() else challenger
+    validated = pd.read_parquet(ctx.path("validated.parquet"))
+    reference = steps.reference_frame(ctx, final, selection.features)
+    ts = data_mod.timestamps(validated, cols)
+    until = ts.max() if ts is not None and len(ts) else None
+    if not settings.models[history.model].retrain.refit_on_all_data:
+        train_ts = data_mod.timestamps(pd.read_parquet(ctx.path("train.parquet")), cols)
+        until = train_ts.max() if train_ts is not None and len(train_ts) else until
+    return Training(
+        period=after,
+        ok=True,
+        challenger=challenger,
+        final=final,
+        features=selection.features,
+        holdout=pd.read_parquet(ctx.path("holdout.parquet")),
+        trained_until=until,
+        reference=reference,
+        importance=selection.scores,
+        seconds=time.monotonic() - started,
+    )
+
+
+# Worker processes get the settings and history once (initializer), not with every task.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(settings: Settings, history: History, tmp: Path) -> None:
+    _WORKER["settings"], _WORKER["history"], _WORKER["tmp"] = settings, history, tmp
+
+
+def _settings_in(settings: Settings, workdir: Path) -> Settings:
+    """The settings with state and registry under `workdir`: a backtest writes nowhere else."""
+    daemon = settings.daemon.model_copy(update={"state_dir": workdir / "state"})
+    registry = settings.registry.model_copy(update={"path": workdir / "registry"})
+    return settings.model_copy(update={"daemon": daemon, "registry": registry})
+
+
+def _train_task(after: int, delay: int) -> Training:
+    import logging
+    import shutil
+
+    logging.getLogger("watcher").setLevel(logging.WARNING)
+    work = Path(tempfile.mkdtemp(dir=_WORKER["tmp"]))
+    settings: Settings = _WORKER["settings"]
+    threads = settings.models[_WORKER["history"].model].retrain.threads
+    try:
+        with limited_threads(threads):
+            return run_training(
+                _settings_in(settings, work), _WORKER["history"], after, delay, work
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def train_all(
+    settings: Settings,
+    history: History,
+    pool: Executor,
+    on_done: Callable[[], None] = lambda: None,
+) -> dict[int, Training]:
+    """Version 1 (key -1) and the run after every served period but the last, in parallel."""
+    jobs = {-1: (history.skip - 1, 0)}
+    for after in range(history.skip, history.n_periods - 1):
+        jobs[after] = (after, history.label_delay)
+    futures = {pool.submit(_train_task, a, d): key for key, (a, d) in jobs.items()}
+    out: dict[int, Training] = {}
+    for fut in as_completed(futures):
+        out[futures[fut]] = fut.result()
+        on_done()
+    first = out[-1]
+    if not first.ok:
+        raise BacktestError(
+            f"version 1 cannot be trained on the first {history.skip} period(s): {first.message}",
+            hint="use a larger --skip or check the data",
+        )
+    return out
+
+
+# ---- replaying one policy ------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """The production model of a policy, as the policy's replay sees it."""
+
+    training: Training
+    deployed_at: int  # period after which it was deployed (skip - 1 for version 1)
+    baseline: float  # its primary metric on its holdout when deployed
+
+
+@dataclass
+class Decision:
+    period: int
+    reason: str
+    outcome: str  # "deployed", "kept", "failed"
+    detail: str = ""
+
+
+@dataclass
+class PolicyResult:
+    name: str
+    kind: Kind
+    every: int | None
+    metric: str
+    period_errors: list[float] = field(default_factory=list)
+    period_rows: list[int] = field(default_factory=list)
+    runs: int = 0
+    deployed: int = 0
+    failed: int = 0
+    train_seconds: float = 0.0
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def error(self) -> float:
+        rows = np.asarray(self.period_rows, dtype=float)
+        errs = np.asarray(self.period_errors, dtype=float)
+        ok = ~np.isnan(errs)
+        return float(np.average(errs[ok], weights=rows[ok])) if ok.any() else float("nan")
+
+    @property
+    def loss(self) -> float:
+        return loss_of(self.metric, self.error)
+
+
+class Trigger:
+    """Asked after every served period whether to retrain; told what happened."""
+
+    name = "never"
+    kind: Kind = "never"
+    every: int | None = None
+
+    def should_retrain(self, ctx: PeriodContext) -> str | None:
+        """The reason to retrain after this period, or None."""
+        return None
+
+    def deployed(self, ctx: PeriodContext) -> None:
+        """A new model went into production after this period."""
+
+
+class Schedule(Trigger):
+    kind: Kind = "schedule"
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.name = "every period" if every == 1 else f"every {every} periods"
+
+    def should_retrain(self, ctx: PeriodContext) -> str | None:
+        served = ctx.period - ctx.history.skip + 1
+        return f"schedule: {served} periods served" if served % (self.every or 1) == 0 else None
+
+
+class SignalPolicy(Trigger):
+    """The configured policy (`[models.X.policy]`), or one signal of it alone: the daemon's
+    own `watcher.policy.decide` over `watcher.signals` readings, fed what the daemon would
+    have seen (drift of each batch, losses of labelled periods, the model's age)."""
+
+    kind: Kind = "policy"
+
+    def __init__(self, name: str, cfg: PolicyConfig) -> None:
+        self.name, self.cfg = name, cfg
+        self.flags: list[bool] = []  # dataset drift since the last trigger, newest first
+        self.losses: list[PeriodLoss] = []  # labelled periods since the deployment
+        self.triggers: list[float] = []
+        self.prepared: tuple[int, PreparedReference] | None = None
+
+    def should_retrain(self, ctx: PeriodContext) -> str | None:
+        cfg, model_cfg = self.cfg, ctx.settings.models[ctx.history.model]
+        metric = model_cfg.retrain.primary_metric
+        if "drift" in cfg.triggers:
+            self.flags.insert(0, self._drifted(ctx, model_cfg))
+        if ctx.labelled is not None and ctx.labelled[0] > ctx.served.deployed_at:
+            _, value, rows = ctx.labelled
+            self.losses.append(PeriodLoss(loss_of(metric, value), rows))
+        baseline = loss_of(metric, ctx.served.baseline)
+        now = _end_of(ctx.history, ctx.period).timestamp()
+        born = _end_of(ctx.history, ctx.served.deployed_at).timestamp()
+        verdict = decide(
+            PolicyInput(
+                drift_flags=self.flags,
+                trigger_times=[t for t in self.triggers if t > now - 86_400],
+                active_run=False,  # a backtest run ends before the next period
+                now=now,
+                age_batches=ctx.period - ctx.served.deployed_at,
+                age_seconds=now - born,
+                performance=performance_reading(baseline, self.losses, cfg.performance),
+            ),
+            cfg,
+        )
+        if not verdict.triggers:
+            return None
+        self.triggers.append(now)
+        self.flags = []  # a trigger restarts the drift streak, as in the daemon
+        return verdict.reason
+
+    def deployed(self, ctx: PeriodContext) -> None:
+        self.losses = []  # the performance signal follows the model now in production
+
+    def _drifted(self, ctx: PeriodContext, model_cfg: ModelConfig) -> bool:
+        run = ctx.served.training
+        if self.prepared is None or self.prepared[0] != run.period:
+            specs, prediction = engine.specs_from_config(model_cfg)
+            assert run.reference is not None
+            ref = engine.prepare_reference(
+                run.reference, specs, version=str(run.period), prediction=prediction
+            )
+            self.prepared = (run.period, ref)
+        d = model_cfg.drift
+        result = engine.score(
+            self.prepared[1],
+            ctx.batch,
+            drift_share=d.drift_share,
+            num_stattest=d.num_stattest,
+            cat_stattest=d.cat_stattest,
+        )
+        if not self.cfg.drift.importance_weighted:
+            return result.dataset_drift
+        flags = {name: c.drifted for name, c in result.columns.items()}
+        return weighted_drift_share(flags, run.importance) >= d.drift_share
+
+
+def _end_of(history: History, period: int) -> pd.Timestamp:
+    nxt = period + 1
+    if nxt < history.n_periods:
+        return history.starts[nxt]
+    return history.starts[period] + (history.starts[period] - history.starts[period - 1])
+
+
+def policy_triggers(cfg: PolicyConfig) -> list[Trigger]:
+    """The configured policy, then each built-in signal alone (when it can fire)."""
+    out: list[Trigger] = [SignalPolicy("policy: " + "+".join(cfg.triggers), cfg)]
+    for signal in signals.SIGNALS:
+        if signal == "max_age" and cfg.max_age_batches is None and cfg.max_age_seconds is None:
+            continue
+        if [signal] == cfg.triggers:
+            continue  # the configured policy already is this signal alone
+        alone = cfg.model_copy(update={"triggers": [signal]})
+        out.append(SignalPolicy(f"{signal} alone", alone))
+    return out
+
+
+@dataclass
+class PeriodContext:
+    """What a trigger may look at after period `period` was served."""
+
+    history: History
+    settings: Settings
+    period: int
+    served: Served
+    batch: pd.DataFrame  # the period's rows as a production batch, with predictions
+    labelled: tuple[int, float, int] | None  # (period, served model's error, rows) now known
+
+
+def replay_policy(
+    trigger: Trigger, settings: Settings, history: History, trainings: dict[int, Training]
+) -> PolicyResult:
+    """Serve every period after the first `skip` with the policy's production model."""
+    model_cfg = settings.models[history.model]
+    cols, cfg = model_cfg.columns, model_cfg.retrain
+    metric, task = cfg.primary_metric, cfg.task
+    assert cols.target is not None
+    assert cols.timestamp is not None
+    first = trainings[-1]
+    assert first.holdout is not None
+    baseline = score(
+        first.challenger, first.holdout[first.features], first.holdout[cols.target], task
+    )
+    served = Served(first, history.skip - 1, baseline[metric])
+    result = PolicyResult(trigger.name, trigger.kind, trigger.every, metric)
+    errors_by_period: dict[int, float] = {}
+    for period in range(history.skip, history.n_periods):
+        rows = history.rows(period)
+        model = served.training.final
+        value = score(model, rows[served.training.features], rows[cols.target], task)[metric]
+        errors_by_period[period] = value
+        result.period_errors.append(value)
+        result.period_rows.append(len(rows))
+        if period == history.n_periods - 1:
+            break  # nothing left to serve: no run after the last period
+        batch = rows.drop(columns=[cols.target, "_period"])
+        if cols.prediction:
+            batch[cols.prediction] = model.predict(rows[served.training.features])
+        known = period - history.label_delay
+        labelled = None
+        if known >= history.skip and known in errors_by_period:
+            labelled = (known, errors_by_period[known], len(history.rows(known)))
+        ctx = PeriodContext(history, settings, period, served, batch, labelled)
+        reason = trigger.should_retrain(ctx)
+        if reason is None:
+            continue
+        run = trainings[period]
+        result.runs += 1
+        result.train_seconds += run.seconds
+        if not run.ok:
+            result.failed += 1
+            result.decisions.append(Decision(period, reason, "failed", run.message))
+            continue
+        verdict = _gate(run, served.training, model_cfg)
+        if verdict.deploy:
+            assert run.holdout is not None
+            served = Served(run, period, verdict.challenger[metric])
+            result.deployed += 1
+            trigger.deployed(ctx)
+        result.decisions.append(
+            Decision(period, reason, "deployed" if verdict.deploy else "kept", verdict.reason)
+        )
+    return result
+
+
+def _gate(run: Training, champion: Training, model_cfg: ModelConfig) -> GateDecision:
+    """The evaluate and gate steps, in memory, against this policy's champion: both models
+    on the holdout rows the champion never saw."""
+    cols, cfg = model_cfg.columns, model_cfg.retrain
+    assert run.holdout is not None
+    assert cols.target is not None
+    rows, problem = compared_rows(run.holdout, cols.timestamp, champion.trained_until)
+    y = rows[cols.target]
+    champ = None
+    if problem is None:
+        champ = score(champion.final, rows[champion.features], y, cfg.task)
+    return gate(
+        score(run.challenger, rows[run.features], y, cfg.task),
+        champ,
+        metric=cfg.primary_metric,
+        margin=cfg.margin,
+        champion_version=f"after period {champion.period}",
+        champion_problem=problem,
+    )
+
+
+def build_triggers(extra: Iterable[Trigger] = ()) -> list[Trigger]:
+    """Never, then the schedules, then `extra` (the configured policy, each signal alone)."""
+    return [Trigger(), *(Schedule(k) for k in SCHEDULES), *extra]
+
+
+def _replay_task(trigger: Trigger, trainings: dict[int, Training]) -> PolicyResult:
+    settings: Settings = _WORKER["settings"]
+    threads = settings.models[_WORKER["history"].model].retrain.threads
+    # Unlimited OpenMP threads in every process spin for seconds on a busy machine.
+    with limited_threads(threads):
+        return replay_policy(trigger, settings, _WORKER["history"], trainings)
+
+
+def pool_for(settings: Settings, history: History, jobs: int, tmp: Path) -> ProcessPoolExecutor:
+    """Worker processes that know the settings and the history; run folders go in `tmp`."""
+    return ProcessPoolExecutor(
+        max_workers=jobs, initializer=_init_worker, initargs=(settings, history, tmp)
+    )
+
+
+@dataclass
+class Backtest:
+    """Every policy replayed over one history."""
+
+    history: History
+    results: list[PolicyResult]
+    trainings: int  # distinct training runs done (shared by the policies)
+    seconds: float
+
+
+def run_backtest(
+    settings: Settings,
+    model: str,
+    frame: pd.DataFrame,
+    *,
+    every: str = "7D",
+    skip: int = 8,
+    label_delay: int = 1,
+    seed: int | None = None,
+    jobs: int = 1,
+    limit: int | None = None,
+    progress: Callable[[str, int, int], None] = lambda what, done, total: None,
+) -> Backtest:
+    """Train once per period, then replay never, the schedules, the configured policy and
+    each signal alone. `progress(stage, done, total)` is called as work completes."""
+    if model not in settings.models:
+        raise BacktestError(
+            f"model {model!r} is not in the config",
+            hint=f"configured models: {', '.join(settings.models) or 'none'}",
+        )
+    model_cfg = settings.models[model]
+    if seed is not None:
+        retrain = model_cfg.retrain.model_copy(update={"seed": seed})
+        model_cfg = model_cfg.model_copy(update={"retrain": retrain})
+        settings = settings.model_copy(update={"models": {**settings.models, model: model_cfg}})
+    started = time.monotonic()
+    history = load_history(
+        frame, model_cfg, model, every=every, skip=skip, label_delay=label_delay, limit=limit
+    )
+    triggers = build_triggers(policy_triggers(model_cfg.policy))
+    n_train = history.n_periods - history.skip
+    with (
+        tempfile.TemporaryDirectory(prefix="watcher-backtest-") as tmp,
+        pool_for(settings, history, max(1, jobs), Path(tmp)) as pool,
+    ):
+        done = 0
+
+        def trained() -> None:
+            nonlocal done
+            done += 1
+            progress("training", done, n_train)
+
+        trainings = train_all(settings, history, pool, trained)
+        futures = {pool.submit(_replay_task, t, trainings): i for i, t in enumerate(triggers)}
+        replayed: dict[int, PolicyResult] = {}
+        for fut in as_completed(futures):
+            replayed[futures[fut]] = fut.result()
+            progress("replaying", len(replayed), len(triggers))
+    results = [replayed[i] for i in range(len(triggers))]
+    return Backtest(history, results, len(trainings), time.monotonic() - started)
