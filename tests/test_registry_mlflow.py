@@ -257,3 +257,61 @@ def test_backend_mlflow_needs_an_http_tracking_uri() -> None:
         RegistryConfig(backend="mlflow")
     with pytest.raises(ValueError, match="http"):
         RegistryConfig(backend="mlflow", tracking_uri="file:///tmp/mlruns")
+
+
+def test_cli_models_rollback_and_migrate_on_mlflow(
+    cfg: RegistryConfig, client: MlflowClient, tmp_path: Path
+) -> None:
+    """`watcher migrate-registry`, `watcher models --json` and `watcher rollback` as a person
+    runs them, against the MLflow backend."""
+    import json
+    import subprocess
+    import sys
+
+    from watcher.config import dump_toml
+
+    source = ModelRegistry(tmp_path / "registry")
+    for seed in range(2):
+        source.promote(MODEL, _register(source, seed=seed, run_id=f"cli-{seed}"))
+    config = tmp_path / "watcher.toml"
+    registry_table = {k: v for k, v in cfg.model_dump(mode="json").items() if v is not None}
+    config.write_text(
+        dump_toml(
+            {
+                "registry": registry_table,
+                "models": {
+                    MODEL: {
+                        "source": {"kind": "directory", "path": str(tmp_path)},
+                        "columns": {"numeric": ["x"], "target": "y"},
+                    }
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
+
+    def watcher(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "watcher", *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+
+    done = watcher("migrate-registry", "--from", str(tmp_path / "registry"))
+    assert done.returncode == 0, done.stderr
+    assert "bikeshare" not in done.stdout
+    assert f"{MODEL} version 2 copied as version 2" in done.stdout
+
+    done = watcher("models", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)["models"][MODEL]
+    assert doc["production"] == "2"
+    assert [v["version"] for v in doc["versions"]] == ["1", "2"]
+
+    done = watcher("rollback", MODEL)
+    assert done.returncode == 0, done.stderr
+    assert "from version 2 to version 1" in done.stdout
+    name = f"{cfg.model_name_prefix}{MODEL}"
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
