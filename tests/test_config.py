@@ -151,3 +151,12 @@ def test_dump_toml_round_trips_through_load_config(tmp_path: Path) -> None:
     m = s.models["bikes-1"]
     assert m.columns.numeric == ["wind speed", "température"]
     assert m.drift.columns["wind speed"].threshold == 0.2
+
+
+@pytest.mark.parametrize(
+    "example", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*/watcher.toml"))
+)
+def test_every_bundled_example_config_is_valid(example: Path) -> None:
+    """The examples are what a new user copies: each must pass the validation `run` does."""
+    settings = load_config(example)
+    assert settings.models

@@ -94,6 +94,11 @@ class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
+    # "feature": per-feature series (drift score, threshold, flag, missing share) and the
+    # stage histogram per model, what the bundled dashboards and rules read. "model": only
+    # per-model series, and the stage histogram summed over models (model=""): for
+    # daemons watching hundreds of models, where per-feature series dominate a scrape.
+    detail: Literal["model", "feature"] = "feature"
 
 
 class AirflowConfig(_Section):

@@ -7,6 +7,7 @@ back with `registry.get_sample_value(...)`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._feature_tests: dict[tuple[str, str], str] = {}
         r = self.registry
         # Process CPU and memory for the operations dashboard.
         _ProcessCollector(registry=r)
@@ -318,16 +320,15 @@ class Metrics:
         1,000 reference rows, Wasserstein above, ...): the series under the previous test
         is removed, or dashboards would keep showing its last, stale score forever.
         """
-        for gauge in (self.feature_drift_score, self.feature_drift_threshold):
-            for family in gauge.collect():
-                for sample in family.samples:
-                    labels = sample.labels
-                    if (
-                        labels.get("model") == model
-                        and labels.get("feature") == feature
-                        and labels.get("stattest") != stattest
-                    ):
-                        gauge.remove(model, feature, labels["stattest"])
+        # The test each (model, feature) was last exported under: looking it up here, not
+        # by collecting every series, keeps a batch's export independent of how many
+        # models the daemon watches (a thousand models: 15,000 series per gauge).
+        previous = self._feature_tests.get((model, feature))
+        if previous is not None and previous != stattest:
+            for gauge in (self.feature_drift_score, self.feature_drift_threshold):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(model, feature, previous)
+        self._feature_tests[(model, feature)] = stattest
         self.feature_drift_score.labels(model, feature, stattest).set(score)
         self.feature_drift_threshold.labels(model, feature, stattest).set(threshold)
 

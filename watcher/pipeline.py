@@ -203,10 +203,12 @@ class Pipeline:
     @contextmanager
     def _stage(self, model: str, stage: str) -> Iterator[None]:
         started = time.perf_counter()
+        # detail = "model": one histogram per stage for all models, not one per model.
+        label = model if self.settings.metrics.detail == "feature" else ""
         try:
             yield
         finally:
-            self.metrics.batch_duration.labels(model, stage).observe(time.perf_counter() - started)
+            self.metrics.batch_duration.labels(label, stage).observe(time.perf_counter() - started)
 
     def process(self, rt: ModelRuntime, ref: BatchRef) -> BatchOutcome:
         """Score one batch exactly once. Safe to call again after a crash at any point.
@@ -827,7 +829,8 @@ class Pipeline:
         m.dataset_drifted.labels(name).set(int(drift.dataset_drift))
         m.drifted_features.labels(name).set(drift.n_drifted)
         m.drift_streak.labels(name).set(0 if verdict.triggers else verdict.streak)
-        for col, c in drift.columns.items():
+        per_feature = self.settings.metrics.detail == "feature"
+        for col, c in drift.columns.items() if per_feature else ():
             m.set_feature_drift(name, col, c.stattest, c.score, c.threshold)
             m.feature_drifted.labels(name, col).set(int(c.drifted))
         if drift.prediction is not None:
@@ -835,7 +838,7 @@ class Pipeline:
         for col, (test, why) in drift.failures.items():
             m.drift_test_failures.labels(name, test).inc()
             log.warning("%s: column %r not scored: %s", name, col, why)
-        for col, share in quality.missing_share.items():
+        for col, share in quality.missing_share.items() if per_feature else ():
             m.missing_values_ratio.labels(name, col).set(share)
         for v in quality.violations:
             m.quality_violations.labels(name, v.check).inc()

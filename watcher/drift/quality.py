@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from watcher.config import ColumnsConfig, QualityConfig
@@ -132,16 +133,22 @@ def check_batch(
         *columns.numeric,
         *([columns.prediction] if columns.prediction and numeric_prediction else []),
     ]
+    # One float view per numeric column, reused by every check below (missing share,
+    # range): the checks are a few vector passes over the batch, no pandas per check.
+    as_float: dict[str, npt.NDArray[np.float64]] = {}
     for col in numeric_cols:
         out[col] = _as_numeric(out[col], col, name)
-        finite = np.isfinite(out[col].to_numpy(dtype=float, na_value=np.nan)) | out[col].isna()
-        n_inf = int((~finite).sum())
+        col_floats = out[col].to_numpy(dtype=float, na_value=np.nan)
+        infinite = np.isinf(col_floats)
+        n_inf = int(np.count_nonzero(infinite))
         if n_inf:
             # Infinite values break every distance; treat them as missing and say so.
-            out[col] = out[col].where(finite, np.nan)
+            out[col] = out[col].where(~infinite, np.nan)
+            col_floats = np.where(infinite, np.nan, col_floats)
             report.violations.append(
                 Violation("non_finite", col, n_inf / rows, f"{n_inf} infinite value(s) in {col}")
             )
+        as_float[col] = col_floats
     if columns.prediction and out[columns.prediction].isna().all():
         # Not a rejection: the features can still be scored, only prediction drift cannot.
         report.violations.append(
@@ -156,8 +163,14 @@ def check_batch(
     for col in columns.categorical:
         out[col] = _align_categorical(out[col], profile.categorical_is_numeric.get(col, False))
 
+    has_value: dict[str, npt.NDArray[np.bool_]] = {}  # categorical: one isna pass, reused
     for col in columns.features:
-        share = float(out[col].isna().mean())
+        floats = as_float.get(col)
+        if floats is not None:
+            share = float(np.count_nonzero(np.isnan(floats))) / rows
+        else:
+            has_value[col] = out[col].notna().to_numpy()
+            share = float(rows - np.count_nonzero(has_value[col])) / rows
         report.missing_share[col] = share
         if share == 1.0 and cfg.reject_all_missing:
             raise BatchRejected(
@@ -176,10 +189,14 @@ def check_batch(
             )
 
     for col, (lo, hi) in profile.numeric_ranges.items():
-        values = out[col].dropna()
-        if values.empty:
+        floats = as_float.get(col)
+        if floats is None:
+            floats = out[col].to_numpy(dtype=float, na_value=np.nan)
+        n_present = np.count_nonzero(~np.isnan(floats))
+        if not n_present:
             continue
-        share = float(((values < lo) | (values > hi)).mean())
+        # NaN compares False on both sides: only present values can be out of range.
+        share = float(np.count_nonzero((floats < lo) | (floats > hi))) / n_present
         if share > cfg.max_out_of_range_share:
             report.violations.append(
                 Violation(
@@ -191,7 +208,8 @@ def check_batch(
             )
 
     for col, seen in profile.categories.items():
-        values = out[col].dropna()
+        mask = has_value.get(col)
+        values = out[col][mask] if mask is not None else out[col].dropna()
         if values.empty:
             continue
         unseen_mask = ~values.isin(seen)

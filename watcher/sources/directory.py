@@ -459,16 +459,19 @@ def _capped(frame: pd.DataFrame, shown: str, cap: int | None) -> pd.DataFrame:
 
 
 def _free_name(folder: Path, name: str, taken: Callable[[str], bool] = lambda _: False) -> Path:
-    """`folder/name`, or with a time stamp (and a number) when that is taken: never overwrite."""
+    """`folder/name`, or with a time stamp (and a number) when that is taken: never overwrite.
+    `lexists` never raises (a 255-byte name plus ".reason.txt" is too long to even look up)."""
     dest = folder / name
-    if not dest.exists() and not dest.with_name(name + ".reason.txt").exists() and not taken(name):
+    reason = folder / (name + _REASON_SUFFIX)
+    if not os.path.lexists(dest) and not os.path.lexists(reason) and not taken(name):
         return dest
-    stem, suffix = Path(name).stem, Path(name).suffix
+    # The stamp must fit too: shorten a long stem (a name is at most 255 bytes).
+    stem, suffix = cut_bytes(Path(name).stem, 200), Path(name).suffix[:20]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     for n in range(1, 10_000):
         candidate = f"{stem}.{stamp}{'' if n == 1 else f'-{n}'}{suffix}"
         path = folder / candidate
-        if not path.exists() and not taken(candidate):
+        if not os.path.lexists(path) and not taken(candidate):
             return path
     raise OSError(f"no free name for {name} in {folder}")
 

@@ -1,0 +1,288 @@
+"""Scale: a batch's cost against large references, and many models in one process.
+
+    .venv/bin/python benchmarks/bench_scale.py [--quick] [--models 10,100,1000]
+
+Part 1, batch cost against the reference's size: 15 features (10 numeric, 5 categorical),
+references of 10k, 100k and 1M rows, a 10k-row batch (4 features drifting). For each
+reference: prepare once (timed), then the best of N of: load (the batch read from Parquet
+bytes in memory), quality (`check_batch` on the prepared profile), drift (`engine.score`,
+evidently's automatic choice: Wasserstein / Jensen-Shannon above 1,000 rows), and the
+per-test cost of the batch's side for each fast-path test. Ratios are against the 10k
+reference: the target is 1M <= 2x 10k.
+
+Part 2, M models in one process (default 10, 100, 1,000), 15 features each and a
+`--ref-rows`-row reference each (default 5,000): start-up (every reference prepared and
+profiled, as the daemon does at start), RSS after start-up, the series a scrape exports
+once every model has scored a batch (with watcher's Metrics, as the pipeline exports
+them), scrape size and time over HTTP (idle, and while batches are scored in another
+thread), batches scored per minute, and RSS after `--batches` more batches (flat is the
+target: <= +5 %).
+
+The machine is shared: read the ratios as much as the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prometheus_client import disable_created_metrics
+
+from watcher.config import ColumnsConfig, QualityConfig
+from watcher.drift import catalog, engine, stattests
+from watcher.drift.quality import check_batch, profile_reference
+from watcher.metrics import Health, Metrics, MetricsServer
+
+NUMERIC = [f"num_{i}" for i in range(10)]
+CATEGORICAL = [f"cat_{i}" for i in range(5)]
+COLUMNS = ColumnsConfig(numeric=NUMERIC, categorical=CATEGORICAL)
+QUALITY = QualityConfig()
+SPECS = [engine.ColumnSpec(c, "numeric") for c in NUMERIC] + [
+    engine.ColumnSpec(c, "categorical") for c in CATEGORICAL
+]
+LEVELS = [f"level_{i}" for i in range(8)]
+
+
+def frame(n: int, rng: np.random.Generator, drift: float = 0.0) -> pd.DataFrame:
+    data: dict[str, Any] = {}
+    for i, c in enumerate(NUMERIC):
+        shift = drift if i < 3 else 0.0
+        data[c] = rng.normal(shift, 1 + i / 10, n)
+    for i, c in enumerate(CATEGORICAL):
+        p = np.full(len(LEVELS), 1 / len(LEVELS))
+        if i == 0 and drift:
+            p = np.linspace(1, 3, len(LEVELS))
+            p /= p.sum()
+        data[c] = rng.choice(LEVELS, n, p=p)
+    return pd.DataFrame(data)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times) * 1000
+
+
+def part1(sizes: list[int], repeat: int) -> None:
+    rng = np.random.default_rng(1)
+    batch = frame(10_000, rng, drift=0.3)
+    buf = io.BytesIO()
+    batch.to_parquet(buf)
+    raw = buf.getvalue()
+    fast = [t for t, info in catalog.TESTS.items() if info.path == "fast"]
+    rows: dict[int, dict[str, float]] = {}
+    print("== Part 1: a 10k-row batch, 15 features, against references of N rows (ms)")
+    for n_ref in sizes:
+        rows[n_ref] = _one_reference(frame(n_ref, rng), batch, raw, fast, repeat)
+    _table(rows, sizes)
+
+
+def _one_reference(
+    ref: pd.DataFrame, batch: pd.DataFrame, raw: bytes, fast: list[str], repeat: int
+) -> dict[str, float]:
+    n_ref = len(ref)
+    t0 = time.perf_counter()
+    prepared = engine.prepare_reference(ref, SPECS, version=f"r{n_ref}")
+    profile = profile_reference(ref, COLUMNS)
+    prep = (time.perf_counter() - t0) * 1000
+    clean, _ = check_batch(batch, profile, COLUMNS, QUALITY)
+    r: dict[str, float] = {"prepare": prep}
+    r["load"] = best(lambda: pd.read_parquet(io.BytesIO(raw)), repeat)
+    r["quality"] = best(lambda: check_batch(batch, profile, COLUMNS, QUALITY), repeat)
+    r["drift"] = best(lambda: engine.score(prepared, clean), repeat)
+    r["total"] = r["load"] + r["quality"] + r["drift"]
+    ref_num = prepared.samples["num_0"]
+    ref_cat = prepared.samples["cat_1"]
+    cur_num = stattests.numeric_sample(clean["num_0"])
+    cur_cat = stattests.categorical_sample(clean["cat_1"])
+    for test in fast:
+        kinds = catalog.TESTS[test].kinds
+        if "numeric" in kinds:
+            r[f"{test}/num"] = best(
+                partial(stattests.run, test, "numeric", ref_num, cur_num), repeat
+            )
+        if "categorical" in kinds:
+            r[f"{test}/cat"] = best(
+                partial(stattests.run, test, "categorical", ref_cat, cur_cat), repeat
+            )
+    return r
+
+
+def _table(rows: dict[int, dict[str, float]], sizes: list[int]) -> None:
+    base = sizes[0]
+    keys = list(rows[base])
+    print(f"{'':18}" + "".join(f"{f'{n:,} rows':>14}" for n in sizes) + f"{'ratio max/min':>15}")
+    for k in keys:
+        vals = [rows[n][k] for n in sizes]
+        ratio = vals[-1] / vals[0] if vals[0] else float("nan")
+        print(f"{k:18}" + "".join(f"{v:14.2f}" for v in vals) + f"{ratio:15.2f}")
+
+
+def _series_and_bytes(port: int) -> tuple[int, int, float]:
+    url = f"http://127.0.0.1:{port}/metrics"
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        body = resp.read()
+    elapsed = (time.perf_counter() - t0) * 1000
+    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    return series, len(body), elapsed
+
+
+DETAIL = ["feature"]  # [metrics] detail, set from --detail
+
+
+def export(m: Metrics, name: str, quality: Any, drift: engine.DriftResult) -> None:
+    """What `Pipeline._export` sets for a scored batch (kept in step with it by hand)."""
+    per_feature = DETAIL[0] == "feature"
+    m.batches.labels(name, "scored").inc()
+    m.batch_rows.labels(name).set(quality.rows)
+    m.last_batch_timestamp.labels(name).set(time.time())
+    m.dataset_drift_ratio.labels(name).set(drift.drift_share)
+    m.dataset_drifted.labels(name).set(int(drift.dataset_drift))
+    m.drifted_features.labels(name).set(drift.n_drifted)
+    m.drift_streak.labels(name).set(0)
+    for col, c in drift.columns.items() if per_feature else ():
+        m.set_feature_drift(name, col, c.stattest, c.score, c.threshold)
+        m.feature_drifted.labels(name, col).set(int(c.drifted))
+    for col, share in quality.missing_share.items() if per_feature else ():
+        m.missing_values_ratio.labels(name, col).set(share)
+    m.retrain_triggers.labels(name, "triggered").inc(0)
+
+
+def part2(counts: list[int], ref_rows: int, batch_rows: int, batches: int) -> None:
+    print(
+        f"\n== Part 2: M models x 15 features, {ref_rows:,}-row references, "
+        f"{batch_rows:,}-row batches"
+    )
+    header = (
+        f"{'models':>7}{'start-up s':>12}{'RSS MB':>9}{'series':>9}{'series/model':>14}"
+        f"{'scrape KB':>11}{'idle ms':>9}{'busy ms':>9}{'batches/min':>13}"
+        f"{'RSS after':>11}{'growth %':>10}"
+    )
+    print(header)
+    for n_models in counts:
+        _models_row(n_models, ref_rows, batch_rows, batches)
+
+
+def _models_row(n_models: int, ref_rows: int, batch_rows: int, batches: int) -> None:
+    rng = np.random.default_rng(n_models)
+    before = rss_mb()
+    startup = 0.0  # preparing and profiling only: generating the data is not timed
+    models = []
+    for i in range(n_models):
+        ref = frame(ref_rows, rng)
+        t0 = time.perf_counter()
+        prepared = engine.prepare_reference(ref, SPECS, version=f"m{i}")
+        profile = profile_reference(ref, COLUMNS)
+        startup += time.perf_counter() - t0
+        # The daemon keeps the frame too (reports, snapshots, performance), and the
+        # prepared reference keeps its columns in row order for evidently's own tests.
+        models.append((f"model_{i}", prepared, profile, ref))
+    rss_start = rss_mb() - before
+    pool = [frame(batch_rows, rng, drift=d) for d in (0.0, 0.1, 0.3)]
+    m = Metrics()
+    for name, *_ in models:
+        m.init_model(name)
+
+    def score(k: int) -> None:
+        name, prepared, profile, _ = models[k % n_models]
+        batch = pool[k % len(pool)]
+        t_q = time.perf_counter()
+        clean, quality = check_batch(batch, profile, COLUMNS, QUALITY)
+        t_d = time.perf_counter()
+        drift = engine.score(prepared, clean)
+        t_e = time.perf_counter()
+        label = name if DETAIL[0] == "feature" else ""
+        m.batch_duration.labels(label, "quality").observe(t_d - t_q)
+        m.batch_duration.labels(label, "drift").observe(t_e - t_d)
+        export(m, name, quality, drift)
+
+    for k in range(n_models):
+        score(k)
+    server = MetricsServer(m, Health(600), "127.0.0.1", 0)
+    server.start()
+    try:
+        series, size, idle = min(
+            (_series_and_bytes(server.port) for _ in range(3)), key=lambda x: x[2]
+        )
+        stop = threading.Event()
+        done = [0]
+
+        def work() -> None:
+            k = 0
+            while not stop.is_set():
+                score(k)
+                k += 1
+            done[0] = k
+
+        worker = threading.Thread(target=work)
+        t_busy = time.perf_counter()
+        worker.start()
+        busy = max(_series_and_bytes(server.port)[2] for _ in range(5))
+        time.sleep(max(0.0, 3.0 - (time.perf_counter() - t_busy)))
+        stop.set()
+        worker.join()
+        per_min = done[0] / (time.perf_counter() - t_busy) * 60
+        rss_mid = rss_mb() - before
+        for k in range(batches):
+            score(k)
+        rss_end = rss_mb() - before
+    finally:
+        server.stop()
+    growth = (rss_end - rss_mid) / max(rss_mid, 1e-9) * 100
+    print(
+        f"{n_models:7}{startup:12.2f}{rss_start:9.0f}{series:9}{series / n_models:14.1f}"
+        f"{size / 1024:11.0f}{idle:9.0f}{busy:9.0f}{per_min:13.0f}"
+        f"{rss_end:11.0f}{growth:10.1f}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="10k and 100k only, 10/100 models")
+    parser.add_argument("--models", default="10,100,1000")
+    parser.add_argument("--ref-rows", type=int, default=5_000)
+    parser.add_argument("--batch-rows", type=int, default=1_000)
+    parser.add_argument("--batches", type=int, default=5_000)
+    parser.add_argument("--skip-part1", action="store_true")
+    parser.add_argument("--detail", choices=["model", "feature"], default="feature")
+    args = parser.parse_args()
+    DETAIL[0] = args.detail
+    if args.detail == "model":
+        disable_created_metrics()  # as the daemon does at this detail
+    print(f"[metrics] detail = {args.detail!r}")
+    sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    counts = [10, 100] if args.quick else [int(x) for x in args.models.split(",")]
+    if not args.skip_part1:
+        part1(sizes, repeat=3 if args.quick else 7)
+    part2(counts, args.ref_rows, args.batch_rows, 500 if args.quick else args.batches)
+
+
+if __name__ == "__main__":
+    main()
