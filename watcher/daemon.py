@@ -384,12 +384,23 @@ class Daemon:
         """
         forced = rt.name in self._reload_now
         self._reload_now.discard(rt.name)
-        pointer = await run_in_daemon_thread(self._production_text, rt.name)
+        # The file pointer is read on the loop, with no await before the version is read (so
+        # both see the same file); MLflow's alias is an HTTP request, made in a thread.
+        local = isinstance(self.registry, ModelRegistry)
+        pointer = (
+            self._production_text(rt.name)
+            if local
+            else await run_in_daemon_thread(self._production_text, rt.name)
+        )
         bad = self._bad_version.get(rt.name)
         if bad is not None and bad[0] == pointer and time.monotonic() < bad[1] and not forced:
             return
         try:
-            version = await run_in_daemon_thread(self.registry.production_version, rt.name)
+            version = (
+                self.registry.production_version(rt.name)
+                if local
+                else await run_in_daemon_thread(self.registry.production_version, rt.name)
+            )
             if version is None or (not forced and rt.reference.version == reference_tag(version)):
                 self._bad_version.pop(rt.name, None)
                 return
