@@ -62,6 +62,9 @@ def run_demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+# The demo trains, starts Airflow and replays 10 weeks: minutes on a quiet machine, up to
+# 20 on a loaded one; the wait below and the test's limit say the same.
+@pytest.mark.timeout(1500)
 def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     proc = run_demo(workdir, "--weeks", "10")
