@@ -96,7 +96,10 @@ def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     versions = {r[0] for r in db.execute("SELECT DISTINCT reference_version FROM batches")}
     db.close()
     assert reference == f"v{deployed[-1]['version_after']}"
-    assert {"v1", reference} <= versions  # batches were scored against both references
+    # Batches were scored against version 1 and a retrained version (the last deployment
+    # may land after the last week, so it need not have scored any batch itself).
+    assert "v1" in versions
+    assert versions - {"v1"}, versions
 
     # Against the deployed version's reference, the batch that triggered it drifts less
     # than against version 1's: the new reference is the data the world has moved to.
