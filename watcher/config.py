@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from watcher.errors import ConfigError
+from watcher.state.config import StateConfig
 
 ModelFamily = Literal["hist_gradient_boosting", "random_forest", "linear"]
 
@@ -613,6 +614,7 @@ class Settings(BaseSettings):
     )
 
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
