@@ -1,6 +1,7 @@
 """The state package: see `watcher.state.store`."""
 
 from watcher.state.db import DB_ERRORS, StateConn
+from watcher.state.leases import LeaseLost
 from watcher.state.lock import StateDirLock, StateLocked
 from watcher.state.migrate import StateSchemaError
 from watcher.state.records import (
@@ -25,6 +26,7 @@ __all__ = [
     "BatchStatus",
     "Decision",
     "LabelPeriod",
+    "LeaseLost",
     "OutboxItem",
     "Pruned",
     "RunRecord",

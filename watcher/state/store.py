@@ -3,7 +3,8 @@ source watermarks and the production model's loss per labelled period — in one
 file (WAL, the default) or a PostgreSQL database (`[state] backend = "postgres"`).
 
 `StateStore` joins the parts: the connection and transactions (`core`), the ledger and
-decisions (`ledger`), the outbox, runs and incidents (`outbox`), and retention here.
+decisions (`ledger`), the outbox, runs and incidents (`outbox`), replicas' leases and
+outbox claims (`leases`), and retention here.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from watcher.state.config import state_target
+from watcher.state.leases import LeaseStore
 from watcher.state.ledger import LedgerStore
-from watcher.state.outbox import OutboxStore
 
 if TYPE_CHECKING:
     from watcher.config import Settings
@@ -37,7 +38,7 @@ class Pruned:
         return self.batch_results + self.decisions + self.outbox
 
 
-class StateStore(LedgerStore, OutboxStore):
+class StateStore(LedgerStore, LeaseStore):
     """The state of one watcher (see the module doc)."""
 
     def prune(self, older_than_seconds: float, *, now: float | None = None) -> Pruned:

@@ -1,0 +1,86 @@
+"""`watcher run` as a real process on each state backend: batches flow, the daemon is
+killed with SIGKILL mid-stream and restarted, and every batch ends in the ledger exactly
+once with one decision; `watcher status` reads the same state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fixtures_state import StateBackend
+from support import DaemonProcess, drop, frame, write_config
+
+from watcher.state import StateStore
+
+MODEL = "m"
+
+
+def _state_toml(backend: StateBackend) -> str:
+    if backend.dsn is None:
+        return ""
+    return f'\n[state]\nbackend = "postgres"\ndsn = "{backend.dsn}"\n'
+
+
+def _wait_scored(store: StateStore, n: int, timeout: float = 90.0) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = store.processed_ids(MODEL)
+        if len(done) >= n:
+            return done
+        time.sleep(0.2)
+    return store.processed_ids(MODEL)
+
+
+def test_daemon_killed_and_restarted_scores_every_batch_once(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
+    cfg = write_config(tmp_path, extra_top=_state_toml(state_backend))
+    incoming = tmp_path / "incoming"
+    store = state_backend.open()
+    daemon = DaemonProcess(cfg, tmp_path / "daemon.log")
+    try:
+        for i in range(4):
+            drop(incoming, f"b{i:02d}.parquet", frame(300, seed=10 + i, shift=2.0 * (i % 2)))
+        assert len(_wait_scored(store, 2)) >= 2, (tmp_path / "daemon.log").read_text()
+        daemon.kill()  # SIGKILL, possibly inside a batch's transaction
+        for i in range(4, 8):
+            drop(incoming, f"b{i:02d}.parquet", frame(300, seed=10 + i))
+        daemon = DaemonProcess(cfg, tmp_path / "daemon.log")
+        done = _wait_scored(store, 8)
+        assert done == {f"b{i:02d}.parquet" for i in range(8)}, (
+            tmp_path / "daemon.log"
+        ).read_text()[-3000:]
+        assert daemon.stop() == 0
+        with store.transaction() as conn:
+            rows = conn.execute(
+                "SELECT batch_id, COUNT(*) AS n FROM batches WHERE model = ? GROUP BY batch_id",
+                (MODEL,),
+            ).fetchall()
+            decided = conn.execute(
+                "SELECT batch_id, COUNT(*) AS n FROM decisions WHERE model = ? "
+                "AND batch_id IS NOT NULL GROUP BY batch_id",
+                (MODEL,),
+            ).fetchall()
+        assert {r["batch_id"]: r["n"] for r in rows} == {f"b{i:02d}.parquet": 1 for i in range(8)}
+        assert {r["batch_id"]: r["n"] for r in decided} == {
+            f"b{i:02d}.parquet": 1 for i in range(8)
+        }
+        assert store.batch(MODEL, "b01.parquet").dataset_drift is True  # type: ignore[union-attr]
+        assert store.batch(MODEL, "b00.parquet").dataset_drift is False  # type: ignore[union-attr]
+    finally:
+        daemon.kill()
+        store.close()
+    status = subprocess.run(
+        [sys.executable, "-m", "watcher", "status", "--json", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    assert MODEL in json.dumps(document)
+    assert "b07.parquet" in status.stdout
