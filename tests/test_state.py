@@ -309,3 +309,18 @@ def test_postgres_connection_lost_then_recovered(state_pg_database: str) -> None
         assert store.processed_ids(MODEL) == {"b1", "b2"}
     finally:
         store.close()
+
+
+def test_retention_worker_of_the_daemon_prunes(store: StateStore) -> None:
+    import asyncio
+
+    from watcher.state.retention import RetentionWorker
+
+    with store.transaction() as conn:
+        store.record_decision(
+            conn, model=MODEL, batch_id="b", outcome="no_action", reason="", at=1_000.0
+        )
+        store.record_decision(conn, model=MODEL, batch_id="b", outcome="no_action", reason="")
+    worker = RetentionWorker(store, retention_days=30, interval_seconds=3600)
+    asyncio.run(worker.run_once())
+    assert len(store.decisions(MODEL)) == 1

@@ -126,9 +126,7 @@ def test_replicas_stopped_and_killed_lose_their_models_and_stale_writes_are_refu
         _, _, model, batch = scoring.split()[:4]
         # b or c takes a's models once a's lease runs out.
         taken = min(
-            float(line.split()[0])
-            for w in (b, c)
-            for line in [w.wait_line(f"acquired {model} ")]
+            float(line.split()[0]) for w in (b, c) for line in [w.wait_line(f"acquired {model} ")]
         )
         takeover = taken - stopped_at
         # Within the lease plus one idle poll (lease / 5) of b and c, with margin for a
