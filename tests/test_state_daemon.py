@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from fixtures_state import StateBackend
 from support import DaemonProcess, drop, frame, write_config
 
@@ -84,3 +85,47 @@ def test_daemon_killed_and_restarted_scores_every_batch_once(
     document = json.loads(status.stdout)
     assert MODEL in json.dumps(document)
     assert "b07.parquet" in status.stdout
+
+
+@pytest.mark.postgres
+def test_a_second_daemon_on_one_postgres_state_is_refused(
+    tmp_path: Path, state_pg_database: str
+) -> None:
+    """Until replicas share the models, two daemons on one state database would both
+    score every batch: the second one (another host, another state_dir) exits 2."""
+    from fixtures_state import pg_backend
+
+    backend = pg_backend(state_pg_database)
+    first_dir, second_dir = tmp_path / "one", tmp_path / "two"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first = DaemonProcess(
+        write_config(first_dir, extra_top=_state_toml(backend)), first_dir / "daemon.log"
+    )
+    try:
+        store = backend.open()
+        try:
+            drop(first_dir / "incoming", "b.parquet", frame(300, seed=3))
+            assert _wait_scored(store, 1) == {"b.parquet"}, (first_dir / "daemon.log").read_text()
+        finally:
+            store.close()
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "watcher",
+                "run",
+                "--config",
+                str(write_config(second_dir, extra_top=_state_toml(backend))),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert second.returncode == 2, second.stderr
+        assert "another watcher daemon (watcher daemon pid" in second.stderr
+        assert f"pid {first.proc.pid}" in second.stderr
+        assert first.alive()
+    finally:
+        assert first.stop() == 0

@@ -44,6 +44,7 @@ from watcher.secrets import Scrubber, secret_values
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
 from watcher.state import RunRecord, StateDirLock, StateStore, open_state
+from watcher.state.lock import DatabaseLock
 from watcher.workers import PeriodicWorker, run_periodically
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,12 @@ class Daemon:
         self.store = open_state(settings)
         self.store.scrub = Scrubber(secret_values(settings))
         self.lock = StateDirLock(settings.daemon.state_dir)
+        target = self.store.target
+        self.db_lock = (
+            None
+            if target.path is not None
+            else DatabaseLock(target.conninfo, target.where, settings.state.connect_timeout_seconds)
+        )
         self.pipeline = Pipeline(settings, self.store, self.metrics)
         self.registry = ModelRegistry(settings.registry.path)
         self.models: dict[str, ModelRuntime] = {}
@@ -143,6 +150,8 @@ class Daemon:
         cfg = self.settings
         check_runtime(cfg)  # what `watcher check-config` checks, no more, no less
         self.lock.acquire()  # before anything is claimed, mailed or bound
+        if self.db_lock is not None:
+            self.db_lock.acquire()
         self.metrics.state_writable.set_function(lambda: 0 if self.store.write_error else 1)
         self.health.problems["state store"] = lambda: (
             f"cannot write {self.store.target.where}: {self.store.write_error}; outbox deliveries "
@@ -232,6 +241,8 @@ class Daemon:
             self._server.stop()
         self.store.close()
         self.lock.release()
+        if self.db_lock is not None:
+            self.db_lock.release()
         log.info("stopped")
 
     def request_stop(self) -> None:
