@@ -198,3 +198,26 @@ def test_state_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         cfg.write_text(body)
         with pytest.raises(ConfigError, match=message):
             load_config(cfg)
+
+
+@pytest.mark.postgres
+def test_an_unreachable_postgres_state_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "w.toml"
+    # Port 22999 (this branch's range): nothing listens there.
+    cfg.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path}"\n\n[state]\nbackend = "postgres"\n'
+        'dsn = "postgresql://postgres@127.0.0.1:22999/watcher"\nconnect_timeout_seconds = 2\n'
+    )
+    for command in (["status"], ["run"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "watcher", *command, "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "cannot open the state database postgresql://postgres@127.0.0.1:22999" in (
+            done.stderr
+        )
+        assert "Traceback" not in done.stderr

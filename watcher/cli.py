@@ -254,12 +254,11 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Per model: last batches, drift streak, signals, pending actions, last runs, decision."""
     from watcher.registry import ModelRegistry
     from watcher.secrets import Scrubber, secret_values
-    from watcher.state import open_state
 
     settings = _load(config)
     # Errors stored before the store scrubbed them may still hold an echoed secret.
     scrub = Scrubber(secret_values(settings))
-    store = open_state(settings)
+    store = _open_state(settings)
     if as_json:
         from watcher.views import status_document
 
@@ -360,13 +359,13 @@ def trigger(
 ) -> None:
     """Trigger a retrain by hand, through the same outbox as automatic triggers."""
     from watcher.policy import run_id_for
-    from watcher.state import Action, open_state
+    from watcher.state import Action
 
     settings = _load(config)
     if model not in settings.models:
         err.print(f"error: unknown model {model!r}; configured: {sorted(settings.models)}")
         raise typer.Exit(2)
-    store = open_state(settings)
+    store = _open_state(settings)
     # Microseconds and a random tail: two triggers in the same second are two runs.
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
     run_id = run_id_for(model, f"manual-{stamp}")
@@ -770,6 +769,17 @@ def backtest(
         report.write_json(json_out, doc)
     if plot is not None:
         report.plot(result.results, plot, title=title, starts=h.starts)
+
+
+def _open_state(settings: Settings) -> Any:
+    """The state database, or exit 2 saying why it cannot be opened."""
+    from watcher.state import open_state
+
+    try:
+        return open_state(settings)
+    except WatcherError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
 
 
 def _progress() -> Any:

@@ -1,5 +1,6 @@
 """The state package: see `watcher.state.store`."""
 
+from watcher.state.core import StateUnavailable
 from watcher.state.db import DB_ERRORS, StateConn
 from watcher.state.leases import LeaseLost
 from watcher.state.lock import StateDirLock, StateLocked
@@ -35,5 +36,6 @@ __all__ = [
     "StateLocked",
     "StateSchemaError",
     "StateStore",
+    "StateUnavailable",
     "open_state",
 ]

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from watcher.errors import WatcherError
 from watcher.state.config import StateTarget
 from watcher.state.db import (
     DB_ERRORS,
@@ -18,6 +19,10 @@ from watcher.state.db import (
     is_write_failure,
 )
 from watcher.state.migrate import ensure_schema
+
+
+class StateUnavailable(WatcherError):
+    """The state database cannot be opened (server down, wrong DSN or password)."""
 
 
 class StoreCore:
@@ -44,7 +49,13 @@ class StoreCore:
         self._connect_timeout = connect_timeout
         self._lock = threading.RLock()
         self._scrub: Callable[[str], str] = _identity
-        self._conn = self._connect()
+        try:
+            self._conn = self._connect()
+        except DB_ERRORS as exc:
+            raise StateUnavailable(
+                f"cannot open the state database {target.where}: {exc}".strip(),
+                hint="check [state] (dsn, password) and that the database server is up",
+            ) from exc
         try:
             ensure_schema(self._conn, target.sqlalchemy_url, target.where, auto=auto_migrate)
         except BaseException:
