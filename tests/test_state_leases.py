@@ -78,7 +78,7 @@ def _target(backend: StateBackend) -> str:
 class Worker:
     def __init__(self, backend: StateBackend, owner: str, log: Path, score: float) -> None:
         self.owner, self.log = owner, log
-        args = [_target(backend), owner, "6", "12", str(LEASE), str(score)]
+        args = [_target(backend), owner, "6", str(BATCHES), str(LEASE), str(score)]
         with log.open("ab") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, str(WORKER), *args], stdout=fh, stderr=subprocess.STDOUT
@@ -100,6 +100,20 @@ class Worker:
 LEASE = 1.5
 
 
+def first_line(workers: list[Worker], text: str, timeout: float = 60.0) -> float:
+    """When the first of `workers` printed a line with `text` (its own clock stamp)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stamps = [float(x.split()[0]) for w in workers for x in w.lines() if text in x]
+        if stamps:
+            return min(stamps)
+        time.sleep(0.02)
+    raise AssertionError(f"none printed {text!r}:\n" + "".join(w.log.read_text() for w in workers))
+
+
+BATCHES = 30  # per model: b and c need seconds for all, so one dies mid-stream
+
+
 def test_replicas_stopped_and_killed_lose_their_models_and_stale_writes_are_refused(
     tmp_path: Path, state_backend: StateBackend
 ) -> None:
@@ -109,8 +123,8 @@ def test_replicas_stopped_and_killed_lose_their_models_and_stale_writes_are_refu
     workers = [a]
     try:
         a.wait_line("scoring")  # a holds every model now
-        b = Worker(state_backend, "b", tmp_path / "b.log", score=0.02)
-        c = Worker(state_backend, "c", tmp_path / "c.log", score=0.02)
+        b = Worker(state_backend, "b", tmp_path / "b.log", score=0.05)
+        c = Worker(state_backend, "c", tmp_path / "c.log", score=0.05)
         workers += [b, c]
         b.wait_line("started")
         c.wait_line("started")
@@ -125,18 +139,18 @@ def test_replicas_stopped_and_killed_lose_their_models_and_stale_writes_are_refu
         scoring = [line for line in a.lines() if "scoring" in line][-1]
         _, _, model, batch = scoring.split()[:4]
         # b or c takes a's models once a's lease runs out.
-        taken = min(
-            float(line.split()[0]) for w in (b, c) for line in [w.wait_line(f"acquired {model} ")]
-        )
+        taken = first_line([b, c], f"acquired {model} ")
         takeover = taken - stopped_at
         # Within the lease plus one idle poll (lease / 5) of b and c, with margin for a
         # loaded 2-core machine.
         assert takeover < LEASE + 1.5, f"{model} taken over after {takeover:.2f}s"
         # A replica dies (SIGKILL) mid-stream; the survivor takes its models.
-        b.wait_line("scored")
-        b.proc.kill()
-        b.proc.wait(10)
-        c.wait_line("all done", timeout=120)
+        first_line([b, c], "scored")
+        victim, survivor = (b, c) if any("scored" in line for line in b.lines()) else (c, b)
+        victim.proc.kill()
+        victim.proc.wait(10)
+        assert not any("all done" in line for line in victim.lines()), "killed too late"
+        survivor.wait_line("all done", timeout=120)
         os.kill(a.proc.pid, signal.SIGCONT)  # the stale owner wakes up and tries to write
         refused = a.wait_line(f"refused {model} {batch}")
         assert "lost its lease" in refused
@@ -156,8 +170,8 @@ def test_replicas_stopped_and_killed_lose_their_models_and_stale_writes_are_refu
             scored = conn.execute(
                 "SELECT COUNT(*) AS n FROM batches WHERE status = 'scored'"
             ).fetchone()["n"]
-        assert scored == 6 * 12
-        assert len(per_batch) == 6 * 12
+        assert scored == 6 * BATCHES
+        assert len(per_batch) == 6 * BATCHES
         assert {r["n"] for r in per_batch} == {1}  # every batch decided exactly once
         owner = next(d.reason for d in store.decisions(model, batch_id=batch))
         assert owner != "a"  # the stale owner's result never landed
