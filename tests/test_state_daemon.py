@@ -129,3 +129,52 @@ def test_a_second_daemon_on_one_postgres_state_is_refused(
         assert first.alive()
     finally:
         assert first.stop() == 0
+
+
+@pytest.mark.postgres
+def test_daemon_recovers_when_postgres_drops_its_connections_under_load(
+    tmp_path: Path, state_pg_database: str
+) -> None:
+    """Every state connection terminated again and again while batches flow (what a
+    PostgreSQL restart does to them): the daemon keeps running, reconnects, and every batch
+    ends scored exactly once with one decision."""
+    import psycopg
+    from fixtures_state import pg_backend
+
+    backend = pg_backend(state_pg_database)
+    cfg = write_config(tmp_path, extra_top=_state_toml(backend))
+    store = backend.open()
+    daemon = DaemonProcess(cfg, tmp_path / "daemon.log")
+    terminated = 0
+    try:
+        drop(tmp_path / "incoming", "first.parquet", frame(300, seed=39))
+        assert _wait_scored(store, 1) == {"first.parquet"}  # the daemon is up
+        with psycopg.connect(backend.conninfo(), autocommit=True) as admin:
+            for i in range(10):
+                drop(tmp_path / "incoming", f"b{i:02d}.parquet", frame(300, seed=40 + i))
+                time.sleep(0.3)
+                rows = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'watcher' AND datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                ).fetchall()
+                terminated += len(rows)
+        assert terminated >= 5, (tmp_path / "daemon.log").read_text()[-3000:]
+        store.close()
+        store = backend.open()  # the test's own store was terminated too
+        done = _wait_scored(store, 11)
+        log = (tmp_path / "daemon.log").read_text()
+        assert done == {f"b{i:02d}.parquet" for i in range(10)} | {"first.parquet"}, log[-3000:]
+        assert daemon.alive(), log[-3000:]
+        with store.transaction() as conn:
+            decided = conn.execute(
+                "SELECT batch_id, COUNT(*) AS n FROM decisions WHERE batch_id IS NOT NULL "
+                "GROUP BY batch_id"
+            ).fetchall()
+        assert {r["batch_id"]: r["n"] for r in decided} == {
+            f"b{i:02d}.parquet": 1 for i in range(10)
+        } | {"first.parquet": 1}
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+        store.close()
