@@ -778,6 +778,8 @@ def check_runtime(settings: Settings) -> None:
         if model.source.kind != "sql":
             continue
         try:
+            import psycopg  # noqa: F401  (the driver the sql extra brings)
+
             from watcher.sources.sqlconn import build_url
         except ImportError as exc:  # the sql extra is optional: say which one to install
             raise ConfigError(

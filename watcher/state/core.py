@@ -56,6 +56,11 @@ class StoreCore:
                 f"cannot open the state database {target.where}: {exc}".strip(),
                 hint="check [state] (dsn, password) and that the database server is up",
             ) from exc
+        except ImportError as exc:
+            raise StateUnavailable(
+                f"the PostgreSQL state backend needs psycopg, which is not installed ({exc})",
+                hint="pip install 'watcher-drift[sql]'",
+            ) from exc
         try:
             ensure_schema(self._conn, target.sqlalchemy_url, target.where, auto=auto_migrate)
         except BaseException:
