@@ -13,4 +13,5 @@ pytest_plugins: list[str] = [
     "fixtures_dashboards",
     "fixtures_postgres",
     "fixtures_retrain",
+    "fixtures_state",
 ]

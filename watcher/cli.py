@@ -19,6 +19,7 @@ from rich.table import Table
 from watcher import DISTRIBUTION, __version__
 from watcher.config import Settings, load_config
 from watcher.errors import WatcherError
+from watcher.state.commands import migrate
 
 app = typer.Typer(
     help="watcher keeps ML models healthy in production: drift, metrics, alerts, retraining.",
@@ -29,6 +30,8 @@ app = typer.Typer(
 out = Console()
 # Errors are read by people and grep alike: never wrap them mid-sentence.
 err = Console(stderr=True, soft_wrap=True)
+
+app.command()(migrate)  # `watcher migrate`, in the state package
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
@@ -251,12 +254,11 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Per model: last batches, drift streak, signals, pending actions, last runs, decision."""
     from watcher.registry import ModelRegistry
     from watcher.secrets import Scrubber, secret_values
-    from watcher.state import StateStore
 
     settings = _load(config)
     # Errors stored before the store scrubbed them may still hold an echoed secret.
     scrub = Scrubber(secret_values(settings))
-    store = StateStore(settings.daemon.state_dir / "state.db")
+    store = _open_state(settings)
     if as_json:
         from watcher.views import status_document
 
@@ -357,13 +359,13 @@ def trigger(
 ) -> None:
     """Trigger a retrain by hand, through the same outbox as automatic triggers."""
     from watcher.policy import run_id_for
-    from watcher.state import Action, StateStore
+    from watcher.state import Action
 
     settings = _load(config)
     if model not in settings.models:
         err.print(f"error: unknown model {model!r}; configured: {sorted(settings.models)}")
         raise typer.Exit(2)
-    store = StateStore(settings.daemon.state_dir / "state.db")
+    store = _open_state(settings)
     # Microseconds and a random tail: two triggers in the same second are two runs.
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
     run_id = run_id_for(model, f"manual-{stamp}")
@@ -767,6 +769,17 @@ def backtest(
         report.write_json(json_out, doc)
     if plot is not None:
         report.plot(result.results, plot, title=title, starts=h.starts)
+
+
+def _open_state(settings: Settings) -> Any:
+    """The state database, or exit 2 saying why it cannot be opened."""
+    from watcher.state import open_state
+
+    try:
+        return open_state(settings)
+    except WatcherError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
 
 
 def _progress() -> Any:

@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from watcher.errors import ConfigError
+from watcher.state.config import StateConfig
 
 ModelFamily = Literal["hist_gradient_boosting", "random_forest", "linear"]
 
@@ -613,6 +614,7 @@ class Settings(BaseSettings):
     )
 
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
@@ -776,6 +778,8 @@ def check_runtime(settings: Settings) -> None:
         if model.source.kind != "sql":
             continue
         try:
+            import psycopg  # noqa: F401  (the driver the sql extra brings)
+
             from watcher.sources.sqlconn import build_url
         except ImportError as exc:  # the sql extra is optional: say which one to install
             raise ConfigError(

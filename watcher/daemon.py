@@ -43,7 +43,8 @@ from watcher.registry import ModelRegistry
 from watcher.secrets import Scrubber, secret_values
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
-from watcher.state import RunRecord, StateDirLock, StateStore
+from watcher.state import RunRecord, StateDirLock, StateStore, open_state
+from watcher.state.lock import DatabaseLock
 from watcher.workers import PeriodicWorker, run_periodically
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,15 @@ class Daemon:
         self.metrics = Metrics(registry)
         # Healthy while the main loop has beaten within a few poll intervals (or a minute).
         self.health = Health(max(60.0, 5 * settings.daemon.poll_interval_seconds))
-        self.store = StateStore(settings.daemon.state_dir / "state.db")
+        self.store = open_state(settings)
         self.store.scrub = Scrubber(secret_values(settings))
         self.lock = StateDirLock(settings.daemon.state_dir)
+        target = self.store.target
+        self.db_lock = (
+            None
+            if target.path is not None
+            else DatabaseLock(target.conninfo, target.where, settings.state.connect_timeout_seconds)
+        )
         self.pipeline = Pipeline(settings, self.store, self.metrics)
         self.registry = ModelRegistry(settings.registry.path)
         self.models: dict[str, ModelRuntime] = {}
@@ -143,9 +150,11 @@ class Daemon:
         cfg = self.settings
         check_runtime(cfg)  # what `watcher check-config` checks, no more, no less
         self.lock.acquire()  # before anything is claimed, mailed or bound
+        if self.db_lock is not None:
+            self.db_lock.acquire()
         self.metrics.state_writable.set_function(lambda: 0 if self.store.write_error else 1)
         self.health.problems["state store"] = lambda: (
-            f"cannot write {self.store.path}: {self.store.write_error}; outbox deliveries "
+            f"cannot write {self.store.target.where}: {self.store.write_error}; outbox deliveries "
             "are held until it can"
             if self.store.write_error
             else None
@@ -232,6 +241,8 @@ class Daemon:
             self._server.stop()
         self.store.close()
         self.lock.release()
+        if self.db_lock is not None:
+            self.db_lock.release()
         log.info("stopped")
 
     def request_stop(self) -> None:
@@ -546,4 +557,11 @@ class Daemon:
             from watcher.alerts.webhook import build_webhook_workers
 
             workers += build_webhook_workers(self.settings, self.store, self.metrics)
+        state = self.settings.state
+        if state.retention_days is not None:
+            from watcher.state.retention import RetentionWorker
+
+            workers.append(
+                RetentionWorker(self.store, state.retention_days, state.retention_interval_seconds)
+            )
         return workers

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,7 +44,7 @@ from watcher.metrics import Metrics
 from watcher.retrain.evaluation import classification_metrics, regression_metrics
 from watcher.signals import loss_of
 from watcher.sources.base import Source
-from watcher.state import LabelPeriod, StateStore
+from watcher.state import LabelPeriod, StateConn, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ class PerformanceTracker:
             self.record(conn, read)
         return read.metrics or None
 
-    def record(self, conn: sqlite3.Connection, read: LabelsRead) -> list[LabelPeriod]:
+    def record(self, conn: StateConn, read: LabelsRead) -> list[LabelPeriod]:
         """Store what `read_labels` found, inside the caller's transaction; the periods
         that are new or changed."""
         changed = [p for p in read.periods if self.store.add_label_period(conn, self.model, p)]

@@ -26,7 +26,7 @@ from watcher.config import ModelConfig, Settings
 from watcher.errors import WatcherError
 from watcher.pipeline import reference_tag
 from watcher.registry import ModelRegistry
-from watcher.state import Decision, StateStore
+from watcher.state import Decision, open_state
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Replay:
         self.data = data.sort_values(cols.timestamp)
         self.registry = ModelRegistry(settings.registry.path)
         # The daemon's own state: the replay follows what it scored and decided.
-        self.store = StateStore(settings.daemon.state_dir / "state.db")
+        self.store = open_state(settings)
         self._served: tuple[str, Any] | None = None
         self._baseline: Any = None
 

@@ -23,7 +23,7 @@ REDACTED = "********"
 
 def secret_values(settings: Settings) -> tuple[str, ...]:
     """Every password the configuration holds."""
-    found = [settings.smtp.password, settings.airflow.password]
+    found = [settings.smtp.password, settings.airflow.password, settings.state.password]
     found += [getattr(m.source, "password", None) for m in settings.models.values()]
     return tuple(s.get_secret_value() for s in found if s is not None and s.get_secret_value())
 

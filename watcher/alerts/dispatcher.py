@@ -47,7 +47,6 @@ import asyncio
 import hashlib
 import logging
 import random
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -65,7 +64,7 @@ from watcher.config import Settings
 from watcher.errors import MailError
 from watcher.metrics import Metrics
 from watcher.secrets import secret_values
-from watcher.state import Action, OutboxItem, StateStore
+from watcher.state import DB_ERRORS, Action, OutboxItem, StateStore
 from watcher.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
@@ -307,7 +306,7 @@ class MailDispatcher:
         # mark_done can repeat this one mail, never another.
         try:
             self.store.mark_sending(item.id)
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             self._state_failed(item, exc, sent=False)
             return False
         self._state_works()
@@ -334,7 +333,7 @@ class MailDispatcher:
         self._set_up(True)
         try:
             self.store.mark_done(item.id)
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             self._unrecorded[item.id] = item
             self._state_failed(item, exc, sent=True)
             return False
@@ -354,19 +353,19 @@ class MailDispatcher:
         )
         return True
 
-    def _state_failed(self, item: OutboxItem, exc: sqlite3.Error, *, sent: bool) -> None:
+    def _state_failed(self, item: OutboxItem, exc: Exception, *, sent: bool) -> None:
         self.metrics.problems.labels(item.model or "", "state_write").inc()
         if self._state_broken and not sent:
             return  # said already; /readyz and watcher_state_writable keep saying it
         self._state_broken = True
         log.error(
             "the state store takes no writes (%s): %s; no mail is sent until it does "
-            "(free disk space under %s)",
+            "(free disk space, or bring the database back: %s)",
             exc,
             f"mail {item.key} was sent and will not be sent again"
             if sent
             else f"mail {item.key} was not sent",
-            self.store.path.parent,
+            self.store.target.where,
             extra={"model": item.model},
         )
 
@@ -375,7 +374,7 @@ class MailDispatcher:
         for item_id in list(self._unrecorded):
             try:
                 self.store.mark_done(item_id)
-            except sqlite3.Error:
+            except DB_ERRORS:
                 return False
             item = self._unrecorded.pop(item_id)
             log.info("recorded mail %s as sent now that the state takes writes", item.key)

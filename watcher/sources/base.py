@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from watcher.state.db import StateConn
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Source(Protocol):
         """Called after a scored batch was committed (e.g. move the file to processed/)."""
         ...
 
-    def commit(self, conn: sqlite3.Connection, ref: BatchRef) -> None:
+    def commit(self, conn: StateConn, ref: BatchRef) -> None:
         """Record progress (e.g. a watermark) inside the transaction that finishes the batch."""
         ...
 

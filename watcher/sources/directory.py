@@ -46,7 +46,6 @@ import hashlib
 import io
 import logging
 import os
-import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -62,7 +61,7 @@ from watcher.errors import BatchRejected, SourceError
 from watcher.metrics import Metrics
 from watcher.safetext import cut_bytes, escape, is_clean, safe_id, sample_names
 from watcher.sources.base import BatchRef
-from watcher.state import BatchRecord, StateStore
+from watcher.state import BatchRecord, StateConn, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +432,7 @@ class DirectorySource:
             return False
         return True
 
-    def commit(self, conn: sqlite3.Connection, ref: BatchRef) -> None:
+    def commit(self, conn: StateConn, ref: BatchRef) -> None:
         return None  # the ledger entry is all the progress a folder needs
 
     async def close(self) -> None:

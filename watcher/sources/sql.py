@@ -59,7 +59,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -101,7 +100,7 @@ from watcher.sources.sqlwindows import (
     split_revision,
     utc_now,
 )
-from watcher.state import StateStore
+from watcher.state import StateConn, StateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -193,7 +192,7 @@ class SqlSource:
     def archive(self, ref: BatchRef) -> None:
         return None
 
-    def commit(self, conn: sqlite3.Connection, ref: BatchRef) -> None:
+    def commit(self, conn: StateConn, ref: BatchRef) -> None:
         """Move the watermark past `ref` (or record a rescore) in the batch's transaction."""
         assert ref.window is not None
         start, end = ref.window[0].timestamp(), ref.window[1].timestamp()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from watcher.state.db import StateConn
 
 REV = "#rev"
 
@@ -107,7 +109,7 @@ def split_revision(batch_id: str) -> tuple[str, int]:
     return (base, int(rev)) if sep else (batch_id, 0)
 
 
-def read_progress(conn: sqlite3.Connection, key: str) -> Progress:
+def read_progress(conn: StateConn, key: str) -> Progress:
     """The progress as of the caller's transaction, so a read-modify-write loses nothing."""
     row = conn.execute("SELECT value FROM watermarks WHERE key = ?", (key,)).fetchone()
     return Progress.parse(None if row is None else str(row[0]))

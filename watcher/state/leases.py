@@ -1,0 +1,109 @@
+"""Leases: which replica owns which model, with fencing, and outbox claims.
+
+A lease is a row (model, owner, token, expires_at). `acquire` takes a model whose lease
+expired (or renews one's own); `renew` (the heartbeat) extends the leases still held;
+a replica that dies or hangs stops renewing and loses its models after `lease_seconds`.
+Every change of owner increments the token. `fence` runs inside a batch's transaction:
+it refuses the transaction (`LeaseLost`) unless the lease is still this owner's, with
+this token, unexpired. On PostgreSQL it locks the lease row (FOR UPDATE), so a takeover
+waits for the transaction to end; on SQLite BEGIN IMMEDIATE already serialises writers.
+
+Times are the database's clock, not the replicas': replicas on hosts whose clocks
+disagree still agree on when a lease expires.
+
+`claim_due` hands each due outbox action to one replica (FOR UPDATE SKIP LOCKED on
+PostgreSQL): a claim holds for `claim_seconds`, after which a replica that died while
+delivering has its actions claimed by another (deliveries are idempotent by key).
+"""
+
+from __future__ import annotations
+
+from watcher.errors import WatcherError
+from watcher.state.db import StateConn
+from watcher.state.outbox import OutboxStore
+from watcher.state.records import ActionKind, OutboxItem, outbox_of
+
+
+class LeaseLost(WatcherError):
+    """This replica no longer owns the model: its transaction was refused."""
+
+
+def now_sql(conn: StateConn) -> str:
+    """The database's clock as Unix seconds, in SQL."""
+    if conn.dialect == "sqlite":
+        return "((julianday('now') - 2440587.5) * 86400.0)"
+    return "extract(epoch from clock_timestamp())::double precision"
+
+
+class LeaseStore(OutboxStore):
+    def acquire(self, model: str, owner: str, lease_seconds: float) -> int | None:
+        """Own `model` for `lease_seconds`: the fencing token, or None while another
+        replica's lease on it runs."""
+        with self.transaction() as conn:
+            now = now_sql(conn)
+            row = conn.execute(
+                "INSERT INTO leases (model, owner, token, expires_at) "
+                f"VALUES (?, ?, 1, {now} + ?) ON CONFLICT (model) DO UPDATE SET "
+                "token = CASE WHEN leases.owner = excluded.owner THEN leases.token "
+                "ELSE leases.token + 1 END, owner = excluded.owner, "
+                "expires_at = excluded.expires_at "
+                f"WHERE leases.owner = excluded.owner OR leases.expires_at < {now} "
+                "RETURNING token",
+                (model, owner, lease_seconds),
+            ).fetchone()
+        return None if row is None else int(row["token"])
+
+    def renew(self, owner: str, lease_seconds: float) -> dict[str, int]:
+        """The heartbeat: extend every unexpired lease of `owner`; {model: token} held."""
+        with self.transaction() as conn:
+            now = now_sql(conn)
+            rows = conn.execute(
+                f"UPDATE leases SET expires_at = {now} + ? WHERE owner = ? "
+                f"AND expires_at >= {now} RETURNING model, token",
+                (lease_seconds, owner),
+            ).fetchall()
+        return {r["model"]: int(r["token"]) for r in rows}
+
+    def release(self, owner: str) -> None:
+        """Give every lease up at once (a clean shutdown): no wait for the expiry."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE leases SET expires_at = 0 WHERE owner = ?", (owner,))
+
+    def owners(self) -> dict[str, tuple[str, int, float]]:
+        """{model: (owner, token, expires_at)} of every lease, expired or not."""
+        rows = self._read("SELECT model, owner, token, expires_at FROM leases")
+        return {r["model"]: (r["owner"], int(r["token"]), float(r["expires_at"])) for r in rows}
+
+    @staticmethod
+    def fence(conn: StateConn, model: str, owner: str, token: int) -> None:
+        """Inside a transaction: refuse it unless `owner` still holds `model` with `token`."""
+        lock = "" if conn.dialect == "sqlite" else " FOR UPDATE"
+        row = conn.execute(
+            f"SELECT owner, token, expires_at >= {now_sql(conn)} AS live FROM leases "
+            f"WHERE model = ?{lock}",
+            (model,),
+        ).fetchone()
+        if row is None or row["owner"] != owner or int(row["token"]) != token or not row["live"]:
+            held = "nobody" if row is None else f"{row['owner']} (token {row['token']})"
+            raise LeaseLost(
+                f"{owner} lost its lease on model {model} (token {token}); now held by {held}: "
+                "the write was refused",
+                hint="another replica took the model over; this one stops scoring it",
+            )
+
+    def claim_due(
+        self, kind: ActionKind, owner: str, claim_seconds: float, limit: int = 100
+    ) -> list[OutboxItem]:
+        """Due actions of `kind`, each claimed by `owner` alone for `claim_seconds`."""
+        with self.transaction() as conn:
+            now = now_sql(conn)
+            skip = "" if conn.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
+            rows = conn.execute(
+                f"UPDATE outbox SET claimed_by = ?, claimed_until = {now} + ? WHERE id IN ("
+                "SELECT id FROM outbox WHERE kind = ? AND status = 'pending' "
+                f"AND next_attempt_at <= {now} "
+                f"AND (claimed_until IS NULL OR claimed_until < {now}) "
+                f"ORDER BY id LIMIT ?{skip}) RETURNING *",
+                (owner, claim_seconds, kind, limit),
+            ).fetchall()
+        return sorted((outbox_of(r) for r in rows), key=lambda item: item.id)
