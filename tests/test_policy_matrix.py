@@ -16,7 +16,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "policy_matrix.py"
 @pytest.fixture(scope="module")
 def pm() -> ModuleType:
     spec = importlib.util.spec_from_file_location("policy_matrix", SCRIPT)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["policy_matrix"] = module
     spec.loader.exec_module(module)
