@@ -63,6 +63,43 @@ def test_a_stationary_noisy_loss_does_not_fire(detector: str) -> None:
     assert alarms / 200 < 0.02, f"{detector}: {alarms} of 200 runs raised a false alarm"
 
 
+def test_the_cost_detector_fires_on_a_step_and_rarely_on_noise() -> None:
+    """`cost` sums the excess since deployment without tolerance or reset (the staleness
+    cost) and fires when it reaches the retrain cost. Measured here: a +50 % step fires
+    1-3 periods after it (threshold 1.0); stationary noise of 10 % (sd) fires in 15 % of
+    200 runs of 50 periods at threshold 1.0 (the sum is a random walk) and in none at 2.0."""
+    cfg = PerformanceSignalConfig(detector="cost", threshold=1.0)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        losses = list(30 + rng.normal(0, 1.5, 10)) + list(45 + rng.normal(0, 1.5, 10))
+        alarm = _first_alarm(losses, 30.0, cfg)
+        assert alarm is not None
+        assert 10 <= alarm <= 13, f"cost fired at period {alarm}"
+    for threshold, bound in ((1.0, 0.2), (2.0, 0.02)):
+        cfg = PerformanceSignalConfig(detector="cost", threshold=threshold)
+        rng = np.random.default_rng(7)
+        alarms = sum(
+            _first_alarm(list(30 * (1 + rng.normal(0, 0.1, 50))), 30.0, cfg) is not None
+            for _ in range(200)
+        )
+        assert alarms / 200 < bound, f"threshold {threshold}: {alarms} of 200 runs fired"
+
+
+def test_the_min_baseline_rises_from_the_realized_level() -> None:
+    """A holdout figure of 60 (a fast-changing week) hides a rise from a realized 30 to 40:
+    the holdout baseline never fires, `min` (the lower of holdout and first period) does:
+    +33 % a period less the 10 % tolerated is 0.23, 0.47, 0.70: fires on the fifth."""
+    losses = [30.0, 30.0, 40.0, 40.0, 40.0]
+    assert _first_alarm(losses, 60.0, PerformanceSignalConfig()) is None
+    assert _first_alarm(losses, 60.0, PerformanceSignalConfig(baseline="min")) == 4
+    # With an honest holdout figure below the first period, `min` keeps the holdout.
+    reading = performance_reading(
+        25.0, [PeriodLoss(30.0, 100)], PerformanceSignalConfig(baseline="min")
+    )
+    assert reading.numbers is not None
+    assert reading.numbers["baseline"] == 25.0
+
+
 def test_small_periods_are_pooled_until_they_hold_enough_rows() -> None:
     pools = pooled([PeriodLoss(1.0, 10), PeriodLoss(3.0, 10), PeriodLoss(2.0, 20)], 20)
     assert pools == [PeriodLoss(2.0, 20), PeriodLoss(2.0, 20)]

@@ -129,10 +129,14 @@ def _policy_summary(model: Any) -> str:
                 if (metric != model.retrain.primary_metric)
                 else ""
             )
+            how = (
+                f"retrain cost {perf.threshold:g} periods' excess loss"
+                if perf.detector == "cost"
+                else f"tolerance {perf.tolerance:.0%}, threshold {perf.threshold:g}"
+            )
             parts.append(
                 f"performance: {metric} loss vs the {perf.baseline} level, {perf.detector} "
-                f"(tolerance {perf.tolerance:.0%}, threshold {perf.threshold:g}, periods "
-                f"pooled to {perf.min_rows}+ labelled rows){note}"
+                f"({how}, periods pooled to {perf.min_rows}+ labelled rows){note}"
             )
         else:
             ages = [f"{p.max_age_batches} batches"] if p.max_age_batches else []

@@ -410,15 +410,18 @@ class PerformanceSignalConfig(_Section):
     """The `performance` trigger signal: the production model's loss on labelled periods
     against its loss at deployment (see watcher/signals.py)."""
 
-    detector: Literal["cusum", "page_hinkley"] = "cusum"
+    # cusum: one-sided CUSUM over `tolerance`; cost: retrain when the summed excess loss
+    # since deployment (in baseline losses) reaches `threshold`; page_hinkley: river's.
+    detector: Literal["cusum", "cost", "page_hinkley"] = "cusum"
     # Relative loss increase tolerated before it counts (0.1 = 10 % worse than deployment).
     tolerance: float = Field(0.1, ge=0)
     # cusum and page_hinkley fire when the accumulated excess reaches this.
     threshold: float = Field(0.5, gt=0)
     # Periods are pooled until they hold this many labelled rows.
     min_rows: int = Field(30, ge=1)
-    # The level to compare with: the gate's holdout figure, or the first labelled period.
-    baseline: Literal["holdout", "first_period"] = "holdout"
+    # The level to compare with: the gate's holdout figure, the first labelled period, or
+    # the lower of the two (`min`: a holdout figure inflated by a fast-changing week).
+    baseline: Literal["holdout", "first_period", "min"] = "holdout"
 
 
 class DriftSignalConfig(_Section):

@@ -14,6 +14,13 @@ backtest` call the same functions, so a backtest measures the policy the daemon 
   looks like a change to them, and that is the common failure after a deployment. river's
   Page-Hinkley is offered as ``page_hinkley``. ADWIN is not: it needs dozens of points per
   sub-window and, fed one loss per period, missed a +50 % step for 75 periods here.
+  ``cost`` is cost-aware retraining in the spirit of Mahadevan & Mathioudakis: the loss
+  paid above the baseline since deployment, summed over labelled periods in units of the
+  baseline loss (the staleness cost), is weighed against ``threshold``, the cost of a
+  retrain in the same units; no tolerance and no reset, so a small but lasting excess also
+  pays for a retrain.
+  ``baseline = "min"`` compares with the lower of the holdout figure and the loss on the
+  first labelled period after deployment (see README, "Does retraining pay off?").
 - ``drift``: evidently-based dataset drift in ``consecutive`` batches in a row; optionally
   each feature weighted by the production model's importance, so drift in a feature the
   model ignores does not count.
@@ -111,6 +118,10 @@ def performance_reading(
         if not pools:
             return _no_evidence(cfg, "no labelled period yet to set the baseline")
         baseline, pools = pools[0].loss, pools[1:]
+    elif cfg.baseline == "min" and pools:
+        # The holdout figure of a model deployed in a week of fast change is inflated; its
+        # realized loss on its first labelled period is then the truer level to rise from.
+        baseline = min(baseline, pools[0].loss)
     if not pools:
         return _no_evidence(cfg, f"no labelled period of {cfg.min_rows}+ rows since deployment")
     excess = [relative_excess(baseline, p.loss) for p in pools]
@@ -122,6 +133,10 @@ def performance_reading(
             f"CUSUM of the excess over {cfg.tolerance:.0%} is {statistic:.2f} "
             f"(fires at {threshold:g})"
         )
+    elif cfg.detector == "cost":
+        statistic, threshold = sum(excess), cfg.threshold
+        fired = statistic >= threshold
+        how = f"staleness cost so far {statistic:.2f} periods' loss (retrain cost {threshold:g})"
     else:
         fired, statistic, threshold = _river(excess, cfg)
         how = f"{cfg.detector} {'detected' if fired else 'did not detect'} a rise"

@@ -1,0 +1,326 @@
+"""Evaluate retraining policies over a precomputed error matrix (fast policy design).
+
+    .venv/bin/python benchmarks/policy_matrix.py [--cache .cache/policy_matrix]
+
+A model trained after period w is the same whatever policy asked for it (its window and
+seed are fixed by the config), so the expensive part of a backtest is done once per data
+set: every period's training run (`watcher.backtest.train_all`), then E[w][t], the error of
+the model trained after w on labelled period t, and the gate's verdict for every
+(challenger, champion) pair. Both are cached on disk (git-ignored `.cache/`), and any
+policy is then simulated over them in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from watcher import backtest as bt
+from watcher.config import PerformanceSignalConfig, load_config
+from watcher.retrain.bootstrap import load_example_data
+from watcher.retrain.data import read_table
+from watcher.retrain.evaluation import (
+    classification_metrics,
+    limited_threads,
+    regression_metrics,
+    score,
+)
+from watcher.signals import PeriodLoss, loss_of, performance_reading
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = {
+    "bikeshare": (
+        ROOT / "examples/bikeshare/data/bikeshare_2011_hourly.csv",
+        ROOT / "examples/bikeshare/watcher.toml",
+    ),
+    "flights": (
+        ROOT / "examples/flights/data/flights_2013_sample.csv",
+        ROOT / "examples/flights/watcher.toml",
+    ),
+}
+
+
+@dataclass
+class Matrix:
+    """Everything a policy simulation needs, for one data set."""
+
+    name: str
+    metric: str
+    skip: int
+    n: int  # periods
+    delay: int
+    rows: np.ndarray  # rows per period
+    loss: dict[int, np.ndarray]  # loss[w][t]: loss of the model trained after w on period t
+    holdout: dict[int, float]  # loss of challenger w on its own holdout
+    ok: dict[int, bool]
+    gate: dict[tuple[int, int], bool]  # (challenger, champion) -> deploy
+
+
+def _trainings(name: str, cache: Path, jobs: int) -> tuple[Any, Any, Any]:
+    data, config = DATASETS[name]
+    settings = load_config(config)
+    model = next(iter(settings.models))
+    model_cfg = settings.models[model]
+    frame = load_example_data(settings, model) if name == "bikeshare" else read_table(data)
+    history = bt.load_history(frame, model_cfg, model)
+    path = cache / f"{name}.trainings.pkl"
+    if path.exists():
+        with path.open("rb") as fh:
+            return model_cfg, history, pickle.load(fh)  # noqa: S301 - our own cache, written below
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        bt.pool_for(settings, history, jobs, Path(tmp)) as pool,
+    ):
+        trainings = bt.train_all(settings, history, pool, lambda: print(".", end="", flush=True))
+    print()
+    cache.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        pickle.dump(trainings, fh)
+    return model_cfg, history, trainings
+
+
+def build_fast(name: str, cache: Path) -> Matrix:
+    """The same matrix with a plain scikit-learn model instead of the DAG's steps: the
+    estimator's defaults (HistGradientBoosting, categoricals native), the config's window
+    and label delay, version 1 on the first `skip` periods, the holdout figure from a fit on
+    the older 80 % of the window; every challenger deployed (the examples' gate tolerates
+    20 %). Minutes instead of an hour on a loaded machine, for exploring policies."""
+    path = cache / f"{name}.fast.pkl"
+    if path.exists():
+        with path.open("rb") as fh:
+            cached: Matrix = pickle.load(fh)  # noqa: S301 - our own cache, written below
+        return cached
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    data, config = DATASETS[name]
+    settings = load_config(config)
+    model = next(iter(settings.models))
+    model_cfg = settings.models[model]
+    cfg, cols = model_cfg.retrain, model_cfg.columns
+    frame = load_example_data(settings, model) if name == "bikeshare" else read_table(data)
+    history = bt.load_history(frame, model_cfg, model)
+    f = history.frame.copy()
+    for c in cols.categorical:
+        f[c] = f[c].astype("category")
+    feats = list(cols.numeric) + list(cols.categorical)
+    X, y, per = f[feats], f[cols.target], f["_period"].to_numpy()
+    ts = f[cols.timestamp]
+    n, metric = history.n_periods, cfg.primary_metric
+    rows = np.bincount(per, minlength=n)
+    reg = cfg.task == "regression"
+
+    def fit(sel: np.ndarray) -> Any:
+        est = (HistGradientBoostingRegressor if reg else HistGradientBoostingClassifier)(
+            random_state=cfg.seed, categorical_features="from_dtype"
+        )
+        return est.fit(X[sel], y[sel])
+
+    def losses(est: Any, sel: np.ndarray) -> float:
+        pred = est.predict(X[sel])
+        if reg:
+            return loss_of(metric, regression_metrics(y[sel], pred)[metric])
+        proba = est.predict_proba(X[sel])
+        return loss_of(metric, classification_metrics(y[sel], pred, proba)[metric])
+
+    loss: dict[int, np.ndarray] = {}
+    holdout: dict[int, float] = {}
+    ok: dict[int, bool] = {}
+    keys = {-1: (history.skip - 1, 0)}
+    keys.update({a: (a, history.label_delay) for a in range(history.skip, n - 1)})
+    with limited_threads(1):
+        for w, (after, delay) in keys.items():
+            labelled = per <= after - delay
+            end = ts[per <= after].max()
+            if cfg.window == "last_days":
+                labelled &= (ts > end - pd.Timedelta(days=cfg.window_size)).to_numpy()
+            idx = np.flatnonzero(labelled)
+            cut = idx[: int(len(idx) * (1 - cfg.holdout_share))]
+            train = np.zeros(len(f), bool)
+            train[cut] = True
+            hold = labelled & ~train
+            holdout[w] = losses(fit(train), hold)
+            final = fit(labelled)
+            out = np.full(n, np.nan)
+            for t in range(history.skip, n):
+                out[t] = losses(final, per == t)
+            loss[w], ok[w] = out, True
+            print(".", end="", flush=True)
+    print()
+    gate = {(w, c): True for w in keys for c in keys if c < w}
+    m = Matrix(name, metric, history.skip, n, history.label_delay, rows, loss, holdout, ok, gate)
+    cache.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        pickle.dump(m, fh)
+    return m
+
+
+def build(name: str, cache: Path, jobs: int) -> Matrix:
+    path = cache / f"{name}.pkl"
+    if path.exists():
+        with path.open("rb") as fh:
+            cached: Matrix = pickle.load(fh)  # noqa: S301 - our own cache, written below
+        return cached
+    model_cfg, history, trainings = _trainings(name, cache, jobs)
+    cfg, cols = model_cfg.retrain, model_cfg.columns
+    n, metric = history.n_periods, cfg.primary_metric
+    rows = np.array([len(history.rows(t)) for t in range(n)])
+    served = history.frame[history.frame["_period"] >= history.skip]
+    loss: dict[int, np.ndarray] = {}
+    holdout: dict[int, float] = {}
+    ok: dict[int, bool] = {}
+    with limited_threads(1):
+        for w, run in trainings.items():
+            ok[w] = run.ok
+            out = np.full(n, np.nan)
+            if run.ok:
+                assert run.holdout is not None
+                pred = run.final.predict(served[run.features])
+                proba = None
+                if cfg.task == "classification":
+                    proba = run.final.predict_proba(served[run.features])
+                periods = served["_period"].to_numpy()
+                y = served[cols.target].to_numpy()
+                for t in range(history.skip, n):
+                    sel = periods == t
+                    if cfg.task == "regression":
+                        val = regression_metrics(y[sel], pred[sel])[metric]
+                    else:
+                        val = classification_metrics(y[sel], pred[sel], proba[sel])[metric]
+                    out[t] = loss_of(metric, val)
+                h = score(
+                    run.challenger, run.holdout[run.features], run.holdout[cols.target], cfg.task
+                )
+                holdout[w] = loss_of(metric, h[metric])
+            loss[w] = out
+        gate: dict[tuple[int, int], bool] = {}
+        for w, run in trainings.items():
+            if w < 0 or not run.ok:
+                continue
+            for c, champ in trainings.items():
+                if c < w and champ.ok:
+                    gate[(w, c)] = bt._gate(run, champ, model_cfg).deploy
+    m = Matrix(name, metric, history.skip, n, history.label_delay, rows, loss, holdout, ok, gate)
+    with path.open("wb") as fh:
+        pickle.dump(m, fh)
+    return m
+
+
+# A policy: called after each served period with (period, state) -> retrain?
+@dataclass
+class State:
+    period: int
+    deployed_at: int  # period after which the serving model was deployed
+    model: int  # key of the serving model
+    baseline: float  # its holdout loss
+    labelled: list[float]  # its losses on labelled periods since deployment, oldest first
+    labelled_rows: list[int]
+    since_run: int  # periods since the last run (deployed or not)
+
+
+Policy = Callable[[State], bool]
+
+
+def simulate(m: Matrix, policy: Policy) -> tuple[int, int, float]:
+    """(runs, deployed, row-weighted loss) of a policy over the matrix."""
+    model, deployed_at, last_run = -1, m.skip - 1, m.skip - 1
+    state = State(m.skip, deployed_at, model, m.holdout[-1], [], [], 0)
+    errs, weights, runs, deployed = [], [], 0, 0
+    for t in range(m.skip, m.n):
+        errs.append(m.loss[model][t])
+        weights.append(m.rows[t])
+        if t == m.n - 1:
+            break
+        known = t - m.delay
+        if known > deployed_at and known >= m.skip:
+            state.labelled.append(float(m.loss[model][known]))
+            state.labelled_rows.append(int(m.rows[known]))
+        state.period, state.since_run = t, t - last_run
+        if not policy(state):
+            continue
+        runs += 1
+        last_run = t
+        if m.ok.get(t) and m.gate.get((t, model), False):
+            deployed += 1
+            model, deployed_at = t, t
+            state = State(t, t, t, m.holdout[t], [], [], 0)
+    e = np.asarray(errs)
+    loss = float(np.average(e, weights=np.asarray(weights)))
+    value = 1 - loss if m.metric in ("roc_auc", "accuracy", "f1", "r2") else loss
+    return runs, deployed, value
+
+
+def schedule(k: int) -> Policy:
+    return lambda s: s.since_run >= k
+
+
+def never() -> Policy:
+    return lambda s: False
+
+
+def perf(max_age: int | None = None, **kw: Any) -> Policy:
+    """The shipped `performance` signal itself (watcher.signals), with an optional floor."""
+    cfg = PerformanceSignalConfig(**kw)
+
+    def p(s: State) -> bool:
+        if max_age is not None and s.since_run >= max_age:
+            return True
+        periods = [PeriodLoss(x, r) for x, r in zip(s.labelled, s.labelled_rows, strict=True)]
+        return performance_reading(s.baseline, periods, cfg).fired
+
+    return p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache/policy_matrix")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--fast", action="store_true", help="plain scikit-learn, see build_fast")
+    args = ap.parse_args()
+    names = args.only or list(DATASETS)
+    for name in names:
+        m = build_fast(name, args.cache) if args.fast else build(name, args.cache, args.jobs)
+        print(f"== {name} ({m.metric}), periods {m.n}, skip {m.skip}")
+        cands: list[tuple[str, Policy]] = [("never", never())]
+        cands += [(f"every {k}", schedule(k)) for k in (1, 2, 3, 4, 6, 8)]
+        for base in ("holdout", "first_period", "min"):
+            for det, tols, thrs in (
+                ("cusum", (0.0, 0.05, 0.1, 0.2), (0.1, 0.25, 0.5, 1.0)),
+                ("cost", (0.0,), (0.1, 0.25, 0.5, 1.0, 1.5, 2.0)),
+            ):
+                for tol in tols:
+                    for thr in thrs:
+                        for ma in (None, 3, 4, 6):
+                            label = f"{det} {base} k={tol} h={thr} age={ma}"
+                            pol = perf(
+                                ma, detector=det, tolerance=tol, threshold=thr, baseline=base
+                            )
+                            cands.append((label, pol))
+        results = [(label, *simulate(m, pol)) for label, pol in cands]
+        higher = m.metric in ("roc_auc", "accuracy", "f1", "r2")
+        pts: list[tuple[int, float]] = []
+        for _, runs, _, val in sorted(results[:7], key=lambda r: r[1]):
+            loss = 1 - val if higher else val
+            if not pts or loss < pts[-1][1]:
+                pts.append((runs, loss))
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        for label, runs, dep, val in results:
+            gap = (1 - val if higher else val) - float(np.interp(runs, xs, ys))
+            head = f"{label:45s} runs {runs:3d} dep {dep:3d}"
+            print(f"{head} {m.metric} {val:.4f} vs frontier {gap:+.4f}")
+
+
+if __name__ == "__main__":
+    main()

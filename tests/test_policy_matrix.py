@@ -1,0 +1,62 @@
+"""benchmarks/policy_matrix.py: policies simulated over a constructed error matrix."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "policy_matrix.py"
+
+
+@pytest.fixture(scope="module")
+def pm() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("policy_matrix", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["policy_matrix"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _matrix(pm: ModuleType, n: int = 20, skip: int = 4) -> object:
+    """A model's loss is 10 on the period after its training and grows by 1 a period."""
+    keys = [-1, *range(skip, n - 1)]
+    trained = {k: (skip - 1 if k < 0 else k) for k in keys}
+    loss = {k: np.array([10.0 + max(0, t - trained[k] - 1) for t in range(n)]) for k in keys}
+    return pm.Matrix(
+        name="constructed",
+        metric="mae",
+        skip=skip,
+        n=n,
+        delay=1,
+        rows=np.full(n, 100),
+        loss=loss,
+        holdout=dict.fromkeys(keys, 10.0),
+        ok=dict.fromkeys(keys, True),
+        gate={(w, c): True for w in keys for c in keys if c < w},
+    )
+
+
+def test_never_and_schedules(pm: ModuleType) -> None:
+    m = _matrix(pm)
+    assert pm.simulate(m, pm.never()) == (0, 0, pytest.approx(np.mean(10.0 + np.arange(16))))
+    runs, deployed, error = pm.simulate(m, pm.schedule(1))
+    assert (runs, deployed, error) == (15, 15, 10.0)  # always served by a fresh model
+    runs, _, error2 = pm.simulate(m, pm.schedule(2))
+    assert runs == 7
+    assert 10.0 < error2 < pm.simulate(m, pm.schedule(4))[2]
+
+
+def test_the_shipped_performance_signal_fires_on_a_rising_loss(pm: ModuleType) -> None:
+    m = _matrix(pm)
+    runs, _, error = pm.simulate(m, pm.perf(detector="cusum"))
+    assert 0 < runs < 15
+    assert error < pm.simulate(m, pm.never())[2]
+    # A floor adds scheduled runs: never fewer runs than the signal alone.
+    assert pm.simulate(m, pm.perf(3, detector="cusum"))[0] >= runs
