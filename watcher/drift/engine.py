@@ -195,8 +195,18 @@ def prepare_reference(
     *,
     version: str,
     prediction: ColumnSpec | None = None,
+    lean: bool = False,
+    num_stattest: str | None = None,
+    cat_stattest: str | None = None,
 ) -> PreparedReference:
     """Clean, sort and count the reference once, for every later `score` call.
+
+    The prepared reference keeps the reference's columns in row order for the tests that
+    run evidently's own function or a custom one. With `lean=True` it keeps (copies of)
+    only the columns whose configured test (the column's own, else `num_stattest` /
+    `cat_stattest`) needs them, so the frame can be dropped after preparation: `score`
+    must then be called with the same `num_stattest` / `cat_stattest`, or tests on the
+    fast path (evidently's automatic choice, ks, chisquare included).
 
     Raises ConfigError for an unusable column list (none, duplicates, a test that does not
     apply to the column's kind) and ReferenceDataError for a column that is missing from
@@ -239,8 +249,25 @@ def prepare_reference(
             f"reference {version} has no values (all missing or infinite) in column(s) {empty}",
             hint="fill the column in the reference data, or stop scoring it",
         )
-    raw = {name: reference[name] for name in samples}
+    if lean:
+        by_kind = {"numeric": num_stattest, "categorical": cat_stattest}
+        raw = {
+            s.name: reference[s.name].copy()
+            for s in wanted
+            if s.name in samples and _needs_rows(s.stattest or by_kind[s.kind])
+        }
+    else:
+        raw = {name: reference[name] for name in samples}
     return PreparedReference(version, len(reference), specs, prediction, samples, skipped, raw)
+
+
+def _needs_rows(test: str | None) -> bool:
+    """Whether a test runs on the reference's rows (evidently's function, a custom one)
+    rather than on the prepared sample; None is evidently's automatic (fast) choice."""
+    if test is None:
+        return False
+    info = TESTS.get(test)
+    return info is None or info.path != "fast"
 
 
 def _single_column(frame: pd.DataFrame, name: str) -> pd.Series:

@@ -13,6 +13,7 @@ The reference profile (dtypes, ranges, category sets) is built once per referenc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from watcher.config import ColumnsConfig, QualityConfig
+from watcher.drift.stattests import CategoricalSample, NumericSample, Sample
 from watcher.errors import BatchRejected
 from watcher.safetext import sample_names
 
@@ -54,7 +56,14 @@ class QualityReport:
         }
 
 
-def profile_reference(reference: pd.DataFrame, columns: ColumnsConfig) -> ReferenceProfile:
+def profile_reference(
+    reference: pd.DataFrame, columns: ColumnsConfig, samples: Mapping[str, Sample] | None = None
+) -> ReferenceProfile:
+    """Ranges, category sets and dtypes of the reference. With the drift engine's prepared
+    `samples` (sorted finite values, counts) the ranges and sets are read off them rather
+    than computed again over the frame."""
+    if samples is not None:
+        return _from_samples(reference, columns, samples)
     ranges: dict[str, tuple[float, float]] = {}
     for col in columns.numeric:
         values = pd.to_numeric(reference[col], errors="coerce").replace([np.inf, -np.inf], np.nan)
@@ -63,6 +72,28 @@ def profile_reference(reference: pd.DataFrame, columns: ColumnsConfig) -> Refere
     categories = {
         col: frozenset(reference[col].dropna().unique().tolist()) for col in columns.categorical
     }
+    is_numeric = {
+        col: bool(pd.api.types.is_numeric_dtype(reference[col])) for col in columns.categorical
+    }
+    return ReferenceProfile(ranges, categories, is_numeric, frozenset(map(str, reference.columns)))
+
+
+def _from_samples(
+    reference: pd.DataFrame, columns: ColumnsConfig, samples: Mapping[str, Sample]
+) -> ReferenceProfile:
+    ranges: dict[str, tuple[float, float]] = {}
+    categories: dict[str, frozenset[object]] = {}
+    for col in columns.numeric:
+        num = samples.get(col)
+        if not isinstance(num, NumericSample):
+            return profile_reference(reference, columns)
+        if num.n:
+            ranges[col] = (float(num.values[0]), float(num.values[-1]))
+    for col in columns.categorical:
+        cat = samples.get(col)
+        if not isinstance(cat, CategoricalSample):
+            return profile_reference(reference, columns)
+        categories[col] = frozenset(cat.counts)
     is_numeric = {
         col: bool(pd.api.types.is_numeric_dtype(reference[col])) for col in columns.categorical
     }

@@ -55,7 +55,12 @@ class NumericSample:
         v = self.values
         if v.size == 0:
             return v, np.zeros(0, dtype=np.int64)
-        starts = np.flatnonzero(np.concatenate(([True], v[1:] != v[:-1])))
+        new = np.concatenate(([True], v[1:] != v[:-1]))
+        if new.all():
+            # Every value distinct (the common case for a continuous column): the values
+            # themselves and a read-only view of ones, so a reference holds no second copy.
+            return v, np.broadcast_to(np.int64(1), v.shape)
+        starts = np.flatnonzero(new)
         counts = np.diff(np.append(starts, v.size)).astype(np.int64)
         return v[starts], counts
 
@@ -73,25 +78,35 @@ class NumericReference(NumericSample):
     mean: float = math.nan
     std: float = math.nan
 
-    @cached_property
-    def cdf_integrals(self) -> tuple[FloatArray, FloatArray]:
-        """Running integrals of the reference's count function k(x) = #{r <= x}.
+    def cdf_integral(self, power: int) -> FloatArray:
+        """Running integral of the reference's count function k(x) = #{r <= x} (power 1)
+        or of k(x)^2 (power 2).
 
-        Entry k (1 <= k <= N) holds the integral of k(x), and of k(x)^2, from the smallest
-        value to the k-th: sums of positive terms, so no cancellation. With them the
-        integral of F (or F^2) up to any point costs one binary search, which is what
-        makes Wasserstein and energy distances cost O(n log N) for a batch of n rows.
-        Computed on first use (only columns scored by these tests pay the memory).
+        Entry k (1 <= k <= N) holds the integral from the smallest value to the k-th: a
+        sum of positive terms, so no cancellation. With it the integral of F (or F^2) up
+        to any point costs one binary search, which is what makes Wasserstein and energy
+        distances cost O(n log N) for a batch of n rows. Computed on first use (only
+        columns scored by these tests pay the memory, and Wasserstein only the first).
         """
+        return self._cdf_first if power == 1 else self._cdf_second
+
+    @cached_property
+    def _cdf_first(self) -> FloatArray:
+        return self._running(1)
+
+    @cached_property
+    def _cdf_second(self) -> FloatArray:
+        return self._running(2)
+
+    def _running(self, power: int) -> FloatArray:
         v = self.values
-        first = np.zeros(v.size + 1)
-        second = np.zeros(v.size + 1)
+        out = np.zeros(v.size + 1)
         if v.size > 1:
             steps = np.arange(1, v.size, dtype=np.float64)
-            gaps = np.diff(v)
-            np.cumsum(steps * gaps, out=first[2:])
-            np.cumsum(steps * steps * gaps, out=second[2:])
-        return first, second
+            if power == 2:
+                steps *= steps
+            np.cumsum(steps * np.diff(v), out=out[2:])
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,9 +139,13 @@ def numeric_sample(series: pd.Series) -> NumericSample:
 def numeric_reference(series: pd.Series) -> NumericReference:
     """Prepare a reference numeric column once: sorted values and the Wasserstein norm."""
     sample = numeric_sample(series)
-    clean = pd.Series(sample.in_dtype())
-    # np.std on a Series runs pandas' std(ddof=0); evidently calls exactly that.
-    norm = max(float(np.std(clean)), 0.001) if sample.n else 0.001
+    # np.std on a Series runs pandas' std(ddof=0); evidently calls exactly that. On float64
+    # numpy's own std gives the same to the last bits, without building a Series.
+    if sample.dtype == np.float64:
+        spread = float(np.std(sample.values)) if sample.n else 0.0
+    else:
+        spread = float(np.std(pd.Series(sample.in_dtype()))) if sample.n else 0.0
+    norm = max(spread, 0.001)
     mean = float(np.mean(sample.values)) if sample.n else math.nan
     std = float(np.std(sample.values, ddof=1)) if sample.n > 1 else math.nan
     prepared = NumericReference(sample.values, sample.dtype, norm, mean, std)
@@ -257,7 +276,7 @@ def _ks_statistic(ref: NumericSample, cur: NumericSample) -> float:
 def _integral_at(ref: NumericReference, t: FloatArray, k: IntArray, power: int) -> FloatArray:
     """Integral of k(x)^power (power 1 or 2) from -inf to each t, given k = #{r <= t} (or,
     at a reference value, the position just after any of its copies: ties add nothing)."""
-    running = ref.cdf_integrals[power - 1]
+    running = ref.cdf_integral(power)
     below = np.where(k > 0, t - ref.values[np.maximum(k - 1, 0)], 0.0)
     kf = k.astype(np.float64)
     out: FloatArray = running[k] + (kf if power == 1 else kf * kf) * below
