@@ -149,7 +149,12 @@ class Pipeline:
                 )
             with self._stage(rt.name, "drift"):
                 small = self._small_batch(rt, len(clean))
-                drift = engine.score(rt.reference.prepared, clean, **self._drift_options(rt, small))
+                drift = engine.score(
+                    rt.reference.prepared,
+                    clean,
+                    samples=quality.samples,
+                    **self._drift_options(rt, small),
+                )
         except BatchRejected as exc:
             return self._reject(rt, ref, exc)
         with self._stage(rt.name, "record"):

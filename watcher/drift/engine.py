@@ -32,8 +32,9 @@ to evidently's to 1e-6 and the decisions identical.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -326,7 +327,7 @@ def _score_column(
     ref: Sample,
     cur: Sample,
     options: _Options,
-    ref_raw: pd.Series,
+    ref_raw: Callable[[], pd.Series],
     cur_raw: pd.Series,
 ) -> ColumnDrift:
     test = (
@@ -341,7 +342,7 @@ def _score_column(
             spec.name, spec.kind, test, value, float(used), info.drifted(value, used)
         )
     value, drifted, used = catalog.run_function(
-        test, _clean(ref_raw), _clean(cur_raw), spec.kind, threshold
+        test, _clean(ref_raw()), _clean(cur_raw), spec.kind, threshold
     )
     return ColumnDrift(spec.name, spec.kind, test, value, used, drifted)
 
@@ -368,8 +369,13 @@ def score(
     threshold: float | None = None,
     num_threshold: float | None = None,
     cat_threshold: float | None = None,
+    samples: Mapping[str, Sample] | None = None,
 ) -> DriftResult:
     """Score a batch against a prepared reference.
+
+    `samples`: the batch's samples already made by the quality checks' pass
+    (`QualityReport.samples`, from the very frame passed here); a column without one is
+    sampled here.
 
     Raises BatchRejected when the batch lacks a configured column, repeats one, holds text
     in a numeric column, or has no value in any feature (nothing left to score), and
@@ -401,16 +407,19 @@ def score(
     results: dict[str, ColumnDrift] = {}
     for spec in specs:
         series = _current_series(spec, _single_column(current, spec.name))
-        cur = _sample(spec, series)
+        given = samples.get(spec.name) if samples is not None else None
+        cur = given if given is not None and _kind_of(given) == spec.kind else _sample(spec, series)
         if cur.n == 0:
             skipped[spec.name] = "no values in the batch (all missing or infinite)"
             continue
-        ref_raw = prepared.raw.get(spec.name)
-        if ref_raw is None:  # a PreparedReference built by hand: rebuild from the sample
-            ref_raw = pd.Series(_values_of(prepared.samples[spec.name]))
         try:
             results[spec.name] = _score_column(
-                spec, prepared.samples[spec.name], cur, options, ref_raw, series
+                spec,
+                prepared.samples[spec.name],
+                cur,
+                options,
+                partial(_rows, prepared, spec.name),
+                series,
             )
         except catalog.TestFailed as exc:
             failures[spec.name] = (exc.test, str(exc))
@@ -439,6 +448,18 @@ def score(
         skipped=skipped,
         failures=failures,
     )
+
+
+def _kind_of(sample: Sample) -> Kind:
+    return "numeric" if isinstance(sample, stattests.NumericSample) else "categorical"
+
+
+def _rows(prepared: PreparedReference, name: str) -> pd.Series:
+    """The reference column in row order, for a test off the fast path (only then: it
+    is O(N)). Not kept (a lean reference, or one built by hand): rebuilt from the sample,
+    sorted."""
+    kept = prepared.raw.get(name)
+    return kept if kept is not None else pd.Series(_values_of(prepared.samples[name]))
 
 
 def _values_of(sample: Sample) -> Any:

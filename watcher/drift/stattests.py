@@ -16,7 +16,7 @@ import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,10 @@ from watcher.drift.catalog import Kind
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+# A reference larger than this is searched through every 32nd of its values first.
+_FENCED_FROM = 1 << 16
+_FENCE = 32
 
 # evidently uses its own binned histograms for a numeric column only when the reference
 # has more than this many distinct values; otherwise each value is its own bin.
@@ -77,6 +81,36 @@ class NumericReference(NumericSample):
     # Mean and sample standard deviation (ddof=1), for the t-test.
     mean: float = math.nan
     std: float = math.nan
+
+    def rank(self, x: FloatArray, side: Literal["left", "right"]) -> IntArray:
+        """`np.searchsorted(self.values, x, side)`, the same integers, faster on a large
+        reference: a binary search per value into 8 MB of floats misses the cache at
+        nearly every step. Here each value is first placed among every 32nd reference
+        value (an array 32 times smaller, that stays in cache), then searched for among
+        the 32 values of its block, a few vector steps over nearby memory."""
+        r = self.values
+        if r.size <= _FENCED_FROM:
+            return np.searchsorted(r, x, side)
+        right = side == "right"
+        j = np.searchsorted(self._fences, x, side)
+        # Reference positions before (j - 1) * 32 count, positions from j * 32 do not.
+        lo = np.maximum(j - 1, 0) * _FENCE + (j > 0)
+        hi = np.minimum(j * _FENCE, r.size)
+        last = r.size - 1
+        for _ in range(_FENCE.bit_length()):
+            active = lo < hi
+            mid = (lo + hi) >> 1
+            at = r[np.minimum(mid, last)]
+            below = (at <= x) if right else (at < x)
+            lo = np.where(active & below, mid + 1, lo)
+            hi = np.where(active & ~below, mid, hi)
+        out: IntArray = lo.astype(np.int64, copy=False)
+        return out
+
+    @cached_property
+    def _fences(self) -> FloatArray:
+        fences: FloatArray = self.values[::_FENCE].copy()
+        return fences
 
     def cdf_integral(self, power: int) -> FloatArray:
         """Running integral of the reference's count function k(x) = #{r <= x} (power 1)
@@ -136,6 +170,12 @@ def numeric_sample(series: pd.Series) -> NumericSample:
     return NumericSample(values, _numpy_dtype(series))
 
 
+def numeric_from_floats(floats: FloatArray, series: pd.Series) -> NumericSample:
+    """`numeric_sample(series)`, from the series' float64 view already made (NaN where a
+    value is missing or was infinite)."""
+    return NumericSample(np.sort(floats[np.isfinite(floats)]), _numpy_dtype(series))
+
+
 def numeric_reference(series: pd.Series) -> NumericReference:
     """Prepare a reference numeric column once: sorted values and the Wasserstein norm."""
     sample = numeric_sample(series)
@@ -159,7 +199,11 @@ def _is_infinite(key: Hashable) -> bool:
 
 def categorical_sample(series: pd.Series) -> CategoricalSample:
     """Count the values of a categorical series, dropping NaN/None/±inf as evidently does."""
-    counts = series.value_counts(dropna=True, sort=False)
+    return categorical_from_counts(series.value_counts(dropna=True, sort=False))
+
+
+def categorical_from_counts(counts: pd.Series) -> CategoricalSample:
+    """A categorical sample from `series.value_counts(dropna=True, sort=False)`."""
     # A pandas `category` column lists every category, also those with no rows.
     clean = {k: int(c) for k, c in counts.items() if c > 0 and not _is_infinite(k)}
     return CategoricalSample(clean, sum(clean.values()))
@@ -266,8 +310,12 @@ def _ks_statistic(ref: NumericSample, cur: NumericSample) -> float:
     """
     r, b = ref.values, cur.values
     ub = cur.uniques[0]
-    at = np.searchsorted(r, ub, "right") / ref.n - np.searchsorted(b, ub, "right") / cur.n
-    below = np.searchsorted(r, ub, "left") / ref.n - np.searchsorted(b, ub, "left") / cur.n
+    if isinstance(ref, NumericReference):
+        at_r, below_r = ref.rank(ub, "right"), ref.rank(ub, "left")
+    else:
+        at_r, below_r = np.searchsorted(r, ub, "right"), np.searchsorted(r, ub, "left")
+    at = at_r / ref.n - np.searchsorted(b, ub, "right") / cur.n
+    below = below_r / ref.n - np.searchsorted(b, ub, "left") / cur.n
     highest = max(float(at.max()), float(below.max()))
     lowest = min(float(at.min()), float(below.min()))
     return max(float(np.clip(-lowest, 0, 1)), highest)
@@ -299,7 +347,7 @@ def _segments(
     hi = max(float(r[-1]), float(b[-1]))
     a = np.concatenate(([lo], b))
     c = np.concatenate((b, [hi]))
-    k_b = np.searchsorted(r, b, "right")
+    k_b = ref.rank(b, "right")
     k_lo = np.searchsorted(r, [lo], "right")
     k_a = np.concatenate((k_lo, k_b))
     k_c = np.concatenate((k_b, [big_n]))
