@@ -26,6 +26,7 @@ The machine is shared: read the ratios as much as the absolute figures.
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import sys
 import threading
@@ -146,14 +147,20 @@ def _table(rows: dict[int, dict[str, float]], sizes: list[int]) -> None:
         print(f"{k:18}" + "".join(f"{v:14.2f}" for v in vals) + f"{ratio:15.2f}")
 
 
-def _series_and_bytes(port: int) -> tuple[int, int, float]:
-    url = f"http://127.0.0.1:{port}/metrics"
+def _series_and_bytes(port: int) -> tuple[int, int, int, float]:
+    """Series, text bytes, bytes on the wire and milliseconds of one scrape made as
+    Prometheus makes it (it always asks for gzip)."""
+    url = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"}
+    )
     t0 = time.perf_counter()
     with urllib.request.urlopen(url, timeout=60) as resp:
-        body = resp.read()
+        wire = resp.read()
+        zipped = resp.headers.get("Content-Encoding") == "gzip"
     elapsed = (time.perf_counter() - t0) * 1000
+    body = gzip.decompress(wire) if zipped else wire
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    return series, len(body), elapsed
+    return series, len(body), len(wire), elapsed
 
 
 DETAIL = ["model"]  # [metrics] detail, set from --detail
@@ -184,7 +191,7 @@ def part2(counts: list[int], ref_rows: int, batch_rows: int, batches: int) -> No
     )
     header = (
         f"{'models':>7}{'prepare s':>12}{'RSS MB':>9}{'series':>9}{'series/model':>14}"
-        f"{'scrape KB':>11}{'idle ms':>9}{'busy ms':>9}{'batches/min':>13}"
+        f"{'text KB':>9}{'wire KB':>9}{'idle ms':>9}{'busy ms':>9}{'batches/min':>13}"
         f"{'RSS after':>11}{'growth %':>10}"
     )
     print(header)
@@ -231,8 +238,8 @@ def _models_row(n_models: int, ref_rows: int, batch_rows: int, batches: int) -> 
     server = MetricsServer(m, Health(600), "127.0.0.1", 0)
     server.start()
     try:
-        series, size, idle = min(
-            (_series_and_bytes(server.port) for _ in range(3)), key=lambda x: x[2]
+        series, size, wire, idle = min(
+            (_series_and_bytes(server.port) for _ in range(3)), key=lambda x: x[3]
         )
         stop = threading.Event()
         done = [0]
@@ -247,7 +254,7 @@ def _models_row(n_models: int, ref_rows: int, batch_rows: int, batches: int) -> 
         worker = threading.Thread(target=work)
         t_busy = time.perf_counter()
         worker.start()
-        busy = max(_series_and_bytes(server.port)[2] for _ in range(5))
+        busy = max(_series_and_bytes(server.port)[3] for _ in range(5))
         time.sleep(max(0.0, 3.0 - (time.perf_counter() - t_busy)))
         stop.set()
         worker.join()
@@ -261,7 +268,7 @@ def _models_row(n_models: int, ref_rows: int, batch_rows: int, batches: int) -> 
     growth = (rss_end - rss_mid) / max(rss_mid, 1e-9) * 100
     print(
         f"{n_models:7}{startup:12.2f}{rss_start:9.0f}{series:9}{series / n_models:14.1f}"
-        f"{size / 1024:11.0f}{idle:9.0f}{busy:9.0f}{per_min:13.0f}"
+        f"{size / 1024:9.0f}{wire / 1024:9.0f}{idle:9.0f}{busy:9.0f}{per_min:13.0f}"
         f"{rss_end:11.0f}{growth:10.1f}",
         flush=True,
     )
