@@ -118,6 +118,9 @@ class Daemon:
         self._failing: dict[tuple[str, str], str] = {}
         # model -> (registry version that failed to load, when to try it again)
         self._bad_version: dict[str, tuple[str, float]] = {}
+        # The reference version each model used before this start: its fallback when the
+        # production reference, read on the first batch, turns out to be damaged.
+        self._before_start: dict[str, str | None] = {}
         self._poll_errors: dict[str, str] = {}
         # Set by a source's file-system notifications: start the next round now.
         self._wake = asyncio.Event()
@@ -163,6 +166,7 @@ class Daemon:
             self.models[name] = ModelRuntime(name, model_cfg, source, reference, performance)
             if isinstance(source, DirectorySource):
                 source.start_watching(self._wake)
+            self._before_start[name] = self.store.reference_version(name)
             self._use_reference(name, reference)
             self.metrics.init_model(name)
             self.metrics.source_up.labels(name).set(1)
@@ -303,7 +307,7 @@ class Daemon:
     def _last_reference(self, name: str, cfg: ModelConfig, exc: Exception) -> Reference:
         """The last reference version in use, prepared, instead of one that failed with
         `exc`; raises `exc` when there is none or it fails too."""
-        last = self.store.reference_version(name)
+        last = self._before_start.get(name) or self.store.reference_version(name)
         if not last or not last.removeprefix("v").isdigit():
             if isinstance(exc, WatcherError):
                 raise exc
