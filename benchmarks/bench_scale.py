@@ -5,8 +5,9 @@
 Part 1, batch cost against the reference's size: 15 features (10 numeric, 5 categorical),
 references of 10k, 100k and 1M rows, a 10k-row batch (4 features drifting). For each
 reference: prepare once (timed), then the best of N of: load (the batch read from Parquet
-bytes in memory), quality (`check_batch` on the prepared profile), drift (`engine.score`,
-evidently's automatic choice: Wasserstein / Jensen-Shannon above 1,000 rows), and the
+bytes in memory), quality (`check_batch` on the prepared profile), drift (`engine.score`
+on the quality pass's samples, as the pipeline calls it; evidently's automatic choice:
+Wasserstein / Jensen-Shannon above 1,000 rows), and the
 per-test cost of the batch's side for each fast-path test. Ratios are against the 10k
 reference: the target is 1M <= 2x 10k.
 
@@ -14,11 +15,12 @@ Part 2, M models in one process (default 10, 100, 1,000), 15 features each and a
 `--ref-rows`-row reference each (default 5,000): preparation (every reference prepared
 and profiled, lean, as the daemon does on each model's first batch: the daemon itself
 starts lazily, see tests/test_daemon_many_models.py; the small-batch noise line is not
-included), RSS once all are prepared (frames dropped, as in the daemon), the series a scrape exports
-once every model has scored a batch (with watcher's Metrics, as the pipeline exports
-them), scrape size and time over HTTP (idle, and while batches are scored in another
-thread), batches scored per minute, and RSS after `--batches` more batches (flat is the
-target: <= +5 %).
+included), RSS once all are prepared (frames dropped, as in the daemon), the series a
+scrape exports once every model has scored a batch (with watcher's Metrics, as the
+pipeline exports them at `--detail`, default "model" as the daemon's default), scrape
+size (text, and gzipped on the wire as Prometheus asks for it) and time over HTTP (idle,
+and while batches are scored in another thread), batches scored per minute, and RSS
+after `--batches` more batches (flat is the target: <= +5 %).
 
 The machine is shared: read the ratios as much as the absolute figures.
 """
