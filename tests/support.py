@@ -85,6 +85,7 @@ poll_interval_seconds = {poll}
 
 [metrics]
 port = {metrics_port}
+detail = "feature"
 
 [registry]
 path = "{tmp / "registry"}"

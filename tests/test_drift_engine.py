@@ -423,3 +423,58 @@ def test_ks_equals_scipy_on_the_clean_values() -> None:
     ).columns["v"]
     assert col.stattest == "ks"
     assert col.score == stats.ks_2samp(u, v).pvalue
+
+
+def test_the_quality_pass_samples_score_the_same_as_the_engines_own() -> None:
+    """The pipeline hands `check_batch`'s samples to `score` (one pass over the batch):
+    the result is the engine's own, with missing values, infinities, text categories,
+    integer categories arriving as text and a pandas category column."""
+    from watcher.config import QualityConfig
+    from watcher.drift.quality import check_batch, profile_reference
+
+    rng = np.random.default_rng(5)
+    n = 3_000
+    ref = pd.DataFrame(
+        {
+            "x": rng.normal(0, 1, n),
+            "y": rng.integers(0, 50, n).astype(float),
+            "c": rng.choice(["a", "b", "c"], n),
+            "k": rng.integers(0, 4, n),
+            "g": pd.Categorical(rng.choice(["u", "v"], n), categories=["u", "v", "w"]),
+        }
+    )
+    cur = pd.DataFrame(
+        {
+            "x": rng.normal(0.3, 1, n),
+            "y": rng.integers(0, 60, n).astype(float),
+            "c": rng.choice(["a", "b", "d", None], n),
+            "k": rng.choice(["0", "1", "2", "3"], n),
+            "g": pd.Categorical(rng.choice(["u", "v"], n), categories=["u", "v", "w"]),
+        }
+    )
+    cur.loc[::7, "x"] = np.nan
+    cur.loc[::11, "y"] = np.inf
+    columns = ColumnsConfig(numeric=["x", "y"], categorical=["c", "k", "g"])
+    specs = [ColumnSpec("x", "numeric"), ColumnSpec("y", "numeric")] + [
+        ColumnSpec(c, "categorical") for c in ("c", "k", "g")
+    ]
+    for lean in (False, True):
+        prepared = engine.prepare_reference(ref, specs, version="v1", lean=lean)
+        for profile in (
+            profile_reference(ref, columns),
+            profile_reference(ref, columns, prepared.samples),
+        ):
+            clean, quality = check_batch(
+                cur, profile, columns, QualityConfig(max_missing_share=1.0)
+            )
+            assert set(quality.samples) == {"x", "y", "c", "k", "g"}
+            for test in (None, "psi", "ks"):
+                own = engine.score(prepared, clean, num_stattest=test)
+                given = engine.score(prepared, clean, num_stattest=test, samples=quality.samples)
+                assert given.to_json_dict() == own.to_json_dict()
+    # The profile read off the prepared samples is the one computed over the frame.
+    prepared = engine.prepare_reference(ref, specs, version="v1", lean=True)
+    assert profile_reference(ref, columns, prepared.samples) == profile_reference(ref, columns)
+    assert not prepared.raw  # lean, every test on the fast path: no rows kept
+    kept = engine.prepare_reference(ref, specs, version="v1", lean=True, num_stattest="anderson")
+    assert set(kept.raw) == {"x", "y"}  # evidently's own test runs on the rows, in order

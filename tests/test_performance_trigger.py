@@ -20,8 +20,9 @@ from support import drop, frame
 from watcher.config import dump_toml, load_config
 from watcher.metrics import Metrics
 from watcher.performance import PerformanceTracker
-from watcher.pipeline import ModelRuntime, Pipeline, load_reference
+from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.policy import run_id_for
+from watcher.reference import load_reference
 from watcher.sources.directory import DirectorySource
 from watcher.state import StateStore
 
@@ -203,13 +204,7 @@ def test_labels_read_once_and_history_restarts_at_a_deployment(loop: Loop) -> No
 
     # A new production version: its history is empty, and its age counts from now.
     loop.store.set_reference_version("m", "v2")
-    loop.rt.reference = type(loop.rt.reference)(
-        "v2",
-        loop.rt.reference.frame,
-        loop.rt.reference.prepared,
-        loop.rt.reference.profile,
-        metrics={"mae": 0.8},
-    )
+    loop.rt.reference = replace(loop.rt.reference, version="v2", metrics={"mae": 0.8})
     with loop.store.transaction() as conn:
         assert loop.store.label_periods(conn, "m", "v2") == []
         reading = loop.pipeline.performance_reading(conn, loop.rt)

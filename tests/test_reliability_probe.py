@@ -565,6 +565,13 @@ def test_d8_a_damaged_registry_keeps_the_old_reference_running_and_restartable(
         drop(tmp_path / "incoming-other", "o.csv", frame(200, seed=4))
         wait_for(lambda: status(settings, "other", "o.csv") == "scored", what="other scored")
     assert logs.matching("using v1, the last one in use")
+    # A restart with PRODUCTION on v3, whose artifact is not Parquet: start-up reads no
+    # reference (they are prepared on a model's first batch), and that first batch falls
+    # back to v1, the last one in use, instead of failing.
+    pointer.write_text(f"{v3}\n")
+    with Running(settings) as d:
+        scores_m(d)
+    assert len(logs.matching("using v1, the last one in use")) == 2
 
 
 def test_d22_registry_refuses_paths_outside_a_version_and_renamed_pickles(

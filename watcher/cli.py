@@ -152,7 +152,7 @@ def _policy_summary(model: Any) -> str:
 
 def _noise_summary(name: str, model: Any, settings: Settings) -> str:
     """Where dataset drift starts to mean something against the reference in use."""
-    from watcher.pipeline import load_reference
+    from watcher.reference import load_reference
 
     try:
         ref = load_reference(name, model, settings)
@@ -161,7 +161,7 @@ def _noise_summary(name: str, model: Any, settings: Settings) -> str:
     noise = ref.noise
     if noise is None or not noise.rows:
         tests = "/".join(noise.tests) if noise else "-"
-        return f"reference {ref.version} ({len(ref.frame)} rows, {tests}): any batch size works"
+        return f"reference {ref.version} ({ref.n_rows} rows, {tests}): any batch size works"
     alarms = ", ".join(f"{n} rows {a:.0%}" for n, a in noise.false_alarm.items())
     remedy = (
         "scored with ks/chisquare (small_batches = 'pvalue')"
@@ -169,7 +169,7 @@ def _noise_summary(name: str, model: Any, settings: Settings) -> str:
         else "scored as configured, with a warning (small_batches = 'warn')"
     )
     return (
-        f"reference {ref.version} ({len(ref.frame)} rows, {'/'.join(noise.tests)}): batches "
+        f"reference {ref.version} ({ref.n_rows} rows, {'/'.join(noise.tests)}): batches "
         f"under {noise.rows} rows show dataset drift by chance (no-change batches drifted: "
         f"{alarms}); such batches are {remedy}"
     )

@@ -95,11 +95,12 @@ class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
-    # "feature": per-feature series (drift score, threshold, flag, missing share) and the
-    # stage histogram per model, what the bundled dashboards and rules read. "model": only
-    # per-model series, and the stage histogram summed over models (model=""): for
-    # daemons watching hundreds of models, where per-feature series dominate a scrape.
-    detail: Literal["model", "feature"] = "feature"
+    # "model" (the default): only per-model series (29 per model), the stage histogram
+    # summed over models (model=""), no `_created` series: a scrape stays small with
+    # hundreds of models. "feature": also per-feature series (drift score, threshold, flag,
+    # missing share) and the stage histogram per model, what the bundled model-detail
+    # dashboard reads (the bundled examples set it).
+    detail: Literal["model", "feature"] = "model"
 
 
 class AirflowConfig(_Section):

@@ -31,14 +31,8 @@ from watcher.config import ModelConfig, Settings, check_runtime
 from watcher.errors import ConfigError, ReferenceDataError, SourceError, WatcherError
 from watcher.metrics import Health, Metrics, MetricsServer
 from watcher.performance import PerformanceTracker
-from watcher.pipeline import (
-    ModelRuntime,
-    Pipeline,
-    Reference,
-    load_reference,
-    prepare,
-    reference_tag,
-)
+from watcher.pipeline import ModelRuntime, Pipeline
+from watcher.reference import Reference, load_reference, prepare, reference_tag, registry_loader
 from watcher.registry import ModelRegistry
 from watcher.secrets import Scrubber, secret_values
 from watcher.sources.base import Source
@@ -131,6 +125,9 @@ class Daemon:
         self._failing: dict[tuple[str, str], str] = {}
         # model -> (registry version that failed to load, when to try it again)
         self._bad_version: dict[str, tuple[str, float]] = {}
+        # The reference version each model used before this start: its fallback when the
+        # production reference, read on the first batch, turns out to be damaged.
+        self._before_start: dict[str, str | None] = {}
         self._poll_errors: dict[str, str] = {}
         # Set by a source's file-system notifications: start the next round now.
         self._wake = asyncio.Event()
@@ -178,6 +175,7 @@ class Daemon:
             self.models[name] = ModelRuntime(name, model_cfg, source, reference, performance)
             if isinstance(source, DirectorySource):
                 source.start_watching(self._wake)
+            self._before_start[name] = self.store.reference_version(name)
             self._use_reference(name, reference)
             self.metrics.init_model(name)
             self.metrics.source_up.labels(name).set(1)
@@ -293,34 +291,57 @@ class Daemon:
         """The production reference; when the registry is damaged, the last one in use.
 
         A damaged pointer or a broken new version must not keep the daemon from starting
-        when the version it used before is still intact in the registry.
+        when the version it used before is still intact in the registry. The reference is
+        read and prepared on the model's first batch (`_ensure_reference`), not here: a
+        thousand models start in seconds.
         """
         try:
-            return load_reference(name, cfg, self.settings)
+            return load_reference(name, cfg, self.settings, lazy=True)
         except Exception as exc:
-            last = self.store.reference_version(name)
-            if not last or not last.removeprefix("v").isdigit():
-                if isinstance(exc, WatcherError):
-                    raise
-                raise ReferenceDataError(
-                    f"model {name}: cannot load the reference: {type(exc).__name__}: {exc}",
-                    hint="check the registry version in production (`watcher models`)",
-                ) from exc
-            try:
-                version = last.removeprefix("v")
-                frame = self.registry.load_reference(name, version)
-                reference = prepare(name, cfg, reference_tag(version), frame)
-            except Exception:
-                raise exc from None
-            self.metrics.problems.labels(name, "registry").inc()
-            self._bad_version[name] = (self._production_text(name), time.monotonic() + 60)
-            log.error(
-                "%s: cannot load the production reference (%s); using %s, the last one in use",
-                name,
-                exc,
-                last,
-            )
-            return reference
+            return self._last_reference(name, cfg, exc)
+
+    async def _ensure_reference(self, rt: ModelRuntime) -> None:
+        """Read and prepare the model's reference before its first batch. When it cannot be
+        (a damaged artifact), fall back to the last version in use as at start-up; else
+        the error goes up (counted, logged once) and the batches wait, unclaimed."""
+        if rt.reference.ready:
+            return
+        try:
+            await run_in_daemon_thread(rt.reference.ensure)
+        except Exception as exc:
+            reference = await run_in_daemon_thread(self._last_reference, rt.name, rt.cfg, exc)
+            if reference.version == rt.reference.version:
+                raise
+            rt.reference = reference
+            self._use_reference(rt.name, reference)
+
+    def _last_reference(self, name: str, cfg: ModelConfig, exc: Exception) -> Reference:
+        """The last reference version in use, prepared, instead of one that failed with
+        `exc`; raises `exc` when there is none or it fails too."""
+        last = self._before_start.get(name) or self.store.reference_version(name)
+        if not last or not last.removeprefix("v").isdigit():
+            if isinstance(exc, WatcherError):
+                raise exc
+            raise ReferenceDataError(
+                f"model {name}: cannot load the reference: {type(exc).__name__}: {exc}",
+                hint="check the registry version in production (`watcher models`)",
+            ) from exc
+        try:
+            version = last.removeprefix("v")
+            frame = self.registry.load_reference(name, version)
+            loader = registry_loader(self.settings.registry.path, name, version)
+            reference = prepare(name, cfg, reference_tag(version), frame, load_frame=loader)
+        except Exception:
+            raise exc from None
+        self.metrics.problems.labels(name, "registry").inc()
+        self._bad_version[name] = (self._production_text(name), time.monotonic() + 60)
+        log.error(
+            "%s: cannot load the production reference (%s); using %s, the last one in use",
+            name,
+            exc,
+            last,
+        )
+        return reference
 
     def _production_text(self, name: str) -> str:
         try:
@@ -348,6 +369,8 @@ class Daemon:
                 self._poll_errors[rt.name] = seen
                 log.exception("polling the source of %s failed; retrying next round", rt.name)
             return
+        if refs:
+            await self._ensure_reference(rt)
         self._poll_errors.pop(rt.name, None)
         self.metrics.source_up.labels(rt.name).set(1)
         self._failing.pop((rt.name, "source down"), None)

@@ -88,7 +88,12 @@ def demo_config(example: Path, workdir: Path, ports: dict[str, int]) -> tuple[Pa
         "poll_interval_seconds": 0.5,
     }
     raw["registry"] = {**raw.get("registry", {}), "path": str(workdir / "registry")}
-    raw["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": ports["metrics"]}
+    raw["metrics"] = {
+        "enabled": True,
+        "host": "127.0.0.1",
+        "port": ports["metrics"],
+        "detail": "feature",  # the demo's dashboards show per-feature drift
+    }
     raw["airflow"] = {
         "enabled": True,
         "url": f"http://127.0.0.1:{ports['airflow']}",

@@ -14,7 +14,6 @@ the event loop (dispatchers, the run tracker, signal handling) stays responsive.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -26,17 +25,16 @@ from typing import Any, Literal
 import pandas as pd
 
 from watcher.alerts import alert_action
-from watcher.batchsize import NoiseLine, noise_line
 from watcher.config import ModelConfig, PolicyConfig, Settings
 from watcher.drift import engine
-from watcher.drift.quality import QualityReport, ReferenceProfile, check_batch, profile_reference
+from watcher.drift.quality import QualityReport, check_batch
 from watcher.drift.snapshots import SnapshotPublisher
-from watcher.errors import BatchRejected, ReferenceDataError, SourceError
+from watcher.errors import BatchRejected, SourceError
 from watcher.metrics import Metrics
 from watcher.performance import PerformanceTracker, performance_metric
 from watcher.policy import DAY, PolicyInput, Verdict, decide, opens_incident, run_id_for, streak_of
+from watcher.reference import Reference
 from watcher.reports import ReportRenderer, report_path
-from watcher.retrain.data import read_table
 from watcher.safetext import escape
 from watcher.signals import (
     PeriodLoss,
@@ -50,23 +48,6 @@ from watcher.sources.base import BatchRef, Source
 from watcher.state import Action, LabelPeriod, StateStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A model's reference, prepared once per version."""
-
-    version: str
-    frame: pd.DataFrame
-    prepared: engine.PreparedReference
-    profile: ReferenceProfile
-    # The version's holdout metrics and feature importance, from the registry metadata
-    # (empty/None for a reference file): the performance signal's baseline, the drift
-    # signal's weights.
-    metrics: dict[str, float] = field(default_factory=dict)
-    importance: dict[str, float] | None = None
-    # Below this many rows a batch's dataset drift is noise for this reference's tests.
-    noise: NoiseLine | None = None
 
 
 @dataclass
@@ -88,80 +69,6 @@ class BatchOutcome:
     drift: engine.DriftResult | None = None
     verdict: Verdict | None = None
     reason: str | None = None
-
-
-def reference_tag(registry_version: str) -> str:
-    """How a registry version is named as a reference (and in `watcher_model_info`)."""
-    return registry_version if registry_version.startswith("v") else f"v{registry_version}"
-
-
-def load_reference(name: str, cfg: ModelConfig, settings: Settings) -> Reference:
-    """The production version's training data from the registry, else the configured file."""
-    from watcher.registry import ModelRegistry  # the registry imports skops: load it lazily
-
-    registry = ModelRegistry(settings.registry.path)
-    version = registry.production_version(name)
-    if version is not None:
-        frame = registry.load_reference(name, version)  # verifies the SHA-256 first
-        info = registry.get(name, version)
-        raw = info.extra.get("feature_importance")
-        importance = (
-            {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) and raw else None
-        )
-        ref = prepare(name, cfg, reference_tag(version), frame)
-        return replace(ref, metrics=dict(info.metrics), importance=importance)
-    elif cfg.reference is not None:
-        if not cfg.reference.exists():
-            raise ReferenceDataError(
-                f"model {name}: reference file {cfg.reference} does not exist",
-                hint="set models.<name>.reference to a Parquet/CSV file, or deploy a version",
-            )
-        frame = read_table(cfg.reference)
-        digest = hashlib.sha256(cfg.reference.read_bytes()).hexdigest()[:12]
-        tag = f"file-{digest}"
-    else:
-        raise ReferenceDataError(
-            f"model {name} has no reference: no production version in the registry "
-            f"({settings.registry.path}) and no models.{name}.reference file",
-            hint="bootstrap a first version or point `reference` at the training data",
-        )
-    return prepare(name, cfg, tag, frame)
-
-
-def prepare(name: str, cfg: ModelConfig, version: str, frame: pd.DataFrame) -> Reference:
-    specs, prediction = engine.specs_from_config(cfg)
-    missing = [s.name for s in specs if s.name not in frame.columns]
-    if missing:
-        raise ReferenceDataError(
-            f"model {name}: the reference ({version}) lacks feature column(s) {missing}",
-            hint="the configured columns must exist in the reference data",
-        )
-    if prediction is not None and prediction.name not in frame.columns:
-        prediction = None  # a first reference may predate predictions; score features only
-    prepared = engine.prepare_reference(frame, specs, version=version, prediction=prediction)
-    try:
-        noise: NoiseLine | None = noise_line(
-            prepared,
-            frame,
-            drift_share=cfg.drift.drift_share,
-            num_stattest=cfg.drift.num_stattest,
-            cat_stattest=cfg.drift.cat_stattest,
-        )
-    except Exception:  # a measurement for warnings must never stop a reference loading
-        log.exception("model %s: could not measure the small-batch line of %s", name, version)
-        noise = None
-    if noise is not None and noise.rows:
-        log.info(
-            "model %s, reference %s (%d rows, %s): batches under %d rows show dataset drift "
-            "by chance (false alarms by size: %s)",
-            name,
-            version,
-            len(frame),
-            "/".join(noise.tests),
-            noise.rows,
-            ", ".join(f"{n}: {a:.0%}" for n, a in noise.false_alarm.items()),
-        )
-    return Reference(version, frame, prepared, profile_reference(frame, cfg.columns), noise=noise)
 
 
 def _prune_reports(folder: Path, retention_days: float) -> None:
@@ -242,7 +149,12 @@ class Pipeline:
                 )
             with self._stage(rt.name, "drift"):
                 small = self._small_batch(rt, len(clean))
-                drift = engine.score(rt.reference.prepared, clean, **self._drift_options(rt, small))
+                drift = engine.score(
+                    rt.reference.prepared,
+                    clean,
+                    samples=quality.samples,
+                    **self._drift_options(rt, small),
+                )
         except BatchRejected as exc:
             return self._reject(rt, ref, exc)
         with self._stage(rt.name, "record"):
@@ -253,7 +165,7 @@ class Pipeline:
                 self.reports.submit(
                     model=rt.name,
                     batch_id=ref.batch_id,
-                    reference=rt.reference.frame,
+                    reference=rt.reference.load_frame,
                     current=clean,
                     columns=rt.cfg.columns,
                     drift=rt.cfg.drift,
@@ -269,7 +181,7 @@ class Pipeline:
             self.snapshots.submit(
                 rt.name,
                 ref.batch_id,
-                rt.reference.frame,
+                rt.reference.load_frame,
                 clean,
                 rt.cfg,
                 dataset_drift=drift.dataset_drift,

@@ -24,7 +24,7 @@ import pandas as pd
 
 from watcher.config import ModelConfig, Settings
 from watcher.errors import WatcherError
-from watcher.pipeline import reference_tag
+from watcher.reference import reference_tag
 from watcher.registry import ModelRegistry
 from watcher.state import Decision, open_state
 

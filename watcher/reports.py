@@ -21,7 +21,8 @@ import multiprocessing
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -51,11 +52,16 @@ def sample(frame: pd.DataFrame, max_rows: int, key: str) -> pd.DataFrame:
     return frame.sample(n=max_rows, random_state=seed).sort_index()
 
 
+# The reference frame, or how to read it again: the daemon does not keep reference frames
+# (see `watcher.reference`), so the renderer's thread reads it, off the batch's path.
+ReferenceFrame = pd.DataFrame | Callable[[], pd.DataFrame]
+
+
 @dataclass(frozen=True)
 class ReportJob:
     model: str
     batch_id: str
-    reference: pd.DataFrame
+    reference: ReferenceFrame
     current: pd.DataFrame
     columns: ColumnsConfig
     drift: DriftConfig
@@ -68,6 +74,7 @@ def _render(job: ReportJob) -> None:  # runs in the child process
     try:
         from watcher.alerts.report import write_drift_report
 
+        assert isinstance(job.reference, pd.DataFrame)  # read and sampled by the renderer
         write_drift_report(job.reference, job.current, job.columns, job.path, drift=job.drift)
     except BaseException:
         logging.getLogger(__name__).exception("rendering the drift report failed")
@@ -91,7 +98,7 @@ class ReportRenderer:
         *,
         model: str,
         batch_id: str,
-        reference: pd.DataFrame,
+        reference: ReferenceFrame,
         current: pd.DataFrame,
         columns: ColumnsConfig,
         drift: DriftConfig,
@@ -101,7 +108,7 @@ class ReportRenderer:
         job = ReportJob(
             model,
             batch_id,
-            sample(reference, self.max_rows, f"reference:{model}"),
+            reference,
             sample(current, self.max_rows, f"batch:{model}:{batch_id}"),
             columns,
             drift,
@@ -142,6 +149,9 @@ class ReportRenderer:
                 self._fail(job, repr(exc))
 
     def _render(self, job: ReportJob) -> None:
+        reference = job.reference() if callable(job.reference) else job.reference
+        job = replace(job, reference=sample(reference, self.max_rows, f"reference:{job.model}"))
+        del reference
         # spawn, not fork: the daemon has threads (and sqlite connections) a fork would copy.
         child = multiprocessing.get_context("spawn").Process(
             target=_render, args=(job,), name=f"report-{job.model}", daemon=True

@@ -32,8 +32,9 @@ to evidently's to 1e-6 and the decisions identical.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ import pandas as pd
 from watcher.config import DriftConfig, ModelConfig
 from watcher.drift import catalog, stattests
 from watcher.drift.catalog import TESTS, Kind
+from watcher.drift.inference import ColumnSpec, infer_columns
 from watcher.drift.stattests import Sample
 from watcher.errors import BatchRejected, ConfigError, ReferenceDataError
 
@@ -56,19 +58,6 @@ __all__ = [
     "score",
     "specs_from_config",
 ]
-
-# evidently infers an integer column with at most this many distinct values as categorical.
-_INTEGER_CARDINALITY_LIMIT = 10
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    """A column to score: its kind and, optionally, its own test and threshold."""
-
-    name: str
-    kind: Kind
-    stattest: str | None = None  # a catalog name or "package.module:function"
-    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -195,8 +184,18 @@ def prepare_reference(
     *,
     version: str,
     prediction: ColumnSpec | None = None,
+    lean: bool = False,
+    num_stattest: str | None = None,
+    cat_stattest: str | None = None,
 ) -> PreparedReference:
     """Clean, sort and count the reference once, for every later `score` call.
+
+    The prepared reference keeps the reference's columns in row order for the tests that
+    run evidently's own function or a custom one. With `lean=True` it keeps (copies of)
+    only the columns whose configured test (the column's own, else `num_stattest` /
+    `cat_stattest`) needs them, so the frame can be dropped after preparation: `score`
+    must then be called with the same `num_stattest` / `cat_stattest`, or tests on the
+    fast path (evidently's automatic choice, ks, chisquare included).
 
     Raises ConfigError for an unusable column list (none, duplicates, a test that does not
     apply to the column's kind) and ReferenceDataError for a column that is missing from
@@ -239,8 +238,25 @@ def prepare_reference(
             f"reference {version} has no values (all missing or infinite) in column(s) {empty}",
             hint="fill the column in the reference data, or stop scoring it",
         )
-    raw = {name: reference[name] for name in samples}
+    if lean:
+        by_kind = {"numeric": num_stattest, "categorical": cat_stattest}
+        raw = {
+            s.name: reference[s.name].copy()
+            for s in wanted
+            if s.name in samples and _needs_rows(s.stattest or by_kind[s.kind])
+        }
+    else:
+        raw = {name: reference[name] for name in samples}
     return PreparedReference(version, len(reference), specs, prediction, samples, skipped, raw)
+
+
+def _needs_rows(test: str | None) -> bool:
+    """Whether a test runs on the reference's rows (evidently's function, a custom one)
+    rather than on the prepared sample; None is evidently's automatic (fast) choice."""
+    if test is None:
+        return False
+    info = TESTS.get(test)
+    return info is None or info.path != "fast"
 
 
 def _single_column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -299,7 +315,7 @@ def _score_column(
     ref: Sample,
     cur: Sample,
     options: _Options,
-    ref_raw: pd.Series,
+    ref_raw: Callable[[], pd.Series],
     cur_raw: pd.Series,
 ) -> ColumnDrift:
     test = (
@@ -314,7 +330,7 @@ def _score_column(
             spec.name, spec.kind, test, value, float(used), info.drifted(value, used)
         )
     value, drifted, used = catalog.run_function(
-        test, _clean(ref_raw), _clean(cur_raw), spec.kind, threshold
+        test, _clean(ref_raw()), _clean(cur_raw), spec.kind, threshold
     )
     return ColumnDrift(spec.name, spec.kind, test, value, used, drifted)
 
@@ -341,8 +357,13 @@ def score(
     threshold: float | None = None,
     num_threshold: float | None = None,
     cat_threshold: float | None = None,
+    samples: Mapping[str, Sample] | None = None,
 ) -> DriftResult:
     """Score a batch against a prepared reference.
+
+    `samples`: the batch's samples already made by the quality checks' pass
+    (`QualityReport.samples`, from the very frame passed here); a column without one is
+    sampled here.
 
     Raises BatchRejected when the batch lacks a configured column, repeats one, holds text
     in a numeric column, or has no value in any feature (nothing left to score), and
@@ -374,16 +395,19 @@ def score(
     results: dict[str, ColumnDrift] = {}
     for spec in specs:
         series = _current_series(spec, _single_column(current, spec.name))
-        cur = _sample(spec, series)
+        given = samples.get(spec.name) if samples is not None else None
+        cur = given if given is not None and _kind_of(given) == spec.kind else _sample(spec, series)
         if cur.n == 0:
             skipped[spec.name] = "no values in the batch (all missing or infinite)"
             continue
-        ref_raw = prepared.raw.get(spec.name)
-        if ref_raw is None:  # a PreparedReference built by hand: rebuild from the sample
-            ref_raw = pd.Series(_values_of(prepared.samples[spec.name]))
         try:
             results[spec.name] = _score_column(
-                spec, prepared.samples[spec.name], cur, options, ref_raw, series
+                spec,
+                prepared.samples[spec.name],
+                cur,
+                options,
+                partial(_rows, prepared, spec.name),
+                series,
             )
         except catalog.TestFailed as exc:
             failures[spec.name] = (exc.test, str(exc))
@@ -414,66 +438,23 @@ def score(
     )
 
 
+def _kind_of(sample: Sample) -> Kind:
+    return "numeric" if isinstance(sample, stattests.NumericSample) else "categorical"
+
+
+def _rows(prepared: PreparedReference, name: str) -> pd.Series:
+    """The reference column in row order, for a test off the fast path (only then: it
+    is O(N)). Not kept (a lean reference, or one built by hand): rebuilt from the sample,
+    sorted."""
+    kept = prepared.raw.get(name)
+    return kept if kept is not None else pd.Series(_values_of(prepared.samples[name]))
+
+
 def _values_of(sample: Sample) -> Any:
     if isinstance(sample, stattests.NumericSample):
         return sample.in_dtype()
     keys = list(sample.counts)
     return np.repeat(np.asarray(keys, dtype=object), [sample.counts[k] for k in keys])
-
-
-def _inferred_kind(column: pd.Series) -> Kind | None:
-    """evidently's `infer_column_type`, reduced to the kinds watcher scores.
-
-    Text (a string column with more distinct values than half its rows), dates, lists and
-    anything unrecognised give None: evidently would not score them as numeric or
-    categorical either.
-    """
-    name = column.dtype.name
-    if name.startswith("float"):
-        return "numeric"
-    if name.startswith("int"):
-        return "categorical" if column.nunique() <= _INTEGER_CARDINALITY_LIMIT else "numeric"
-    if name in ("string", "str"):
-        return None if column.nunique() > column.count() * 0.5 else "categorical"
-    if name == "object":
-        present = column.dropna()
-        if present.empty or not (
-            isinstance(present.iloc[0], str) and isinstance(present.iloc[-1], str)
-        ):
-            return None
-        return None if column.nunique() > column.count() * 0.5 else "categorical"
-    if name in ("bool", "category"):
-        return "categorical"
-    return None
-
-
-def infer_columns(df: pd.DataFrame, exclude: Sequence[str] = ()) -> list[ColumnSpec]:
-    """Numeric and categorical columns of `df`, inferred the way evidently infers them.
-
-    Float columns are numeric; integer columns with at most 10 distinct values, booleans,
-    pandas categories and low-cardinality strings are categorical. Text, dates and other
-    columns are left out, and so is a column with no value at all (evidently would fail
-    on it). evidently's `Report` infers from the *current* data; pass the reference here
-    so the kinds stay fixed for a reference version.
-    """
-    skip = set(exclude)
-    specs: list[ColumnSpec] = []
-    for name in df.columns:
-        if name in skip:
-            continue
-        column = df[name]
-        if isinstance(column, pd.DataFrame):
-            continue  # a repeated name: no single column to score
-        kind = _inferred_kind(column)
-        if kind is None:
-            continue
-        if kind == "numeric":
-            empty = stattests.numeric_sample(column).n == 0
-        else:
-            empty = stattests.categorical_sample(column).n == 0
-        if not empty:
-            specs.append(ColumnSpec(str(name), kind))
-    return specs
 
 
 def specs_from_config(model: ModelConfig) -> tuple[list[ColumnSpec], ColumnSpec | None]:

@@ -13,6 +13,7 @@ The reference profile (dtypes, ranges, category sets) is built once per referenc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,8 @@ import numpy.typing as npt
 import pandas as pd
 
 from watcher.config import ColumnsConfig, QualityConfig
+from watcher.drift import stattests
+from watcher.drift.stattests import CategoricalSample, NumericSample, Sample
 from watcher.errors import BatchRejected
 from watcher.safetext import sample_names
 
@@ -45,6 +48,10 @@ class QualityReport:
     rows: int
     missing_share: dict[str, float] = field(default_factory=dict)
     violations: list[Violation] = field(default_factory=list)
+    # The features' samples (sorted finite values, counts), computed in the checks' own
+    # pass over the batch and handed to the drift engine (`engine.score(samples=...)`),
+    # which would otherwise go over the same columns again.
+    samples: dict[str, Sample] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -54,7 +61,14 @@ class QualityReport:
         }
 
 
-def profile_reference(reference: pd.DataFrame, columns: ColumnsConfig) -> ReferenceProfile:
+def profile_reference(
+    reference: pd.DataFrame, columns: ColumnsConfig, samples: Mapping[str, Sample] | None = None
+) -> ReferenceProfile:
+    """Ranges, category sets and dtypes of the reference. With the drift engine's prepared
+    `samples` (sorted finite values, counts) the ranges and sets are read off them rather
+    than computed again over the frame."""
+    if samples is not None:
+        return _from_samples(reference, columns, samples)
     ranges: dict[str, tuple[float, float]] = {}
     for col in columns.numeric:
         values = pd.to_numeric(reference[col], errors="coerce").replace([np.inf, -np.inf], np.nan)
@@ -63,6 +77,28 @@ def profile_reference(reference: pd.DataFrame, columns: ColumnsConfig) -> Refere
     categories = {
         col: frozenset(reference[col].dropna().unique().tolist()) for col in columns.categorical
     }
+    is_numeric = {
+        col: bool(pd.api.types.is_numeric_dtype(reference[col])) for col in columns.categorical
+    }
+    return ReferenceProfile(ranges, categories, is_numeric, frozenset(map(str, reference.columns)))
+
+
+def _from_samples(
+    reference: pd.DataFrame, columns: ColumnsConfig, samples: Mapping[str, Sample]
+) -> ReferenceProfile:
+    ranges: dict[str, tuple[float, float]] = {}
+    categories: dict[str, frozenset[object]] = {}
+    for col in columns.numeric:
+        num = samples.get(col)
+        if not isinstance(num, NumericSample):
+            return profile_reference(reference, columns)
+        if num.n:
+            ranges[col] = (float(num.values[0]), float(num.values[-1]))
+    for col in columns.categorical:
+        cat = samples.get(col)
+        if not isinstance(cat, CategoricalSample):
+            return profile_reference(reference, columns)
+        categories[col] = frozenset(cat.counts)
     is_numeric = {
         col: bool(pd.api.types.is_numeric_dtype(reference[col])) for col in columns.categorical
     }
@@ -163,14 +199,18 @@ def check_batch(
     for col in columns.categorical:
         out[col] = _align_categorical(out[col], profile.categorical_is_numeric.get(col, False))
 
-    has_value: dict[str, npt.NDArray[np.bool_]] = {}  # categorical: one isna pass, reused
+    # Categorical: one count of the values per column gives the missing share, the unseen
+    # categories and the drift engine's sample.
+    counts: dict[str, pd.Series] = {}
     for col in columns.features:
         floats = as_float.get(col)
         if floats is not None:
             share = float(np.count_nonzero(np.isnan(floats))) / rows
+            report.samples[col] = stattests.numeric_from_floats(floats, out[col])
         else:
-            has_value[col] = out[col].notna().to_numpy()
-            share = float(rows - np.count_nonzero(has_value[col])) / rows
+            counts[col] = out[col].value_counts(dropna=True, sort=False)
+            report.samples[col] = stattests.categorical_from_counts(counts[col])
+            share = float(rows - int(counts[col].sum())) / rows
         report.missing_share[col] = share
         if share == 1.0 and cfg.reject_all_missing:
             raise BatchRejected(
@@ -208,15 +248,18 @@ def check_batch(
             )
 
     for col, seen in profile.categories.items():
-        mask = has_value.get(col)
-        values = out[col][mask] if mask is not None else out[col].dropna()
-        if values.empty:
+        tally = counts.get(col)
+        if tally is None:
+            tally = out[col].value_counts(dropna=True, sort=False)
+        n_of = tally.to_numpy(dtype=np.int64)
+        total = int(n_of.sum())
+        if not total:
             continue
-        unseen_mask = ~values.isin(seen)
-        share = float(unseen_mask.mean())
+        new = np.fromiter((key not in seen for key in tally.index), bool, len(n_of)) & (n_of > 0)
+        share = float(n_of[new].sum()) / total
         if share > cfg.max_unseen_category_share:
             # No examples: values are the file's content, which is not echoed anywhere.
-            n_new = int(values[unseen_mask].nunique())
+            n_new = int(np.count_nonzero(new))
             report.violations.append(
                 Violation(
                     "unseen_categories",
@@ -262,7 +305,9 @@ def _refuse_nested(series: pd.Series, col: str, name: str) -> None:
     """A Parquet list, struct or map column arrives as arrays/dicts: not a feature value."""
     if series.dtype != object:
         return
-    head = series.dropna().head(1000)
+    head = series.iloc[:1000]
+    if head.isna().all():  # rare: only then look past the leading missing values
+        head = series.dropna().head(1000)
     if any(isinstance(v, _NESTED) for v in head):
         raise BatchRejected(
             f"{name}: column {col!r} holds nested values (a list, struct or map per row)",

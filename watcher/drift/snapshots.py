@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -45,6 +46,9 @@ class SnapshotPublisher:
         self._pending = 0
         self._workspace: Any = None
         self.project_id: str | None = None
+        # The last reference frame read (model, version, frame): the daemon keeps no
+        # reference frames, so this thread reads one again when its version changes.
+        self._reference: tuple[str, str, pd.DataFrame] | None = None
 
     def wants(self, dataset_drift: bool) -> bool:
         return self.cfg.snapshots == "all" or dataset_drift
@@ -60,7 +64,7 @@ class SnapshotPublisher:
         self,
         model: str,
         batch_id: str,
-        reference: pd.DataFrame,
+        reference: pd.DataFrame | Callable[[], pd.DataFrame],
         current: pd.DataFrame,
         cfg: ModelConfig,
         *,
@@ -99,7 +103,7 @@ class SnapshotPublisher:
         self,
         model: str,
         batch_id: str,
-        reference: pd.DataFrame,
+        reference: pd.DataFrame | Callable[[], pd.DataFrame],
         current: pd.DataFrame,
         cfg: ModelConfig,
         dataset_drift: bool,
@@ -107,6 +111,9 @@ class SnapshotPublisher:
     ) -> str | None:
         try:
             from watcher.alerts.report import drift_snapshot
+
+            if callable(reference):
+                reference = self._reference_frame(model, reference_version, reference)
 
             snapshot = drift_snapshot(
                 reference,
@@ -142,6 +149,16 @@ class SnapshotPublisher:
         url = str(getattr(ref, "url", "") or "")
         log.info("evidently snapshot of %s/%s added: %s", model, batch_id, url or ref)
         return url
+
+    def _reference_frame(
+        self, model: str, version: str, load: Callable[[], pd.DataFrame]
+    ) -> pd.DataFrame:
+        kept = self._reference
+        if kept is None or kept[:2] != (model, version):
+            self._reference = None  # the old frame goes before the new one is read
+            kept = (model, version, load())
+            self._reference = kept
+        return kept[2]
 
     def _connect(self) -> Any:
         if self._workspace is None:

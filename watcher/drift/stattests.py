@@ -13,143 +13,44 @@ before any test, and the row counts used below are the counts after that.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
-import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
 
 from watcher.drift.catalog import Kind
+from watcher.drift.samples import (
+    CategoricalSample,
+    FloatArray,
+    IntArray,
+    NumericReference,
+    NumericSample,
+    Sample,
+    _categorical_pair,
+    categorical_from_counts,
+    categorical_sample,
+    numeric_from_floats,
+    numeric_reference,
+    numeric_sample,
+)
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
+__all__ = [
+    "CategoricalSample",
+    "NumericReference",
+    "NumericSample",
+    "Sample",
+    "categorical_from_counts",
+    "categorical_sample",
+    "numeric_from_floats",
+    "numeric_reference",
+    "numeric_sample",
+]
+
 
 # evidently uses its own binned histograms for a numeric column only when the reference
 # has more than this many distinct values; otherwise each value is its own bin.
 _MAX_VALUES_AS_BINS = 20
-
-
-# --- samples ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class NumericSample:
-    """The finite values of a numeric column, sorted, as float64."""
-
-    values: FloatArray
-    # The column's own dtype: histogram bin edges are computed in it, as numpy does.
-    dtype: np.dtype[Any]
-
-    @property
-    def n(self) -> int:
-        return int(self.values.size)
-
-    @cached_property
-    def uniques(self) -> tuple[FloatArray, IntArray]:
-        """Distinct values and their counts, from the sorted values in one pass."""
-        v = self.values
-        if v.size == 0:
-            return v, np.zeros(0, dtype=np.int64)
-        starts = np.flatnonzero(np.concatenate(([True], v[1:] != v[:-1])))
-        counts = np.diff(np.append(starts, v.size)).astype(np.int64)
-        return v[starts], counts
-
-    def in_dtype(self) -> npt.NDArray[Any]:
-        return self.values if self.dtype == np.float64 else self.values.astype(self.dtype)
-
-
-@dataclass(frozen=True, eq=False)
-class NumericReference(NumericSample):
-    """A reference numeric column, with what the distances need from it."""
-
-    # max(std, 0.001), as evidently norms the Wasserstein distance.
-    wasserstein_norm: float
-    # Mean and sample standard deviation (ddof=1), for the t-test.
-    mean: float = math.nan
-    std: float = math.nan
-
-    @cached_property
-    def cdf_integrals(self) -> tuple[FloatArray, FloatArray]:
-        """Running integrals of the reference's count function k(x) = #{r <= x}.
-
-        Entry k (1 <= k <= N) holds the integral of k(x), and of k(x)^2, from the smallest
-        value to the k-th: sums of positive terms, so no cancellation. With them the
-        integral of F (or F^2) up to any point costs one binary search, which is what
-        makes Wasserstein and energy distances cost O(n log N) for a batch of n rows.
-        Computed on first use (only columns scored by these tests pay the memory).
-        """
-        v = self.values
-        first = np.zeros(v.size + 1)
-        second = np.zeros(v.size + 1)
-        if v.size > 1:
-            steps = np.arange(1, v.size, dtype=np.float64)
-            gaps = np.diff(v)
-            np.cumsum(steps * gaps, out=first[2:])
-            np.cumsum(steps * steps * gaps, out=second[2:])
-        return first, second
-
-
-@dataclass(frozen=True, eq=False)
-class CategoricalSample:
-    """Counts of the present (not missing, not infinite) values of a categorical column."""
-
-    counts: Mapping[Hashable, int]
-    n: int
-
-
-Sample = NumericSample | CategoricalSample
-
-
-def _numpy_dtype(series: pd.Series) -> np.dtype[Any]:
-    dtype = series.dtype
-    if isinstance(dtype, np.dtype):
-        return np.dtype(np.float64) if dtype.kind == "b" else dtype
-    # pandas extension dtypes (Int64, Float64) carry their numpy equivalent.
-    numpy_dtype = getattr(dtype, "numpy_dtype", None)
-    return np.dtype(numpy_dtype) if numpy_dtype is not None else np.dtype(np.float64)
-
-
-def numeric_sample(series: pd.Series) -> NumericSample:
-    """Sort the finite values of a numeric series (a batch's side of a test)."""
-    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-    values = np.sort(values[np.isfinite(values)])
-    return NumericSample(values, _numpy_dtype(series))
-
-
-def numeric_reference(series: pd.Series) -> NumericReference:
-    """Prepare a reference numeric column once: sorted values and the Wasserstein norm."""
-    sample = numeric_sample(series)
-    clean = pd.Series(sample.in_dtype())
-    # np.std on a Series runs pandas' std(ddof=0); evidently calls exactly that.
-    norm = max(float(np.std(clean)), 0.001) if sample.n else 0.001
-    mean = float(np.mean(sample.values)) if sample.n else math.nan
-    std = float(np.std(sample.values, ddof=1)) if sample.n > 1 else math.nan
-    prepared = NumericReference(sample.values, sample.dtype, norm, mean, std)
-    _ = prepared.uniques  # computed now, so scoring a batch only touches the batch's side
-    return prepared
-
-
-def _is_infinite(key: Hashable) -> bool:
-    return isinstance(key, float | np.floating) and math.isinf(key)
-
-
-def categorical_sample(series: pd.Series) -> CategoricalSample:
-    """Count the values of a categorical series, dropping NaN/None/±inf as evidently does."""
-    counts = series.value_counts(dropna=True, sort=False)
-    # A pandas `category` column lists every category, also those with no rows.
-    clean = {k: int(c) for k, c in counts.items() if c > 0 and not _is_infinite(k)}
-    return CategoricalSample(clean, sum(clean.values()))
-
-
-def _categorical_pair(ref: Sample, cur: Sample) -> tuple[CategoricalSample, CategoricalSample]:
-    if isinstance(ref, CategoricalSample) and isinstance(cur, CategoricalSample):
-        return ref, cur
-    raise TypeError("reference and batch samples of one column must be of the same kind")
 
 
 # --- the choice evidently makes -------------------------------------------------------
@@ -247,8 +148,12 @@ def _ks_statistic(ref: NumericSample, cur: NumericSample) -> float:
     """
     r, b = ref.values, cur.values
     ub = cur.uniques[0]
-    at = np.searchsorted(r, ub, "right") / ref.n - np.searchsorted(b, ub, "right") / cur.n
-    below = np.searchsorted(r, ub, "left") / ref.n - np.searchsorted(b, ub, "left") / cur.n
+    if isinstance(ref, NumericReference):
+        at_r, below_r = ref.rank(ub, "right"), ref.rank(ub, "left")
+    else:
+        at_r, below_r = np.searchsorted(r, ub, "right"), np.searchsorted(r, ub, "left")
+    at = at_r / ref.n - np.searchsorted(b, ub, "right") / cur.n
+    below = below_r / ref.n - np.searchsorted(b, ub, "left") / cur.n
     highest = max(float(at.max()), float(below.max()))
     lowest = min(float(at.min()), float(below.min()))
     return max(float(np.clip(-lowest, 0, 1)), highest)
@@ -257,7 +162,7 @@ def _ks_statistic(ref: NumericSample, cur: NumericSample) -> float:
 def _integral_at(ref: NumericReference, t: FloatArray, k: IntArray, power: int) -> FloatArray:
     """Integral of k(x)^power (power 1 or 2) from -inf to each t, given k = #{r <= t} (or,
     at a reference value, the position just after any of its copies: ties add nothing)."""
-    running = ref.cdf_integrals[power - 1]
+    running = ref.cdf_integral(power)
     below = np.where(k > 0, t - ref.values[np.maximum(k - 1, 0)], 0.0)
     kf = k.astype(np.float64)
     out: FloatArray = running[k] + (kf if power == 1 else kf * kf) * below
@@ -280,7 +185,7 @@ def _segments(
     hi = max(float(r[-1]), float(b[-1]))
     a = np.concatenate(([lo], b))
     c = np.concatenate((b, [hi]))
-    k_b = np.searchsorted(r, b, "right")
+    k_b = ref.rank(b, "right")
     k_lo = np.searchsorted(r, [lo], "right")
     k_a = np.concatenate((k_lo, k_b))
     k_c = np.concatenate((k_b, [big_n]))
