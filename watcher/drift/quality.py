@@ -14,11 +14,13 @@ The reference profile (dtypes, ranges, category sets) is built once per referenc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from watcher import chunked
 from watcher.config import ColumnsConfig, QualityConfig
 from watcher.errors import BatchRejected
 from watcher.safetext import sample_names
@@ -169,7 +171,7 @@ def check_batch(
         if floats is not None:
             share = float(np.count_nonzero(np.isnan(floats))) / rows
         else:
-            has_value[col] = out[col].notna().to_numpy()
+            has_value[col] = chunked.notna(out[col])
             share = float(rows - np.count_nonzero(has_value[col])) / rows
         report.missing_share[col] = share
         if share == 1.0 and cfg.reject_all_missing:
@@ -208,15 +210,17 @@ def check_batch(
             )
 
     for col, seen in profile.categories.items():
-        mask = has_value.get(col)
-        values = out[col][mask] if mask is not None else out[col].dropna()
-        if values.empty:
+        known = has_value.get(col)
+        if known is None:
+            known = chunked.notna(out[col])
+        n_known = int(np.count_nonzero(known))
+        if not n_known:
             continue
-        unseen_mask = ~values.isin(seen)
-        share = float(unseen_mask.mean())
+        unseen_mask = known & ~chunked.isin(out[col], seen)
+        share = float(np.count_nonzero(unseen_mask)) / n_known
         if share > cfg.max_unseen_category_share:
             # No examples: values are the file's content, which is not echoed anywhere.
-            n_new = int(values[unseen_mask].nunique())
+            n_new = int(out[col][unseen_mask].nunique())
             report.violations.append(
                 Violation(
                     "unseen_categories",
@@ -262,7 +266,13 @@ def _refuse_nested(series: pd.Series, col: str, name: str) -> None:
     """A Parquet list, struct or map column arrives as arrays/dicts: not a feature value."""
     if series.dtype != object:
         return
-    head = series.dropna().head(1000)
+    # The first 1000 values present, looked for a slice at a time (not a pass over a
+    # million rows: that holds the GIL).
+    head: list[Any] = []
+    for start in range(0, len(series), 4096):
+        head.extend(series.iloc[start : start + 4096].dropna().head(1000 - len(head)))
+        if len(head) >= 1000:
+            break
     if any(isinstance(v, _NESTED) for v in head):
         raise BatchRejected(
             f"{name}: column {col!r} holds nested values (a list, struct or map per row)",

@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
 
+from watcher import chunked
 from watcher.drift.catalog import Kind
 
 FloatArray = npt.NDArray[np.float64]
@@ -140,7 +141,7 @@ def _is_infinite(key: Hashable) -> bool:
 
 def categorical_sample(series: pd.Series) -> CategoricalSample:
     """Count the values of a categorical series, dropping NaN/None/±inf as evidently does."""
-    counts = series.value_counts(dropna=True, sort=False)
+    counts = chunked.value_counts(series)
     # A pandas `category` column lists every category, also those with no rows.
     clean = {k: int(c) for k, c in counts.items() if c > 0 and not _is_infinite(k)}
     return CategoricalSample(clean, sum(clean.values()))
