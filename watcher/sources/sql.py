@@ -151,8 +151,7 @@ class SqlSource:
         self._rows_read: dict[str, int] = {}  # batch id -> rows in the window when loaded
         self._last_check = -math.inf
         self._types: dict[str, str] = {}
-        # Read windows into Arrow (sqlarrow); False: rows through a cursor (the old path).
-        self.columnar = True
+        self.columnar = True  # big windows into Arrow (sqlarrow); False: rows, the old path
 
     # ---- Source protocol ------------------------------------------------------------------
 
