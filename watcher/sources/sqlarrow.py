@@ -2,10 +2,10 @@
 
 Fetching rows through psycopg builds a Python tuple per row and a Python object per value,
 then pandas takes them apart again: for a 200k-row window that is most of the time spent
-on it. The ADBC driver (`adbc-driver-postgresql`, C++) reads the result with binary COPY
+on it. The ADBC driver (`adbc-driver-postgresql`, C++) reads the result in the binary wire format
 into Arrow record batches, with no Python object per value; pandas gets a column at a time.
 
-ADBC opens its own connection, so that it reads exactly what the caller's transaction sees
+ADBC opens its own connection. So that it reads exactly what the caller's transaction sees
 (the window's count, the schema), the caller's snapshot is exported and imported by the
 ADBC transaction (``pg_export_snapshot`` / ``SET TRANSACTION SNAPSHOT``). The connection
 takes the caller's libpq parameters (host, user, password, application name, time zone and
