@@ -644,6 +644,54 @@ def test_columnar_read_gives_the_frame_the_row_reader_gives(
     pd.testing.assert_frame_equal(columnar, rows)
 
 
+
+def test_connection_killed_during_a_columnar_read_is_retried(
+    prediction_log: PredictionLog,
+    pg_db: PgDatabase,
+    harness: Callable[..., Harness],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 300,000 rows in one window: ADBC's own connection is busy with it for a while, long
+    # enough to be killed mid-read; the window is then read again in full.
+    pg_db.execute(
+        "INSERT INTO predictions (id, ts, temp, atemp, hum, windspeed, season, weathersit, "
+        "workingday, predicted) SELECT 'k' || i, timestamptz '2011-01-01 00:00+00' "
+        "+ i * interval '200 ms', i, 0.3, 0.5, 0.1, 1, 'clear', 1, 100 "
+        "FROM generate_series(0, 299999) AS i"
+    )
+    h = harness(Clock(day(3)), max_rows_per_window=1_000_000)
+    (ref,) = h.poll()
+    result: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            result["frame"] = h.source.load(ref)
+        except Exception as exc:  # reported by the assertion below
+            result["error"] = exc
+
+    with caplog.at_level(logging.WARNING):
+        reader = threading.Thread(target=load)
+        reader.start()
+        killed = 0
+        deadline = time.monotonic() + 60
+        while not killed and reader.is_alive() and time.monotonic() < deadline:
+            # The window's SELECT itself (not the count before it) on a watcher connection.
+            killed = int(
+                pg_db.scalar(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = 'watcher:bikes' "
+                    "AND state = 'active' AND query LIKE 'SELECT t.%'"
+                )
+            )
+            time.sleep(0.01)
+        reader.join(120)
+    assert killed >= 1, "the read finished before it could be interrupted"
+    assert "error" not in result, result.get("error")
+    assert len(result["frame"]) == 300_000
+    assert result["frame"]["id"].is_unique
+    assert "database connection lost; trying window" in caplog.text
+
+
 # ---- labels --------------------------------------------------------------------------------
 
 
