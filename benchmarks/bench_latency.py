@@ -19,7 +19,9 @@ Target (issue 17): p95 <= 100 ms for a 10k-row batch with ``auto``.
 Then, in ``auto`` mode, a drifted batch of `--big` rows (default 1M): `/metrics` is scraped
 back to back while it is scored, and the p50/p99 of the scrape times are printed (target
 p99 <= 50 ms), with the number of `watcher_batch_duration_seconds` series per model and the
-daemon's peak RSS (VmHWM). `--big 0` skips this part.
+daemon's peak RSS (VmHWM). The anchor, in the same run: 5 s of the same back-to-back scrapes
+of the idle daemon just before (the machine's own load shows in both). `--big 0` skips this
+part.
 """
 
 from __future__ import annotations
@@ -210,6 +212,14 @@ def metrics_during_big(tmp: Path, port: int, rows: int, pid: int) -> None:
     before = scored(scrape(port))
     staging = incoming / ".big.parquet.tmp"
     frame(rows, seed=3, shift=2.0).to_parquet(staging)
+    # The anchor: the same back-to-back scrapes of the idle daemon, in the same run (the
+    # machine's load shows in both; the ratio is what the batch adds).
+    idle: list[float] = []
+    t_idle = time.perf_counter()
+    while time.perf_counter() - t_idle < 5:
+        s = time.perf_counter()
+        scrape(port)
+        idle.append((time.perf_counter() - s) * 1000)
     times: list[float] = []
     staging.rename(incoming / "big.parquet")
     t0 = time.perf_counter()
@@ -237,6 +247,10 @@ def metrics_during_big(tmp: Path, port: int, rows: int, pid: int) -> None:
         f"/metrics during a {rows}-row drifted batch ({took:.1f} s, {len(times)} scrapes): "
         f"p50 {statistics.median(times):.1f} ms, p99 {pct(times, 99):.1f} ms, "
         f"max {max(times):.1f} ms"
+    )
+    print(
+        f"      idle daemon, same run ({len(idle)} scrapes): p50 {statistics.median(idle):.1f} "
+        f"ms, p99 {pct(idle, 99):.1f} ms; during / idle: p99 x{pct(times, 99) / pct(idle, 99):.1f}"
     )
     print(
         f"      watcher_batch_duration_seconds series for one model: {series}; "

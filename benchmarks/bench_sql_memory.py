@@ -11,9 +11,11 @@ features, a prediction, an id and a timestamp, plus a wide column the source mus
 Each table is then scored in a fresh Python process, as the daemon does it: `SqlSource.poll`,
 then per window `load` (server-side chunks of 50k rows, max_rows_per_window 200k) and the
 drift engine's `score` against a 20k-row reference, then `commit`. The child reports its
-peak RSS (ru_maxrss) and time per window. Two more runs on the largest table: with the row
-cap lifted (what the cap bounds), and cut into windows as small as the smallest table's
-(memory follows the window, not the table).
+peak RSS (ru_maxrss) and time per window, once per read method (`--methods`): ``rows``,
+the old path (a server-side cursor, rows as tuples into pandas), and ``arrow``, the
+columnar one (ADBC into Arrow); both on the same tables in the same run. Two more runs on
+the largest table: with the row cap lifted (what the cap bounds), and cut into windows as
+small as the smallest table's (memory follows the window, not the table).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ ANALYZE {name};
 """
 
 
-def child(dsn: str, table: str, cap: int, window_seconds: float) -> None:
+def child(dsn: str, table: str, cap: int, window_seconds: float, method: str) -> None:
     """Score every window of `table` and print one JSON line of measurements."""
     import numpy as np
     import pandas as pd
@@ -107,6 +109,7 @@ def child(dsn: str, table: str, cap: int, window_seconds: float) -> None:
         store = StateStore(Path(tmp) / "state.db")
         metrics = Metrics(CollectorRegistry())
         source = SqlSource("bench", cfg, columns, store, metrics)
+        source.columnar = method == "arrow"
         refs = asyncio.run(source.poll())
         load_s, score_s, rows, kept, drifted = [], [], 0, 0, 0
         for ref in refs:
@@ -154,10 +157,16 @@ def main() -> int:
     parser.add_argument("--sizes", default="500000,1000000,5000000")
     # A lower cap shows the sampling at small sizes: e.g. --sizes 500000 --cap 20000.
     parser.add_argument("--cap", type=int, default=CAP)
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--methods",
+        default="rows,arrow",
+        help="how windows are read: rows (cursor, tuples; the old path), arrow (ADBC)",
+    )
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], int(args.child[2]), float(args.child[3]))
+        c = args.child
+        child(c[0], c[1], int(c[2]), float(c[3]), c[4])
         return 0
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -186,22 +195,26 @@ def main() -> int:
         runs.append((largest, args.cap, 3600 * min(sizes) / max(sizes)))
 
         header = (
-            f"{'table rows':>11} {'window s':>8} {'cap':>8} {'windows':>7} {'rows/window':>11} "
+            f"{'read':>5} {'table rows':>11} {'window s':>8} {'cap':>8} {'windows':>7} "
+            f"{'rows/window':>11} "
             f"{'kept/window':>11} {'sampled out':>11} {'baseline MB':>11} {'peak RSS MB':>11} "
             f"{'load s/win':>10} {'score s/win':>11}"
         )
         print(header)
         print("-" * len(header))
-        for table, cap, window in runs:
+        for (table, cap, window), method in (
+            (run, m) for run in runs for m in args.methods.split(",")
+        ):
             out = subprocess.run(
-                [sys.executable, __file__, "--child", dsn, table, str(cap), str(window)],
+                [sys.executable, __file__, "--child", dsn, table, str(cap), str(window), method],
                 check=True,
                 capture_output=True,
                 text=True,
             )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(
-                f"{r['rows']:>11,} {window:>8g} {('none' if cap >= 10**9 else f'{cap:,}'):>8} "
+                f"{method:>5} {r['rows']:>11,} {window:>8g} "
+                f"{('none' if cap >= 10**9 else f'{cap:,}'):>8} "
                 f"{r['windows']:>7} {r['rows'] // r['windows']:>11,} "
                 f"{r['kept'] // r['windows']:>11,} {r['sampled_out']:>11,} "
                 f"{r['baseline_mb']:>11.0f} {r['peak_mb']:>11.0f} "

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
+import shutil
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,7 +112,6 @@ class Run:
     reasons: dict[str, tuple[str | None, str | None]]
     metrics: str
     alive: bool
-    immutable: bool
 
 
 def _metrics(port: int) -> str:
@@ -119,9 +119,23 @@ def _metrics(port: int) -> str:
         return str(resp.read().decode())
 
 
-def _chattr(path: Path, flag: str) -> bool:
-    done = subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False)
-    return done.returncode == 0
+def _unmovable_archive(incoming: Path) -> Path:
+    """Make every move into ``processed/`` fail, whoever the daemon runs as.
+
+    ``chattr +i`` needs a file system that supports it and permission bits do not stop
+    root, so ``processed/`` is made a link to a folder on another file system (the shared
+    memory tmpfs): a rename cannot cross file systems, so the scored batch's move fails
+    with EXDEV, as it does for an immutable file or a read-only mount. Returns that folder
+    (the caller removes it)."""
+    elsewhere = Path(tempfile.mkdtemp(prefix="watcher-hostile-", dir="/dev/shm"))
+    assert os.stat(elsewhere).st_dev != os.stat(incoming).st_dev, (
+        "/dev/shm is on the same file system as the test's folder: a rename would not fail"
+    )
+    processed = incoming / "processed"
+    if processed.is_dir():
+        processed.rmdir()
+    processed.symlink_to(elsewhere, target_is_directory=True)
+    return elsewhere
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +154,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     incoming = tmp / "incoming"
     _plant(incoming, outside)
     # A good batch that cannot be moved once scored (D1): the daemon must not die over it.
-    frozen = drop(incoming, "frozen.csv", frame(200, seed=5))
-    immutable = _chattr(frozen, "+i")
+    elsewhere = _unmovable_archive(incoming)
+    drop(incoming, "frozen.csv", frame(200, seed=5))
     proc = DaemonProcess(cfg, tmp / "daemon.log")
     try:
         ids = [safe_id(c.name) for c in CASES] + ["frozen.csv"]
@@ -156,7 +170,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         # A few more polls over the entries that stay (immutable file, plain folder).
         def counted() -> str:
             text = _metrics(port)
-            return text if ('reason="cannot_move"' in text or not immutable) else ""
+            return text if 'reason="cannot_move"' in text else ""
 
         metrics = wait_for(counted, 30, what="the unmovable file counted")
         alive = proc.alive()
@@ -173,13 +187,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             reasons,
             metrics,
             alive,
-            immutable,
         )
     finally:
         if proc.alive():
             proc.stop()
-        if immutable:
-            _chattr(frozen, "-i")
+        shutil.rmtree(elsewhere, ignore_errors=True)
         smtp.stop()
 
 
@@ -236,11 +248,9 @@ def test_a_plain_directory_is_counted_once_and_left_alone(run: Run) -> None:
     assert _log(run).count("just-a-folder: a directory") == 1
 
 
-def test_immutable_file_is_scored_and_left_in_place_without_stopping_the_daemon(
+def test_unmovable_file_is_scored_and_left_in_place_without_stopping_the_daemon(
     run: Run,
 ) -> None:
-    if not run.immutable:
-        pytest.skip("chattr +i is not supported here (needs root and ext4/xfs/btrfs)")
     assert run.alive
     assert run.reasons["frozen.csv"][0] == "scored"
     assert (run.tmp / "incoming" / "frozen.csv").exists()

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from watcher import chunked
 from watcher.config import ColumnsConfig, QualityConfig
 from watcher.drift import stattests
 from watcher.drift.stattests import CategoricalSample, NumericSample, Sample
@@ -208,7 +210,7 @@ def check_batch(
             share = float(np.count_nonzero(np.isnan(floats))) / rows
             report.samples[col] = stattests.numeric_from_floats(floats, out[col])
         else:
-            counts[col] = out[col].value_counts(dropna=True, sort=False)
+            counts[col] = chunked.value_counts(out[col])
             report.samples[col] = stattests.categorical_from_counts(counts[col])
             share = float(rows - int(counts[col].sum())) / rows
         report.missing_share[col] = share
@@ -250,7 +252,7 @@ def check_batch(
     for col, seen in profile.categories.items():
         tally = counts.get(col)
         if tally is None:
-            tally = out[col].value_counts(dropna=True, sort=False)
+            tally = chunked.value_counts(out[col])
         n_of = tally.to_numpy(dtype=np.int64)
         total = int(n_of.sum())
         if not total:
@@ -305,9 +307,13 @@ def _refuse_nested(series: pd.Series, col: str, name: str) -> None:
     """A Parquet list, struct or map column arrives as arrays/dicts: not a feature value."""
     if series.dtype != object:
         return
-    head = series.iloc[:1000]
-    if head.isna().all():  # rare: only then look past the leading missing values
-        head = series.dropna().head(1000)
+    # The first 1000 values present, looked for a slice at a time (not a pass over a
+    # million rows: that holds the GIL).
+    head: list[Any] = []
+    for start in range(0, len(series), 4096):
+        head.extend(series.iloc[start : start + 4096].dropna().head(1000 - len(head)))
+        if len(head) >= 1000:
+            break
     if any(isinstance(v, _NESTED) for v in head):
         raise BatchRejected(
             f"{name}: column {col!r} holds nested values (a list, struct or map per row)",

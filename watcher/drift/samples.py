@@ -17,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from watcher import chunked
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
@@ -183,7 +185,7 @@ def _is_infinite(key: Hashable) -> bool:
 
 def categorical_sample(series: pd.Series) -> CategoricalSample:
     """Count the values of a categorical series, dropping NaN/None/±inf as evidently does."""
-    return categorical_from_counts(series.value_counts(dropna=True, sort=False))
+    return categorical_from_counts(chunked.value_counts(series))
 
 
 def categorical_from_counts(counts: pd.Series) -> CategoricalSample:

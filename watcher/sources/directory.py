@@ -56,6 +56,7 @@ from typing import IO, Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from watcher import chunked
 from watcher.config import DirectorySourceConfig
 from watcher.errors import BatchRejected, SourceError
 from watcher.metrics import Metrics
@@ -427,7 +428,8 @@ class DirectorySource:
                 "cannot_move",
                 f"cannot be moved to {where}/: {exc.strerror}. It stays in the folder and is "
                 "not read again (the ledger has its outcome); check the folder's permissions, "
-                "a read-only mount or an immutable flag (lsattr)",
+                "a read-only mount, an immutable flag (lsattr) or processed/ and quarantine/ "
+                "on another file system than the folder",
             )
             return False
         return True
@@ -496,7 +498,7 @@ def _read_parquet(fh: IO[bytes], shown: str) -> pd.DataFrame:
     _refuse_duplicates(shown, names)
     try:
         fh.seek(0)
-        return pd.read_parquet(fh)
+        return chunked.read_parquet(fh)
     except Exception as exc:
         raise BatchRejected(
             f"{shown} could not be read as Parquet: {escape(str(exc), 200)}", check="unreadable"

@@ -150,6 +150,7 @@ class SqlSource:
         self._rows_read: dict[str, int] = {}  # batch id -> rows in the window when loaded
         self._last_check = -math.inf
         self._types: dict[str, str] = {}
+        self.columnar = True  # big windows into Arrow (sqlarrow); False: rows, the old path
 
     # ---- Source protocol ------------------------------------------------------------------
 
@@ -506,6 +507,7 @@ class SqlSource:
                     chunk_rows=self.cfg.chunk_rows,
                     cap=self.cfg.max_rows_per_window,
                     seed=split_revision(ref.batch_id)[0],
+                    columnar=self.columnar,
                 )
 
     def _guard(self, fn: Callable[[], T], what: str, *, reject: bool = True) -> T:

@@ -12,7 +12,7 @@ frames they already hold).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ import pandas as pd
 from sqlalchemy import Connection, text
 
 from watcher.config import ColumnsConfig, SqlSourceConfig
+from watcher.sources.sqlarrow import arrow_batches, available, conform
 from watcher.sources.sqlconn import (
     Column,
     check_schema,
@@ -33,6 +34,9 @@ from watcher.sources.sqlconn import (
 )
 
 _POS = "_watcher_pos"  # the read order, kept through the database's sampling
+# Below this many rows a window is fetched through the pooled connection: the columnar
+# read opens a connection of its own (tens of ms), which only pays off on big windows.
+ARROW_MIN_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class ReadPlan:
     float_columns: tuple[str, ...]  # made float64 in every chunk, so chunks hash alike
     timestamp_column: str | None  # output column holding the timestamp, made UTC
     params: dict[str, Any]
+    # The Arrow type of each output column for the columnar read: "float64", "int64",
+    # "bool" or "string" ("timestamp": as the driver reads it, made UTC after).
+    arrow_types: dict[str, str] = field(default_factory=dict)
 
 
 def plan_read(
@@ -65,10 +72,12 @@ def plan_read(
 
     items: list[str] = []
     floats: list[str] = []
+    arrow: dict[str, str] = {}
 
     def add(name: str, *, as_number: bool, alias: str | None = None) -> None:
         col = cols[name]
         items.append(select_expr(col, as_number=as_number, alias=alias))
+        arrow[alias or name] = arrow_type(col, as_number=as_number)
         if yields_float(col, as_number=as_number):
             floats.append(alias or name)
 
@@ -78,6 +87,7 @@ def plan_read(
     if include_timestamp:
         ts_out = columns.timestamp or ts
         items.append(f"t.{quote_ident(ts)} AS {quote_ident(ts_out)}")
+        arrow[ts_out] = "timestamp"
     for c in columns.numeric:
         add(c, as_number=True)
     for c in columns.categorical:
@@ -91,11 +101,12 @@ def plan_read(
     join = ""
     params: dict[str, Any] = {}
     if use_labels:
-        join, label_item, label_is_float = _labels_join(
+        join, label_item, label_col, label_as_number = _labels_join(
             cfg, columns, where, table, label_cols, labelled_before, params
         )
         items.append(label_item)
-        if label_is_float:
+        arrow[columns.target or "target"] = arrow_type(label_col, as_number=label_as_number)
+        if yields_float(label_col, as_number=label_as_number):
             floats.append(columns.target or "target")
     order = f"t.{quote_ident(ts)}" + (f", t.{quote_ident(columns.id)}" if columns.id else "")
     return ReadPlan(
@@ -104,7 +115,19 @@ def plan_read(
         float_columns=tuple(floats),
         timestamp_column=ts_out,
         params=params,
+        arrow_types=arrow,
     )
+
+
+def arrow_type(col: Column, *, as_number: bool) -> str:
+    """How the columnar read types what `select_expr` selects for `col`."""
+    if yields_float(col, as_number=as_number):
+        return "float64"
+    if col.kind == "numeric":
+        return "int64"  # only integer types are not read as float8
+    if col.kind == "boolean":
+        return "bool"
+    return "timestamp" if col.kind == "datetime" else "string"
 
 
 def _labels_join(
@@ -115,7 +138,7 @@ def _labels_join(
     label_cols: dict[str, Column] | None,
     labelled_before: datetime | None,
     params: dict[str, Any],
-) -> tuple[str, str, bool]:
+) -> tuple[str, str, Column, bool]:
     """LEFT JOIN of the newest label per id, restricted to the ids of the range."""
     assert cfg.labels_table is not None
     if not columns.id:
@@ -151,7 +174,7 @@ def _labels_join(
     label = Column("label", label_cols[llabel].type, label_cols[llabel].kind)
     as_number = label.kind == "numeric"
     item = select_expr(label, as_number=as_number, alias=columns.target or "target", relation="lb")
-    return join, item, yields_float(label, as_number=as_number)
+    return join, item, label, as_number
 
 
 @dataclass
@@ -173,11 +196,15 @@ def read_range(
     chunk_rows: int,
     cap: int | None,
     seed: str,
+    columnar: bool = True,
 ) -> RangeRead:
     """Stream [start, end) in chunks; keep everything, or a uniform sample of `cap` rows.
 
     `rows` of the result counts every row streamed, so within one transaction it is the
-    window's row count in the same snapshot as the rows.
+    window's row count in the same snapshot as the rows. `columnar` reads a capped range
+    of at least ARROW_MIN_ROWS rows into Arrow with ADBC (`sqlarrow`); otherwise (and
+    without the ADBC driver) rows come through a server-side cursor, as before
+    (`benchmarks/bench_sql_memory.py` compares the two).
     """
     params = {"start": start, "end": end, **plan.params}
     sql = plan.select_sql
@@ -195,6 +222,38 @@ def read_range(
                 f"LIMIT :_cap) AS s ORDER BY s.{_POS}"
             )
             params |= {"_salt": hashlib.sha256(seed.encode()).hexdigest()[:16], "_cap": cap}
+    fetched = None if total is None or cap is None else min(total, cap)
+    if columnar and fetched is not None and fetched >= ARROW_MIN_ROWS and available():
+        frame, seen = _read_columns(conn, plan, sql, params, seed)
+    else:
+        frame, seen = _read_rows(conn, plan, sql, params, seed, chunk_rows)
+    if plan.timestamp_column is not None:
+        frame[plan.timestamp_column] = pd.to_datetime(frame[plan.timestamp_column], utc=True)
+    return RangeRead(frame, seen if total is None else total)
+
+
+def _read_columns(
+    conn: Connection, plan: ReadPlan, sql: str, params: dict[str, Any], seed: str
+) -> tuple[pd.DataFrame, int]:
+    sample = BottomK(None, seed)  # the database already capped the rows: only collects
+    names: list[str] = list(plan.arrow_types)
+    for batch in arrow_batches(conn, sql, params):
+        chunk = conform(batch, plan.arrow_types).to_pandas(coerce_temporal_nanoseconds=True)
+        if _POS in chunk.columns:
+            chunk = chunk.drop(columns=_POS)
+        names = list(chunk.columns)
+        sample.add(chunk)
+    return sample.result(names), sample.seen
+
+
+def _read_rows(
+    conn: Connection,
+    plan: ReadPlan,
+    sql: str,
+    params: dict[str, Any],
+    seed: str,
+    chunk_rows: int,
+) -> tuple[pd.DataFrame, int]:
     # stream_results: a named (server-side) cursor; yield_per on the result: FETCH that many
     # rows at a time (as an execution option alone it does not size Core partitions).
     streamed = (
@@ -219,10 +278,7 @@ def read_range(
         # lets go of the named cursor without it being closed: close it for good here.
         if not getattr(cursor, "closed", True):
             close_cursor(cursor)
-    frame = sample.result(names)
-    if plan.timestamp_column is not None:
-        frame[plan.timestamp_column] = pd.to_datetime(frame[plan.timestamp_column], utc=True)
-    return RangeRead(frame, sample.seen if total is None else total)
+    return sample.result(names), sample.seen
 
 
 class BottomK:

@@ -106,14 +106,14 @@ class StoreCore:
             self._conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[StateConn]:
+    def transaction(self, *, fsync: bool = True) -> Iterator[StateConn]:
         """BEGIN (IMMEDIATE on SQLite) … COMMIT; everything inside is written together or
-        not at all."""
+        not at all. `fsync=False`: the commit does not wait for the disk (see `begin`)."""
         with self._lock:
             conn = self._live()
             changes = conn.changes
             try:
-                conn.begin()
+                conn.begin(durable=fsync)
                 try:
                     yield conn
                     conn.commit()

@@ -92,8 +92,17 @@ class StateConn:
         """False once a PostgreSQL connection was lost (server restart, terminated)."""
         return self.dialect == "sqlite" or not (self.raw.closed or self.raw.broken)
 
-    def begin(self) -> None:
-        self.raw.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+    def begin(self, *, durable: bool = True) -> None:
+        """`durable=False`: this commit does not wait for the disk (it survives kill -9,
+        not a power cut) — for writes that are safe to lose, such as a batch's claim."""
+        if self.dialect == "sqlite":
+            # A pragma cannot change inside a transaction; the store's next begin resets it.
+            self.raw.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self.raw.execute("BEGIN IMMEDIATE")
+            return
+        self.raw.execute("BEGIN")
+        if not durable:
+            self.raw.execute("SET LOCAL synchronous_commit = off")
 
     def commit(self) -> None:
         self.raw.execute("COMMIT")

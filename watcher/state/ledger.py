@@ -34,8 +34,9 @@ class LedgerStore(StoreCore):
 
         A batch claimed but never finished (the daemon died while scoring) is claimable
         again: its effects were never committed, so processing it again is not a repeat.
+        Not fsynced: a claim lost to a power cut only means the batch is claimed again.
         """
-        with self.transaction() as conn:
+        with self.transaction(fsync=False) as conn:
             # INSERT first: two processes claiming at once never both win (the UNIQUE key).
             added = conn.execute(
                 "INSERT INTO batches (model, batch_id, uri, status, claimed_at) "
