@@ -60,3 +60,14 @@ def test_the_shipped_performance_signal_fires_on_a_rising_loss(pm: ModuleType) -
     assert error < pm.simulate(m, pm.never())[2]
     # A floor adds scheduled runs: never fewer runs than the signal alone.
     assert pm.simulate(m, pm.perf(3, detector="cusum"))[0] >= runs
+
+
+def test_the_hindsight_oracle_bounds_every_policy(pm: ModuleType) -> None:
+    m = _matrix(pm)
+    best = pm.oracle(m, 15)
+    assert best[0] == pytest.approx(pm.simulate(m, pm.never())[2])
+    assert best[15] == pytest.approx(10.0)  # a fresh model every period
+    for k in (1, 2, 3, 4, 6):
+        runs, _, error = pm.simulate(m, pm.schedule(k))
+        assert best[runs] <= error + 1e-9
+    assert all(best[k + 1] <= best[k] for k in range(15))
