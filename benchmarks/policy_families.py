@@ -9,7 +9,7 @@ holdout figures of the runs so far, and the periods since the last run. Each fam
 swept over a small grid with the same parameters on both data sets; for each runs budget
 the script prints the rules with the lowest Bikeshare error and, next to them, what the
 same rule does on flights, the schedules' frontier and the hindsight oracle. The best of a
-grid of ~1,400 rules is selected on the data it is scored on: read the winners' neighbours
+grid of 895 rules is selected on the data it is scored on: read the winners' neighbours
 (`--around`) before trusting one.
 """
 

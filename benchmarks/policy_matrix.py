@@ -351,7 +351,7 @@ def main() -> None:
             print(f"{head} {m.metric} {val:.4f} vs frontier {gap:+.4f}")
         best = oracle(m, 44)
         shown = ", ".join(f"{k}: {best[k]:.4f}" for k in (5, 8, 10, 11, 12, 14, 15, 22, 44))
-        print(f"oracle, best possible with k runs in hindsight ({m.metric}): {shown}")
+        print(f"oracle, best possible with at most k runs in hindsight ({m.metric}): {shown}")
 
 
 if __name__ == "__main__":
