@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from policy_matrix import ROOT, Matrix, build, oracle
+from policy_matrix import ROOT, Matrix, build, build_fast, oracle
 
 HIGHER = ("roc_auc", "accuracy", "f1", "r2")
 
@@ -207,8 +207,13 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=6)
     ap.add_argument("--around", help="print only the rules whose name contains this")
     ap.add_argument("--summary", action="store_true", help="per family: how many settings pay")
+    ap.add_argument("--fast", action="store_true", help="the plain scikit-learn matrices")
     args = ap.parse_args()
-    mats = {name: build(name, args.cache, 1) for name in ("bikeshare", "flights")}
+    names = ("bikeshare", "flights")
+    if args.fast:
+        mats = {name: build_fast(name, args.cache) for name in names}
+    else:
+        mats = {name: build(name, args.cache, 1) for name in names}
     gaps = {name: frontier(m) for name, m in mats.items()}
     best = {name: oracle(m, 44) for name, m in mats.items()}
     scored = {label: {n: simulate(m, r) for n, m in mats.items()} for label, r in rules().items()}
