@@ -282,6 +282,35 @@ def perf(max_age: int | None = None, **kw: Any) -> Policy:
     return p
 
 
+def oracle(m: Matrix, max_runs: int) -> dict[int, float]:
+    """The best possible error with at most k runs (k <= max_runs), in hindsight: a dynamic
+    programme over the retrain periods, every challenger deployed. No causal policy can beat
+    it; it says how much of a runs budget's possible gain a policy gets."""
+    s, n = m.skip, m.n
+    weighted = {a: m.rows * np.nan_to_num(m.loss[a]) for a in m.loss}
+    cum = {a: np.concatenate([[0.0], np.cumsum(v)]) for a, v in weighted.items()}
+
+    def served(a: int, b: int) -> float:  # model a serves periods max(a + 1, s)..b
+        return float(cum[a][b + 1] - cum[a][max(a + 1, s)])
+
+    keys = [w for w in range(s, n - 1) if m.ok.get(w)]
+    best: dict[int, float] = {-1: 0.0}  # last retrain -> loss of the periods up to it
+    total = m.rows[s:].sum()
+    higher = m.metric in ("roc_auc", "accuracy", "f1", "r2")
+    out: dict[int, float] = {}
+    for k in range(max_runs + 1):
+        if best:
+            loss = min(v + served(a, n - 1) for a, v in best.items()) / total
+            loss = min(loss, 1 - out[k - 1] if higher else out[k - 1]) if k else loss
+            out[k] = float(1 - loss if higher else loss)
+        best = {
+            w: min(v + served(a, w) for a, v in best.items() if a < w)
+            for w in keys
+            if any(a < w for a in best)
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache/policy_matrix")
@@ -320,6 +349,9 @@ def main() -> None:
             gap = (1 - val if higher else val) - float(np.interp(runs, xs, ys))
             head = f"{label:45s} runs {runs:3d} dep {dep:3d}"
             print(f"{head} {m.metric} {val:.4f} vs frontier {gap:+.4f}")
+        best = oracle(m, 44)
+        shown = ", ".join(f"{k}: {best[k]:.4f}" for k in (5, 8, 10, 11, 12, 14, 15, 22, 44))
+        print(f"oracle, best possible with at most k runs in hindsight ({m.metric}): {shown}")
 
 
 if __name__ == "__main__":

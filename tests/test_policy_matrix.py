@@ -60,3 +60,31 @@ def test_the_shipped_performance_signal_fires_on_a_rising_loss(pm: ModuleType) -
     assert error < pm.simulate(m, pm.never())[2]
     # A floor adds scheduled runs: never fewer runs than the signal alone.
     assert pm.simulate(m, pm.perf(3, detector="cusum"))[0] >= runs
+
+
+def test_the_hindsight_oracle_bounds_every_policy(pm: ModuleType) -> None:
+    m = _matrix(pm)
+    best = pm.oracle(m, 15)
+    assert best[0] == pytest.approx(pm.simulate(m, pm.never())[2])
+    assert best[15] == pytest.approx(10.0)  # a fresh model every period
+    for k in (1, 2, 3, 4, 6):
+        runs, _, error = pm.simulate(m, pm.schedule(k))
+        assert best[runs] <= error + 1e-9
+    assert all(best[k + 1] <= best[k] for k in range(15))
+
+
+def test_the_families_simulator_agrees_with_the_matrix_simulator(pm: ModuleType) -> None:
+    path = SCRIPT.with_name("policy_families.py")
+    spec = importlib.util.spec_from_file_location("policy_families", path)
+    assert spec is not None
+    assert spec.loader is not None
+    pf = importlib.util.module_from_spec(spec)
+    sys.modules["policy_families"] = pf
+    spec.loader.exec_module(pf)
+    m = _matrix(pm)
+    for k in (1, 2, 3, 5):
+        assert pf.simulate(m, pf.every(k)) == pm.simulate(m, pm.schedule(k))
+    # A loss 10 % above the best recent holdout (10) fires from the model's second period.
+    runs, _, error = pf.simulate(m, pf.ratio("best5", 0.05, 1))
+    assert 0 < runs < 15
+    assert error < pm.simulate(m, pm.never())[2]
