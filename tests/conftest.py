@@ -13,4 +13,6 @@ pytest_plugins: list[str] = [
     "fixtures_dashboards",
     "fixtures_postgres",
     "fixtures_retrain",
+    "fixtures_mlflow",
+    "fixtures_celery",
 ]

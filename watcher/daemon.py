@@ -40,6 +40,7 @@ from watcher.pipeline import (
     reference_tag,
 )
 from watcher.registry import ModelRegistry
+from watcher.registry_backend import open_registry
 from watcher.secrets import Scrubber, secret_values
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
@@ -85,7 +86,7 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 
 def build_source(name: str, cfg: ModelConfig, store: StateStore, metrics: Metrics) -> Source:
     if cfg.source.kind == "directory":
-        return DirectorySource(name, cfg.source, store, metrics)
+        return DirectorySource(name, cfg.source, store)
     try:
         from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
     except ImportError as exc:
@@ -111,7 +112,8 @@ class Daemon:
         self.store.scrub = Scrubber(secret_values(settings))
         self.lock = StateDirLock(settings.daemon.state_dir)
         self.pipeline = Pipeline(settings, self.store, self.metrics)
-        self.registry = ModelRegistry(settings.registry.path)
+        # A folder, or MLflow (then every read is an HTTP request: kept off the loop).
+        self.registry = open_registry(settings.registry)
         self.models: dict[str, ModelRuntime] = {}
         self.stop = asyncio.Event()
         self._server: MetricsServer | None = None
@@ -124,9 +126,6 @@ class Daemon:
         self._failing: dict[tuple[str, str], str] = {}
         # model -> (registry version that failed to load, when to try it again)
         self._bad_version: dict[str, tuple[str, float]] = {}
-        self._poll_errors: dict[str, str] = {}
-        # Set by a source's file-system notifications: start the next round now.
-        self._wake = asyncio.Event()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -167,8 +166,6 @@ class Daemon:
                 name, model_cfg, cfg.daemon.state_dir, self.store, self.metrics, source
             )
             self.models[name] = ModelRuntime(name, model_cfg, source, reference, performance)
-            if isinstance(source, DirectorySource):
-                source.start_watching(self._wake)
             self._use_reference(name, reference)
             self.metrics.init_model(name)
             self.metrics.source_up.labels(name).set(1)
@@ -197,20 +194,8 @@ class Daemon:
                 await self._contained(rt.name, "internal", self._async(self._check_silence, rt))
             with contextlib.suppress(Exception):  # a metric only; the store may be failing
                 self._export_outbox()
-            await self._until_next_round(interval)
-
-    async def _until_next_round(self, interval: float) -> None:
-        """Sleep one poll interval, or less when a stop or a file-system event comes."""
-        waits = {
-            asyncio.ensure_future(self.stop.wait()),
-            asyncio.ensure_future(self._wake.wait()),
-        }
-        try:
-            await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=interval)
 
     async def shutdown(self) -> None:
         self.stop.set()
@@ -312,6 +297,13 @@ class Daemon:
             return reference
 
     def _production_text(self, name: str) -> str:
+        """What the production pointer says, even when it is not a valid version."""
+        if not isinstance(self.registry, ModelRegistry):
+            # MLflow: the champion alias always names an existing version number.
+            try:
+                return self.registry.production_version(name) or ""
+            except WatcherError:
+                return ""
         try:
             return (self.registry.root / name / "PRODUCTION").read_text(errors="replace").strip()
         except OSError:
@@ -328,16 +320,6 @@ class Daemon:
             if isinstance(rt.source, DirectorySource):
                 self._folder_down(rt, exc)
             return
-        except Exception as exc:
-            # No input may stop the daemon: a listing that fails in a way nobody foresaw is
-            # a source that is down this round. The traceback once per kind of error.
-            self.metrics.source_up.labels(rt.name).set(0)
-            seen = f"{type(exc).__name__}: {exc}"
-            if self._poll_errors.get(rt.name) != seen:
-                self._poll_errors[rt.name] = seen
-                log.exception("polling the source of %s failed; retrying next round", rt.name)
-            return
-        self._poll_errors.pop(rt.name, None)
         self.metrics.source_up.labels(rt.name).set(1)
         self._failing.pop((rt.name, "source down"), None)
         if isinstance(rt.source, DirectorySource):
@@ -376,13 +358,7 @@ class Daemon:
         """
         stopping = asyncio.ensure_future(self.stop.wait())
         try:
-            # Busy is not dead: the loop beats while it waits, so /healthz stays 200 through
-            # a long batch (a liveness probe would otherwise kill it mid-batch, for ever).
-            while not job.done() and not stopping.done():
-                self.health.beat()
-                await asyncio.wait(
-                    {job, stopping}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
-                )
+            await asyncio.wait({job, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
         if job.done():
@@ -408,12 +384,23 @@ class Daemon:
         """
         forced = rt.name in self._reload_now
         self._reload_now.discard(rt.name)
-        pointer = self._production_text(rt.name)
+        # The file pointer is read on the loop, with no await before the version is read (so
+        # both see the same file); MLflow's alias is an HTTP request, made in a thread.
+        local = isinstance(self.registry, ModelRegistry)
+        pointer = (
+            self._production_text(rt.name)
+            if local
+            else await run_in_daemon_thread(self._production_text, rt.name)
+        )
         bad = self._bad_version.get(rt.name)
         if bad is not None and bad[0] == pointer and time.monotonic() < bad[1] and not forced:
             return
         try:
-            version = self.registry.production_version(rt.name)
+            version = (
+                self.registry.production_version(rt.name)
+                if local
+                else await run_in_daemon_thread(self.registry.production_version, rt.name)
+            )
             if version is None or (not forced and rt.reference.version == reference_tag(version)):
                 self._bad_version.pop(rt.name, None)
                 return

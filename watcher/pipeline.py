@@ -97,9 +97,10 @@ def reference_tag(registry_version: str) -> str:
 
 def load_reference(name: str, cfg: ModelConfig, settings: Settings) -> Reference:
     """The production version's training data from the registry, else the configured file."""
-    from watcher.registry import ModelRegistry  # the registry imports skops: load it lazily
+    # The registry imports skops (and maybe MLflow): load it lazily.
+    from watcher.registry_backend import describe, open_registry
 
-    registry = ModelRegistry(settings.registry.path)
+    registry = open_registry(settings.registry)
     version = registry.production_version(name)
     if version is not None:
         frame = registry.load_reference(name, version)  # verifies the SHA-256 first
@@ -122,7 +123,7 @@ def load_reference(name: str, cfg: ModelConfig, settings: Settings) -> Reference
     else:
         raise ReferenceDataError(
             f"model {name} has no reference: no production version in the registry "
-            f"({settings.registry.path}) and no models.{name}.reference file",
+            f"({describe(settings.registry)}) and no models.{name}.reference file",
             hint="bootstrap a first version or point `reference` at the training data",
         )
     return prepare(name, cfg, tag, frame)
