@@ -40,7 +40,7 @@ from watcher.pipeline import (
     reference_tag,
 )
 from watcher.registry import ModelRegistry
-from watcher.registry_backend import open_registry
+from watcher.registry_backend import open_registry, pointer_text
 from watcher.secrets import Scrubber, secret_values
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
@@ -86,7 +86,7 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 
 def build_source(name: str, cfg: ModelConfig, store: StateStore, metrics: Metrics) -> Source:
     if cfg.source.kind == "directory":
-        return DirectorySource(name, cfg.source, store)
+        return DirectorySource(name, cfg.source, store, metrics)
     try:
         from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
     except ImportError as exc:
@@ -126,6 +126,9 @@ class Daemon:
         self._failing: dict[tuple[str, str], str] = {}
         # model -> (registry version that failed to load, when to try it again)
         self._bad_version: dict[str, tuple[str, float]] = {}
+        self._poll_errors: dict[str, str] = {}
+        # Set by a source's file-system notifications: start the next round now.
+        self._wake = asyncio.Event()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -166,6 +169,8 @@ class Daemon:
                 name, model_cfg, cfg.daemon.state_dir, self.store, self.metrics, source
             )
             self.models[name] = ModelRuntime(name, model_cfg, source, reference, performance)
+            if isinstance(source, DirectorySource):
+                source.start_watching(self._wake)
             self._use_reference(name, reference)
             self.metrics.init_model(name)
             self.metrics.source_up.labels(name).set(1)
@@ -194,8 +199,20 @@ class Daemon:
                 await self._contained(rt.name, "internal", self._async(self._check_silence, rt))
             with contextlib.suppress(Exception):  # a metric only; the store may be failing
                 self._export_outbox()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=interval)
+            await self._until_next_round(interval)
+
+    async def _until_next_round(self, interval: float) -> None:
+        """Sleep one poll interval, or less when a stop or a file-system event comes."""
+        waits = {
+            asyncio.ensure_future(self.stop.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self._wake.clear()
 
     async def shutdown(self) -> None:
         self.stop.set()
@@ -297,17 +314,7 @@ class Daemon:
             return reference
 
     def _production_text(self, name: str) -> str:
-        """What the production pointer says, even when it is not a valid version."""
-        if not isinstance(self.registry, ModelRegistry):
-            # MLflow: the champion alias always names an existing version number.
-            try:
-                return self.registry.production_version(name) or ""
-            except WatcherError:
-                return ""
-        try:
-            return (self.registry.root / name / "PRODUCTION").read_text(errors="replace").strip()
-        except OSError:
-            return ""
+        return pointer_text(self.registry, name)
 
     async def _poll_and_score(self, rt: ModelRuntime) -> None:
         try:
@@ -320,6 +327,16 @@ class Daemon:
             if isinstance(rt.source, DirectorySource):
                 self._folder_down(rt, exc)
             return
+        except Exception as exc:
+            # No input may stop the daemon: a listing that fails in a way nobody foresaw is
+            # a source that is down this round. The traceback once per kind of error.
+            self.metrics.source_up.labels(rt.name).set(0)
+            seen = f"{type(exc).__name__}: {exc}"
+            if self._poll_errors.get(rt.name) != seen:
+                self._poll_errors[rt.name] = seen
+                log.exception("polling the source of %s failed; retrying next round", rt.name)
+            return
+        self._poll_errors.pop(rt.name, None)
         self.metrics.source_up.labels(rt.name).set(1)
         self._failing.pop((rt.name, "source down"), None)
         if isinstance(rt.source, DirectorySource):
@@ -358,7 +375,13 @@ class Daemon:
         """
         stopping = asyncio.ensure_future(self.stop.wait())
         try:
-            await asyncio.wait({job, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            # Busy is not dead: the loop beats while it waits, so /healthz stays 200 through
+            # a long batch (a liveness probe would otherwise kill it mid-batch, for ever).
+            while not job.done() and not stopping.done():
+                self.health.beat()
+                await asyncio.wait(
+                    {job, stopping}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                )
         finally:
             stopping.cancel()
         if job.done():

@@ -86,3 +86,21 @@ def open_registry(cfg: RegistryConfig) -> Registry:
 def describe(cfg: RegistryConfig) -> str:
     """Where the registry is, for messages."""
     return f"MLflow at {cfg.tracking_uri}" if cfg.backend == "mlflow" else str(cfg.path)
+
+
+def pointer_text(registry: Registry, model: str) -> str:
+    """What the production pointer says, even when it is not a valid version."""
+    from watcher.errors import WatcherError
+    from watcher.registry import ModelRegistry
+
+    if isinstance(registry, ModelRegistry):
+        try:
+            return (registry.root / model / "PRODUCTION").read_text(errors="replace").strip()
+        except OSError:
+            return ""
+    # MLflow: the champion alias always names an existing version number.
+    try:
+        return registry.production_version(model) or ""
+    except WatcherError:
+        return ""
+
