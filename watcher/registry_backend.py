@@ -104,3 +104,41 @@ def pointer_text(registry: Registry, model: str) -> str:
     except WatcherError:
         return ""
 
+
+def roll_back(registry: Registry, model: str, existing: set[str], to: str | None) -> str:
+    """Switch production back, on either backend: to `to`, or to the version that was in
+    production before the current one (from the promotion history), else the newest older
+    version. `existing` is the set of version numbers the registry holds."""
+    from watcher.errors import RegistryError
+    from watcher.registry import normalize_version
+
+    current = registry.production_version(model)
+    if to is not None:
+        target = normalize_version(to)
+        if target not in existing:
+            raise RegistryError(
+                f"model {model} has no version {target} to roll back to",
+                hint=f"known versions: {', '.join(sorted(existing, key=int)) or 'none'}",
+            )
+    else:
+        target = _previous_production(registry, model, current, existing)
+    registry.promote(model, target, reason=f"rollback from {current}")
+    return target
+
+
+def _previous_production(
+    registry: Registry, model: str, current: str | None, existing: set[str]
+) -> str:
+    from watcher.errors import RegistryError
+
+    for entry in reversed(registry.promotions(model)):
+        prev = entry.get("previous")
+        if entry.get("version") == current and prev and prev != current and prev in existing:
+            return str(prev)
+    older = [int(v) for v in existing if current is None or int(v) < int(current)]
+    if not older:
+        raise RegistryError(
+            f"model {model} has no version before {current} to roll back to",
+            hint="pass --to VERSION to choose one (see `watcher models`)",
+        )
+    return str(max(older))
