@@ -52,7 +52,7 @@ class CeleryAirflow:
     folder: Path
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start_worker(self, name: str) -> Path:
+    def start_worker(self, name: str, **extra_env: str) -> Path:
         """An `airflow celery worker` named `name` in an empty folder of its own."""
         cwd = self.folder / "workers" / name
         (cwd / "tmp").mkdir(parents=True)
@@ -61,6 +61,7 @@ class CeleryAirflow:
             "TMPDIR": str(cwd / "tmp"),
             "TEST_CELERY_WORKER": name,
             "PYTHONPATH": str(TESTS),
+            **extra_env,
         }
         log = (self.folder / f"worker-{name}.log").open("ab")
         airflow = Path(sys.executable).parent / "airflow"
@@ -105,7 +106,56 @@ class CeleryAirflow:
         self.server.stop()
 
 
-def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+def retrain_airflow(home: Path, config: Path, **extra_env: str) -> AirflowServer:
+    """An AirflowServer (not started) for the retraining DAGs of `config` on a free port."""
+    port = free_port()
+    env = _environment(home, DAGS, port) | {"WATCHER_CONFIG": str(config), **extra_env}
+    return AirflowServer(
+        url=f"http://127.0.0.1:{port}",
+        username="admin",
+        password="admin",
+        home=home,
+        dags_folder=DAGS,
+        env=env,
+    )
+
+
+def celery_env(home: Path, redis_port: int) -> dict[str, str]:
+    """Airflow settings for the CeleryExecutor on the Redis at `redis_port`."""
+    return {
+        "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+sqlite:///{home / 'celery-results.db'}",
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "celery_worker_name.hostname",
+        "PYTHONPATH": str(TESTS),
+        # A worker killed with SIGKILL leaves its task instance `running` until the
+        # scheduler misses its heartbeats (300 s by default): 60 s keeps the kill test
+        # short, and is still far above the few seconds between heartbeats under load.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+    }
+
+
+def boot(server: AirflowServer) -> None:
+    """Migrate the database, start the components, wait until the DAG is parsed."""
+    airflow = Path(sys.executable).parent / "airflow"
+    done = subprocess.run(
+        [str(airflow), "db", "migrate"],
+        env=server.env,
+        cwd=server.home,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed: {done.stderr.decode()[-2000:]}")
+    for component in COMPONENTS:
+        server._spawn(component)
+    server.wait_healthy()
+    server.wait_for_dags({f"retrain_{MODEL}": False})
+
+
+def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -166,24 +216,9 @@ def celery_airflow(
     started = time.monotonic()
     folder = tmp_path_factory.mktemp("celery")
     config = _mlflow_workspace(folder / "ws", bikeshare_v1, mlflow_server)
-    redis, redis_port = _start_redis(folder)
-    home = folder / "airflow"
-    port = free_port()
-    env = _environment(home, DAGS, port) | {
-        "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+sqlite:///{home / 'celery-results.db'}",
-        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "celery_worker_name.hostname",
-        "PYTHONPATH": str(TESTS),
-        "WATCHER_CONFIG": str(config),
-    }
-    server = AirflowServer(
-        url=f"http://127.0.0.1:{port}",
-        username="admin",
-        password="admin",
-        home=home,
-        dags_folder=DAGS,
-        env=env,
+    redis, redis_port = start_redis(folder)
+    server = retrain_airflow(
+        folder / "airflow", config, **celery_env(folder / "airflow", redis_port)
     )
     cluster = CeleryAirflow(server, config, load_config(config), folder / "ws")
 
@@ -194,21 +229,7 @@ def celery_airflow(
 
     atexit.register(stop_all)
     try:
-        airflow = Path(sys.executable).parent / "airflow"
-        done = subprocess.run(
-            [str(airflow), "db", "migrate"],
-            env=env,
-            cwd=home,
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"airflow db migrate failed: {done.stderr.decode()[-2000:]}")
-        for component in COMPONENTS:
-            server._spawn(component)
-        server.wait_healthy()
-        server.wait_for_dags({f"retrain_{MODEL}": False})
+        boot(server)
         sys.stderr.write(
             f"\n[celery fixture] CeleryExecutor Airflow ready in "
             f"{time.monotonic() - started:.1f}s\n"
