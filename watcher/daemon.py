@@ -313,6 +313,13 @@ class Daemon:
             )
             return reference
 
+    async def _read_registry(self, fn: Callable[..., T], *args: Any) -> T:
+        """The file registry is read on the loop without yielding (pointer and version see
+        the same file); MLflow's alias is an HTTP request, made in a thread."""
+        if isinstance(self.registry, ModelRegistry):
+            return fn(*args)
+        return await run_in_daemon_thread(fn, *args)
+
     def _production_text(self, name: str) -> str:
         return pointer_text(self.registry, name)
 
@@ -407,23 +414,12 @@ class Daemon:
         """
         forced = rt.name in self._reload_now
         self._reload_now.discard(rt.name)
-        # The file pointer is read on the loop, with no await before the version is read (so
-        # both see the same file); MLflow's alias is an HTTP request, made in a thread.
-        local = isinstance(self.registry, ModelRegistry)
-        pointer = (
-            self._production_text(rt.name)
-            if local
-            else await run_in_daemon_thread(self._production_text, rt.name)
-        )
+        pointer = await self._read_registry(self._production_text, rt.name)
         bad = self._bad_version.get(rt.name)
         if bad is not None and bad[0] == pointer and time.monotonic() < bad[1] and not forced:
             return
         try:
-            version = (
-                self.registry.production_version(rt.name)
-                if local
-                else await run_in_daemon_thread(self.registry.production_version, rt.name)
-            )
+            version = await self._read_registry(self.registry.production_version, rt.name)
             if version is None or (not forced and rt.reference.version == reference_tag(version)):
                 self._bad_version.pop(rt.name, None)
                 return
