@@ -9,13 +9,13 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,airflow]'
+	$(BIN)/pip install -q -e '.[dev,airflow,mlflow]'
 	touch $(STAMP)
 
 venv install: $(STAMP)
 
-# promtool, prometheus, amtool and alertmanager come from Debian; install them when missing
-# and we are root.
+# promtool, prometheus, amtool, alertmanager and redis-server come from Debian; install them
+# when missing and we are root.
 system-deps:
 	@if ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = "0" ]; then \
@@ -23,6 +23,14 @@ system-deps:
 	      prometheus prometheus-alertmanager >/dev/null; \
 	  else echo "promtool/amtool not found: install the Debian packages 'prometheus' and" \
 	    "'prometheus-alertmanager' (sudo apt-get install prometheus prometheus-alertmanager)"; exit 1; fi; \
+	fi
+	@# redis-server: the Celery broker of the CeleryExecutor tests (issue 13).
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      redis-server >/dev/null; \
+	  else echo "redis-server not found: install the Debian package 'redis-server'" \
+	    "(sudo apt-get install redis-server)"; exit 1; fi; \
 	fi
 
 lint: $(STAMP)

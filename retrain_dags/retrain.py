@@ -8,9 +8,12 @@ it when drift persists; people can trigger it by hand.
 
 Each task calls one step function of `watcher.retrain.steps` on the run folder
 `<state_dir>/retrain/<model>/<run_id>/` and passes the path on: data never travels
-through XCom. The gate deploys only a challenger that beats the production model by the
-configured margin; otherwise `deploy` is skipped, the run succeeds and the decision (with
-its reason) is in `decision.json`, the registry's `runs/` folder and the mail.
+through XCom. With `[registry] backend = "mlflow"` the run folder lives in the artifacts of
+the run's MLflow run instead (watcher/retrain/handoff.py): each task fills an empty local
+folder from it and saves what it made back, so Celery or Kubernetes workers share no disk.
+The gate deploys only a challenger that beats the production model by the configured
+margin; otherwise `deploy` is skipped, the run succeeds and the decision (with its reason)
+is in `decision.json`, the registry's `runs/` folder (or the MLflow run) and the mail.
 
 Data problems (no labels, too few rows, missing columns) and a tampered production model
 fail the task at once; anything else is retried with exponential backoff. Every failure
@@ -133,10 +136,17 @@ def build_dag(settings: Settings, model: str) -> DAG:
     cfg = settings.models[model].retrain
     recipients = cfg.notify or settings.recipients(model)
 
-    def ctx() -> RunContext:
-        from watcher.retrain.steps import RunContext
+    def in_workspace(step: Callable[[RunContext], T]) -> T:
+        """Run a step on this run's folder: on local disk with the file registry; with MLflow,
+        a fresh folder filled from and saved back to the run's artifacts (no shared disk)."""
+        from watcher.retrain.handoff import task_context
 
-        return RunContext(settings, model, str(get_current_context()["run_id"]))
+        context = get_current_context()
+        task_id = context["ti"].task_id
+        with task_context(
+            settings, model, str(context["run_id"]), task=task_id, conf=context["params"]
+        ) as run:
+            return _run_step(lambda: step(run))
 
     @dag(
         dag_id=settings.dag_id(model),
@@ -164,9 +174,9 @@ def build_dag(settings: Settings, model: str) -> DAG:
             end = params.get("window_end") or source_window[-1]
             uris = [*params.get("data_uris", []), *params.get("batches", [])]
             return str(
-                _run_step(
-                    lambda: steps.ingest(
-                        ctx(),
+                in_workspace(
+                    lambda run: steps.ingest(
+                        run,
                         data_uris=uris,
                         window_end=datetime.fromisoformat(end) if end else None,
                     )
@@ -178,35 +188,35 @@ def build_dag(settings: Settings, model: str) -> DAG:
             """Schema, minimum rows, label coverage, data quality."""
             from watcher.retrain import steps
 
-            return str(_run_step(lambda: steps.validate(ctx())))
+            return str(in_workspace(steps.validate))
 
         @task
         def engineer_features(_: str) -> str:
             """Time-ordered holdout split; imputation, outlier clipping, encoding, scaling."""
             from watcher.retrain import steps
 
-            return str(_run_step(lambda: steps.engineer(ctx())))
+            return str(in_workspace(steps.engineer))
 
         @task
         def select_features(_: str) -> str:
             """Correlation filter, then the configured selection method."""
             from watcher.retrain import steps
 
-            return str(_run_step(lambda: steps.select(ctx())))
+            return str(in_workspace(steps.select))
 
         @task
         def tune_and_train(_: str) -> str:
             """Hyperparameter search over the configured families, time-boxed."""
             from watcher.retrain import steps
 
-            return str(_run_step(lambda: steps.train(ctx())))
+            return str(in_workspace(steps.train))
 
         @task
         def evaluate(_: str) -> str:
             """Challenger vs the production model on the most recent labelled rows."""
             from watcher.retrain import steps
 
-            return str(_run_step(lambda: steps.evaluate(ctx())))
+            return str(in_workspace(steps.evaluate))
 
         @task
         def gate(_: str) -> dict[str, Any]:
@@ -214,7 +224,7 @@ def build_dag(settings: Settings, model: str) -> DAG:
             from watcher.retrain import steps
 
             margin = get_current_context()["params"].get("margin")
-            decision = _run_step(lambda: steps.gate(ctx(), margin=margin))
+            decision = in_workspace(lambda run: steps.gate(run, margin=margin))
             return {"deploy": decision.deploy, "reason": decision.reason}
 
         @task
@@ -222,7 +232,7 @@ def build_dag(settings: Settings, model: str) -> DAG:
             """Register the new version, switch production, prune old versions."""
             from watcher.retrain import steps
 
-            info = _run_step(lambda: steps.deploy(ctx()))
+            info = in_workspace(steps.deploy)
             if info is None:
                 raise AirflowSkipException(f"not deployed: {decision['reason']}")
             return info.version
@@ -232,7 +242,7 @@ def build_dag(settings: Settings, model: str) -> DAG:
             """Mail the decision with champion vs challenger metrics."""
             from watcher.retrain import steps
 
-            subject, html = steps.notification(ctx())
+            subject, html = in_workspace(steps.notification)
             return _send_mail(subject, html, recipients, settings.smtp.sender)
 
         engineered = engineer_features(validate(ingest()))

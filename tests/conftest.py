@@ -14,4 +14,6 @@ pytest_plugins: list[str] = [
     "fixtures_postgres",
     "fixtures_retrain",
     "fixtures_state",
+    "fixtures_mlflow",
+    "fixtures_celery",
 ]

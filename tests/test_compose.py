@@ -33,6 +33,8 @@ AIRFLOW_SERVICES = [
     "airflow-triggerer",
 ]
 WATCHER_SERVICES = ["watcher", "watcher-bootstrap"]
+MLFLOW_SERVICES = ["mlflow-postgres", "mlflow"]
+CELERY_SERVICES = ["redis", "airflow-worker-1", "airflow-worker-2"]
 # Read by the `watcher` command line (typer) and by retrain_dags/, not by Settings.
 CLI_ONLY = {"WATCHER_CONFIG"}
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -147,6 +149,8 @@ def test_the_stack_has_every_service_of_the_issue(compose: dict[str, Any]) -> No
         "alertmanager",
         "grafana",
         "mailpit",
+        *MLFLOW_SERVICES,
+        *CELERY_SERVICES,
     }
     assert set(svcs) == expected
     assert svcs["postgres"]["image"] == "postgres:16"
@@ -209,7 +213,7 @@ def test_the_airflow_image_extends_3_3_2_with_watcher_and_the_dags() -> None:
     assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["apache/airflow:3.3.2-python3.12"]
     assert re.search(r"^COPY .*retrain_dags/ /opt/airflow/dags/$", text, re.MULTILINE)
     assert '"apache-airflow==${AIRFLOW_VERSION}"' in text  # pip must not move Airflow
-    assert "/opt/watcher-src[airflow,sql,reports]" in text
+    assert "/opt/watcher-src[airflow,sql,reports,mlflow]" in text
 
 
 def test_host_ports_do_not_clash(compose: dict[str, Any]) -> None:
@@ -219,8 +223,8 @@ def test_host_ports_do_not_clash(compose: dict[str, Any]) -> None:
             host = int(str(spec).split(":")[-2])
             assert host not in seen, f"host port {host}: {seen.get(host)} and {name}"
             seen[host] = name
-    # airflow, grafana, prometheus, alertmanager, mailpit UI, watcher metrics
-    assert len(seen) == 6
+    # airflow, grafana, prometheus, alertmanager, mailpit UI, watcher metrics, mlflow
+    assert len(seen) == 7
 
 
 @pytest.mark.parametrize("name", WATCHER_SERVICES + AIRFLOW_SERVICES)
@@ -325,6 +329,10 @@ def test_airflow_settings_are_real_airflow_3_3_2_options(compose: dict[str, Any]
     assert spec.submodule_search_locations is not None
     templates = Path(next(iter(spec.submodule_search_locations))) / "config_templates"
     options = yaml.safe_load((templates / "config.yml").read_text(encoding="utf-8"))
+    # The [celery] section belongs to the Celery provider (the `airflow` extra installs it).
+    from airflow.providers.celery.get_provider_info import get_provider_info
+
+    options |= get_provider_info()["config"]
     for name in AIRFLOW_SERVICES:
         for key in services(compose)[name]["environment"]:
             if not key.startswith("AIRFLOW__"):
@@ -564,3 +572,65 @@ def test_alertmanager_gets_the_committed_route_and_prometheus_sends_to_it(
     host, port = route["global"]["smtp_smarthost"].split(":")
     assert host == svcs["watcher"]["environment"]["WATCHER_SMTP__HOST"]
     assert port == svcs["watcher"]["environment"]["WATCHER_SMTP__PORT"]
+
+
+def test_mlflow_serves_artifacts_from_a_postgresql_store(compose: dict[str, Any]) -> None:
+    svcs = services(compose)
+    mlflow = svcs["mlflow"]
+    cmd = mlflow["command"]
+    store = cmd[cmd.index("--backend-store-uri") + 1]
+    assert store.startswith("postgresql+psycopg2://mlflow:")
+    assert store.endswith("@mlflow-postgres:5432/mlflow")
+    assert "--serve-artifacts" in cmd
+    assert cmd[cmd.index("--artifacts-destination") + 1] == "/mlartifacts"
+    assert ("mlflow-artifacts", "/mlartifacts", False) in mounts(mlflow)
+    assert "mlflow:5000" in cmd[cmd.index("--allowed-hosts") + 1].split(",")
+    assert mlflow["depends_on"]["mlflow-postgres"]["condition"] == "service_healthy"
+    dockerfile = (REPO / mlflow["build"]["dockerfile"]).read_text(encoding="utf-8")
+    # The server runs the MLflow the `mlflow` extra pins (and the tests run).
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    (pin,) = re.findall(r'"(mlflow==[0-9.]+)"', pyproject)
+    assert pin in dockerfile
+    from importlib.metadata import version
+
+    assert pin == f"mlflow=={version('mlflow')}"
+    # Every watcher container knows where MLflow is; the backend is chosen in .env.
+    for name in (*WATCHER_SERVICES, *AIRFLOW_SERVICES):
+        env = svcs[name]["environment"]
+        assert env["WATCHER_REGISTRY__TRACKING_URI"] == "http://mlflow:5000", name
+        assert env["WATCHER_REGISTRY__BACKEND"] == ENV["WATCHER_REGISTRY_BACKEND"], name
+
+
+def test_the_celery_profile_has_redis_and_two_workers_sharing_no_writable_disk(
+    compose: dict[str, Any],
+) -> None:
+    svcs = services(compose)
+    for name in CELERY_SERVICES:
+        assert svcs[name].get("profiles") == ["celery"], name
+    for name in MLFLOW_SERVICES:
+        assert "profiles" not in svcs[name], name
+    scheduler = svcs["airflow-scheduler"]["environment"]
+    hostnames = set()
+    for name in ("airflow-worker-1", "airflow-worker-2"):
+        worker = svcs[name]
+        env = worker["environment"]
+        for key in (
+            "AIRFLOW__CORE__EXECUTOR",
+            "AIRFLOW__CELERY__BROKER_URL",
+            "AIRFLOW__CELERY__RESULT_BACKEND",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            "AIRFLOW__API_AUTH__JWT_SECRET",
+            "WATCHER_CONFIG",
+        ):
+            assert env[key] == scheduler[key], (name, key)
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0"
+        assert worker["command"][:2] == ["celery", "worker"]
+        hostnames.add(worker["command"][worker["command"].index("--celery-hostname") + 1])
+        # Only the data source, read-only: no disk to hand files through.
+        writable = [v for v in worker["volumes"] if not v.endswith(":ro")]
+        assert writable == ["airflow-logs:/opt/airflow/logs"], name  # Airflow's own logs
+        assert "watcher-data:/data:ro" in worker["volumes"]
+        for dep in ("redis", "mlflow", "postgres", "airflow-apiserver"):
+            assert worker["depends_on"][dep]["condition"] == "service_healthy", (name, dep)
+    assert len(hostnames) == 2
+    assert ENV["AIRFLOW_EXECUTOR"] in ("LocalExecutor", "CeleryExecutor")

@@ -256,7 +256,7 @@ def _ago(ts: float | None) -> str:
 @app.command()
 def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Per model: last batches, drift streak, signals, pending actions, last runs, decision."""
-    from watcher.registry import ModelRegistry
+    from watcher.registry_backend import open_registry
     from watcher.secrets import Scrubber, secret_values
 
     settings = _load(config)
@@ -271,7 +271,7 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         finally:
             store.close()
         return
-    registry = ModelRegistry(settings.registry.path)
+    registry = open_registry(settings.registry)
     try:
         for name in settings.models:
             out.rule(
@@ -346,7 +346,7 @@ def _run_outcome(registry: Any, model: str, run_id: str, state: str) -> str:
         return "-"
     try:
         record = registry.run_record(model, run_id)
-    except (OSError, ValueError):
+    except (OSError, ValueError, WatcherError):  # WatcherError: MLflow unreachable
         record = None
     if record is None:
         return "failed" if state == "failed" else "unknown (no gate record)"
@@ -432,10 +432,10 @@ def bootstrap_model(
 @app.command()
 def models(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Every registered version of each model; the production one is marked."""
-    from watcher.registry import ModelRegistry
+    from watcher.registry_backend import open_registry
 
     settings = _load(config)
-    registry = ModelRegistry(settings.registry.path)
+    registry = open_registry(settings.registry)
     if as_json:
         from watcher.views import models_document
 
@@ -479,9 +479,9 @@ def rollback(
     config: ConfigOpt = None,
 ) -> None:
     """Switch production back, atomically; the daemon reloads the reference on its next loop."""
-    from watcher.registry import ModelRegistry
+    from watcher.registry_backend import open_registry
 
-    registry = ModelRegistry(_load(config).registry.path)
+    registry = open_registry(_load(config).registry)
     try:
         before = registry.production_version(model)
         after = registry.rollback(model, to)
@@ -489,6 +489,40 @@ def rollback(
         err.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc
     out.print(f"{model}: production switched from version {before} to version {after}")
+
+
+@app.command("migrate-registry")
+def migrate_registry(
+    source: Annotated[
+        Path, typer.Option("--from", help="The file registry folder to copy versions from.")
+    ],
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Only this model (repeatable).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Copy a file registry's versions into the configured MLflow registry (rerunnable)."""
+    from watcher.registry import ModelRegistry
+    from watcher.registry_backend import open_registry
+    from watcher.registry_migrate import migrate
+
+    settings = _load(config)
+    if settings.registry.backend != "mlflow":
+        err.print('error: the configured registry is not MLflow: set [registry] backend = "mlflow"')
+        raise typer.Exit(2)
+    if not source.is_dir():
+        err.print(f"error: {source} is not a registry folder")
+        raise typer.Exit(2)
+    try:
+        copied = migrate(ModelRegistry(source), open_registry(settings.registry), model)
+    except WatcherError as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    for c in copied:
+        verb = "already copied as" if c.skipped else "copied as"
+        out.print(f"{c.model} version {c.source_version} {verb} version {c.target_version}")
+    if not copied:
+        out.print(f"no versions in {source}")
 
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bikeshare" / "watcher.toml"

@@ -262,8 +262,45 @@ class WebhookConfig(_Section):
 
 
 class RegistryConfig(_Section):
+    # "file": a folder shared by the DAG's workers and the daemon (the embedded default).
+    # "mlflow": an MLflow tracking server holds the versions (registered model versions, the
+    # `champion` alias), every retraining run's record, and what the DAG's tasks hand each
+    # other, so workers need no shared disk (watcher/registry_mlflow.py).
+    backend: Literal["file", "mlflow"] = "file"
     path: Path = Path(".watcher/registry")
     keep_versions: int = Field(5, ge=1)
+    tracking_uri: str | None = None
+    # Credentials of an MLflow server behind basic auth or a bearer token. Without them the
+    # MLflow client's own MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN environment is used.
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    # MLflow experiment of model <m>'s retraining runs: "<experiment_prefix>/<m>"; its
+    # registered model: "<model_name_prefix><m>" (a prefix keeps several watcher deployments
+    # apart on one MLflow server).
+    experiment_prefix: str = "watcher"
+    model_name_prefix: str = Field("", pattern=r"^[A-Za-z0-9_-]*$")
+    # Seconds an MLflow request may take before it is retried, and how many times.
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    request_retries: int = Field(3, ge=0)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _http_uri(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            # Only a tracking server can serve artifacts to workers on other hosts.
+            raise ValueError("must be an http:// or https:// MLflow tracking server URL")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _secrets_and_uri(self) -> RegistryConfig:
+        self.password = _read_secret(self.password, self.password_file, "registry.password")
+        self.token = _read_secret(self.token, self.token_file, "registry.token")
+        if self.backend == "mlflow" and not self.tracking_uri:
+            raise ValueError('backend = "mlflow" needs tracking_uri (http://host:5000)')
+        return self
 
 
 class DirectorySourceConfig(_Section):
@@ -725,6 +762,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         "base_training_data",
         "workspace",
         "url_file",
+        "token_file",
     }
     for key, value in data.items():
         if isinstance(value, dict):

@@ -34,6 +34,7 @@ from watcher.performance import PerformanceTracker
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference import Reference, load_reference, prepare, reference_tag, registry_loader
 from watcher.registry import ModelRegistry
+from watcher.registry_backend import open_registry, pointer_text
 from watcher.secrets import Scrubber, secret_values
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
@@ -112,7 +113,8 @@ class Daemon:
             else DatabaseLock(target.conninfo, target.where, settings.state.connect_timeout_seconds)
         )
         self.pipeline = Pipeline(settings, self.store, self.metrics)
-        self.registry = ModelRegistry(settings.registry.path)
+        # A folder, or MLflow (then every read is an HTTP request: kept off the loop).
+        self.registry = open_registry(settings.registry)
         self.models: dict[str, ModelRuntime] = {}
         self.stop = asyncio.Event()
         self._server: MetricsServer | None = None
@@ -329,7 +331,7 @@ class Daemon:
         try:
             version = last.removeprefix("v")
             frame = self.registry.load_reference(name, version)
-            loader = registry_loader(self.settings.registry.path, name, version)
+            loader = registry_loader(self.settings.registry, name, version)
             reference = prepare(name, cfg, reference_tag(version), frame, load_frame=loader)
         except Exception:
             raise exc from None
@@ -343,11 +345,15 @@ class Daemon:
         )
         return reference
 
+    async def _read_registry(self, fn: Callable[..., T], *args: Any) -> T:
+        """The file registry is read on the loop without yielding (pointer and version see
+        the same file); MLflow's alias is an HTTP request, made in a thread."""
+        if isinstance(self.registry, ModelRegistry):
+            return fn(*args)
+        return await run_in_daemon_thread(fn, *args)
+
     def _production_text(self, name: str) -> str:
-        try:
-            return (self.registry.root / name / "PRODUCTION").read_text(errors="replace").strip()
-        except OSError:
-            return ""
+        return pointer_text(self.registry, name)
 
     async def _poll_and_score(self, rt: ModelRuntime) -> None:
         try:
@@ -442,12 +448,12 @@ class Daemon:
         """
         forced = rt.name in self._reload_now
         self._reload_now.discard(rt.name)
-        pointer = self._production_text(rt.name)
+        pointer = await self._read_registry(self._production_text, rt.name)
         bad = self._bad_version.get(rt.name)
         if bad is not None and bad[0] == pointer and time.monotonic() < bad[1] and not forced:
             return
         try:
-            version = self.registry.production_version(rt.name)
+            version = await self._read_registry(self.registry.production_version, rt.name)
             if version is None or (not forced and rt.reference.version == reference_tag(version)):
                 self._bad_version.pop(rt.name, None)
                 return

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from watcher.batchsize import NoiseLine, noise_line
-from watcher.config import ModelConfig, Settings
+from watcher.config import ModelConfig, RegistryConfig, Settings
 from watcher.drift import engine
 from watcher.drift.quality import ReferenceProfile, profile_reference
 from watcher.errors import ReferenceDataError
@@ -114,13 +114,13 @@ def reference_tag(registry_version: str) -> str:
     return registry_version if registry_version.startswith("v") else f"v{registry_version}"
 
 
-def registry_loader(root: Path, name: str, version: str) -> FrameLoader:
+def registry_loader(cfg: RegistryConfig, name: str, version: str) -> FrameLoader:
     """Reads a registry version's reference again (its SHA-256 verified each time)."""
 
     def load() -> pd.DataFrame:
-        from watcher.registry import ModelRegistry
+        from watcher.registry_backend import open_registry
 
-        return ModelRegistry(root).load_reference(name, version)
+        return open_registry(cfg).load_reference(name, version)
 
     return load
 
@@ -150,9 +150,10 @@ def load_reference(
     reference is read and prepared on first use (`Reference.ensure`), so a thousand
     models start in seconds and a model with no batch costs no preparation.
     """
-    from watcher.registry import ModelRegistry  # the registry imports skops: load it lazily
+    # The registry imports skops (and maybe MLflow): load it lazily.
+    from watcher.registry_backend import describe, open_registry
 
-    registry = ModelRegistry(settings.registry.path)
+    registry = open_registry(settings.registry)
     version = registry.production_version(name)
     if version is not None:
         info = registry.get(name, version)
@@ -160,7 +161,7 @@ def load_reference(
         importance = (
             {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) and raw else None
         )
-        loader = registry_loader(settings.registry.path, name, version)
+        loader = registry_loader(settings.registry, name, version)
         tag = reference_tag(version)
         if lazy:
             ref = later(name, cfg, tag, loader)
@@ -181,7 +182,7 @@ def load_reference(
         return prepare(name, cfg, tag, read_table(cfg.reference), load_frame=loader)
     raise ReferenceDataError(
         f"model {name} has no reference: no production version in the registry "
-        f"({settings.registry.path}) and no models.{name}.reference file",
+        f"({describe(settings.registry)}) and no models.{name}.reference file",
         hint="bootstrap a first version or point `reference` at the training data",
     )
 

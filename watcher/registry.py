@@ -37,6 +37,7 @@ import pandas as pd
 
 from watcher.config import MODEL_NAME
 from watcher.errors import ChecksumMismatch, RegistryError
+from watcher.registry_backend import roll_back
 
 METADATA = "metadata.json"
 MODEL_FILE = "model.skops"
@@ -458,32 +459,7 @@ class ModelRegistry:
 
     def rollback(self, model: str, to: str | None = None) -> str:
         """Switch production back: to `to`, or to the version that was in production before."""
-        current = self.production_version(model)
-        existing = {v.version for v in self.list_versions(model)}
-        if to is not None:
-            target = normalize_version(to)
-            if target not in existing:
-                raise RegistryError(
-                    f"model {model} has no version {target} to roll back to",
-                    hint=f"known versions: {', '.join(sorted(existing, key=int)) or 'none'}",
-                )
-        else:
-            target = self._previous_production(model, current, existing)
-        self.promote(model, target, reason=f"rollback from {current}")
-        return target
-
-    def _previous_production(self, model: str, current: str | None, existing: set[str]) -> str:
-        for entry in reversed(self.promotions(model)):
-            prev = entry.get("previous")
-            if entry.get("version") == current and prev and prev != current and prev in existing:
-                return str(prev)
-        older = [int(v) for v in existing if current is None or int(v) < int(current)]
-        if not older:
-            raise RegistryError(
-                f"model {model} has no version before {current} to roll back to",
-                hint="pass --to VERSION to choose one (see `watcher models`)",
-            )
-        return str(max(older))
+        return roll_back(self, model, {v.version for v in self.list_versions(model)}, to)
 
     def prune(self, model: str, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions; never the production one."""

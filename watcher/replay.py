@@ -25,7 +25,7 @@ import pandas as pd
 from watcher.config import ModelConfig, Settings
 from watcher.errors import WatcherError
 from watcher.reference import reference_tag
-from watcher.registry import ModelRegistry
+from watcher.registry_backend import open_registry
 from watcher.state import Decision, open_state
 
 
@@ -97,7 +97,7 @@ class Replay:
         self.incoming = src.path
         self.labels = src.labels_path or (src.path.parent / "labels")
         self.data = data.sort_values(cols.timestamp)
-        self.registry = ModelRegistry(settings.registry.path)
+        self.registry = open_registry(settings.registry)
         # The daemon's own state: the replay follows what it scored and decided.
         self.store = open_state(settings)
         self._served: tuple[str, Any] | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from watcher.config import Settings
-from watcher.registry import ModelRegistry
+from watcher.registry_backend import Registry
 from watcher.state import StateStore
 
 
@@ -71,7 +71,7 @@ def status_document(settings: Settings, store: StateStore, *, batches: int = 5) 
     return {"models": models, "pending": store.pending_counts(), "dead_letters": dead}
 
 
-def models_document(settings: Settings, registry: ModelRegistry) -> dict[str, Any]:
+def models_document(settings: Settings, registry: Registry) -> dict[str, Any]:
     """Every registered version of each model, and which one is in production."""
     doc: dict[str, Any] = {}
     for name in sorted(set(settings.models) | set(registry.models())):

@@ -36,7 +36,8 @@ import pandas as pd
 
 from watcher.config import ModelConfig, RetrainConfig, Settings
 from watcher.errors import ChecksumMismatch, RegistryError, TrainingDataError
-from watcher.registry import ModelRegistry, VersionInfo, load_trusted_model, save_model
+from watcher.registry import VersionInfo, load_trusted_model, save_model
+from watcher.registry_backend import Registry, open_registry
 from watcher.retrain import data as data_mod
 from watcher.retrain import validation
 from watcher.retrain.evaluation import (
@@ -81,8 +82,9 @@ class RunContext:
         return path
 
     @cached_property
-    def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.settings.registry.path)
+    def registry(self) -> Registry:
+        # The configured backend: a folder, or MLflow (watcher/registry_backend.py).
+        return open_registry(self.settings.registry)
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
