@@ -220,7 +220,7 @@ def _models_row(n_models: int, ref_rows: int, batch_rows: int, batches: int) -> 
     pool = [frame(batch_rows, rng, drift=d) for d in (0.0, 0.1, 0.3)]
     m = Metrics()
     for name, *_ in models:
-        m.init_model(name)
+        m.init_model(name, preset_events=DETAIL[0] == "feature")  # as the daemon does
 
     def score(k: int) -> None:
         name, prepared, profile, _ = models[k % n_models]
