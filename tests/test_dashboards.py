@@ -182,8 +182,8 @@ def _declared_labels(metrics: Metrics) -> dict[str, set[str]]:
     """Family name as exposed -> label names, from the metric objects themselves."""
     labels: dict[str, set[str]] = {}
     for value in vars(metrics).values():
-        if isinstance(value, ModelGauge):  # a gauge labelled by model alone
-            labels[value.name] = {"model"}
+        if isinstance(value, ModelGauge):  # a gauge labelled by model, in a plain dict
+            labels[value.name] = set(value.labelnames)
             continue
         if not isinstance(value, MetricWrapperBase):
             continue

@@ -43,11 +43,12 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._feature_tests: dict[tuple[str, str], str] = {}
+        self._versions: dict[str, str] = {}  # model -> the version watcher_model_info shows
         r = self.registry
         # Process CPU and memory for the operations dashboard.
         _ProcessCollector(registry=r)
 
-        # Gauges labelled by model alone: plain dicts under one collector (metrics_models).
+        # Gauges labelled by model: plain dicts under one collector (metrics_models).
         g = ModelGauges(r).gauge
 
         self.build_info = Info("watcher_build", "Version of the running watcher.", registry=r)
@@ -126,24 +127,21 @@ class Metrics:
             ["model", "check"],
             registry=r,
         )
-        self.trigger_signal_value = Gauge(
+        self.trigger_signal_value = g(
             "watcher_trigger_signal_value",
             "A trigger signal's current value (drift: streak; performance: CUSUM of the "
             "relative loss excess; max_age: batches or seconds since deployment).",
-            ["model", "signal"],
-            registry=r,
+            ("model", "signal"),
         )
-        self.trigger_signal_threshold = Gauge(
+        self.trigger_signal_threshold = g(
             "watcher_trigger_signal_threshold",
             "The value at which the trigger signal fires.",
-            ["model", "signal"],
-            registry=r,
+            ("model", "signal"),
         )
-        self.trigger_signal_fired = Gauge(
+        self.trigger_signal_fired = g(
             "watcher_trigger_signal_fired",
             "1 when the trigger signal fires at the latest decision.",
-            ["model", "signal"],
-            registry=r,
+            ("model", "signal"),
         )
         self.drift_batch_too_small = g(
             "watcher_drift_batch_too_small",
@@ -202,11 +200,10 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.model_info = Gauge(
+        self.model_info = g(
             "watcher_model_info",
             "1 for the model version whose reference is in use.",
-            ["model", "version"],
-            registry=r,
+            ("model", "version"),
         )
         self.airflow_up = Gauge(
             "watcher_airflow_up", "1 when every Airflow component reports healthy.", registry=r
@@ -333,12 +330,11 @@ class Metrics:
 
     def set_model_version(self, model: str, version: str) -> None:
         """Exactly one `watcher_model_info` series per model: the version in use."""
-        for family in self.model_info.collect():
-            for sample in family.samples:
-                labels = sample.labels
-                if labels.get("model") == model and labels.get("version") != version:
-                    self.model_info.remove(model, labels["version"])
-        self.model_info.labels(model=model, version=version).set(1)
+        previous = self._versions.get(model)
+        if previous is not None and previous != version:
+            self.model_info.remove(model, previous)
+        self._versions[model] = version
+        self.model_info.labels(model, version).set(1)
 
 
 class Health:

@@ -1,13 +1,13 @@
-"""Gauges labelled by model alone, kept in plain dicts and rendered by one custom collector.
+"""Gauges labelled by model, kept in plain dicts and rendered by one custom collector.
 
-A daemon watching a thousand models exports eleven of these per model. As prometheus_client
+A daemon watching a thousand models exports fifteen of these per model. As prometheus_client
 `Gauge` children each is an object with its own lock that a scrape walks, copies and
 re-labels one by one; here a scrape reads one dict per family and hands prometheus_client
 (`GaugeMetricFamily`, `generate_latest`) the finished label values: about a third less
 Python work per series, which is what a scrape competes for with the scoring threads (the
 GIL). The exposition itself is still prometheus_client's.
 
-The setters keep `Gauge`'s shape (`gauge.labels(model).set(value)`), so callers and
+The setters keep `Gauge`'s shape (`gauge.labels(model, ...).set(value)`), so callers and
 `registry.get_sample_value(...)` in tests do not see the difference.
 """
 
@@ -21,36 +21,44 @@ from prometheus_client.registry import Collector
 
 
 class _Child:
-    __slots__ = ("_model", "_values")
+    __slots__ = ("_key", "_values")
 
-    def __init__(self, values: dict[str, float], model: str) -> None:
+    def __init__(self, values: dict[tuple[str, ...], float], key: tuple[str, ...]) -> None:
         self._values = values
-        self._model = model
+        self._key = key
 
     def set(self, value: float) -> None:
         # One dict store: atomic under the GIL, so the scrape thread needs no lock.
-        self._values[self._model] = float(value)
+        self._values[self._key] = float(value)
 
 
 class ModelGauge:
-    """One gauge family with the single label `model`."""
+    """One gauge family whose first label is `model` (by default its only one)."""
 
-    def __init__(self, name: str, documentation: str) -> None:
+    def __init__(
+        self, name: str, documentation: str, labelnames: tuple[str, ...] = ("model",)
+    ) -> None:
         self.name = name
         self.documentation = documentation
-        self.values: dict[str, float] = {}
+        self.labelnames = labelnames
+        self.values: dict[tuple[str, ...], float] = {}
 
-    def labels(self, model: str) -> _Child:
-        return _Child(self.values, str(model))  # as Gauge.labels, which str()s its values
+    def labels(self, *values: str, **by_name: str) -> _Child:
+        if by_name:
+            values = tuple(by_name[n] for n in self.labelnames)
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        # As Gauge.labels, which str()s its values.
+        return _Child(self.values, tuple(str(v) for v in values))
 
-    def remove(self, model: str) -> None:
-        self.values.pop(model, None)
+    def remove(self, *values: str) -> None:
+        self.values.pop(tuple(str(v) for v in values), None)
 
     def family(self) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=["model"])
+        family = GaugeMetricFamily(self.name, self.documentation, labels=list(self.labelnames))
         # list() copies the items in one C call: a model added meanwhile cannot break it.
-        for model, value in list(self.values.items()):
-            family.add_metric([model], value)
+        for key, value in list(self.values.items()):
+            family.add_metric(key, value)
         return family
 
 
@@ -62,8 +70,10 @@ class ModelGauges(Collector):
         self._registry = registry
         registry.register(self)
 
-    def gauge(self, name: str, documentation: str) -> ModelGauge:
-        gauge = ModelGauge(name, documentation)
+    def gauge(
+        self, name: str, documentation: str, labelnames: tuple[str, ...] = ("model",)
+    ) -> ModelGauge:
+        gauge = ModelGauge(name, documentation, labelnames)
         # Re-registering makes the registry see the new name (and refuse a duplicate).
         self._registry.unregister(self)
         self._gauges.append(gauge)
@@ -77,4 +87,4 @@ class ModelGauges(Collector):
     def describe(self) -> Iterator[GaugeMetricFamily]:
         # The names, for the registry's duplicate check (no values needed).
         for gauge in self._gauges:
-            yield GaugeMetricFamily(gauge.name, gauge.documentation, labels=["model"])
+            yield GaugeMetricFamily(gauge.name, gauge.documentation, labels=list(gauge.labelnames))
