@@ -184,6 +184,16 @@ def export(m: Metrics, name: str, quality: Any, drift: engine.DriftResult) -> No
     for col, share in quality.missing_share.items() if per_feature else ():
         m.missing_values_ratio.labels(name, col).set(share)
     m.retrain_triggers.labels(name, "triggered").inc(0)
+    # The rest of a scored model's series in the daemon (tests/test_daemon_many_models.py
+    # counts them): its source, the noise line, the drift signal. The bench has no
+    # prediction column: the prediction drift gauge gets the drift share as a stand-in.
+    m.source_up.labels(name).set(1)
+    m.drift_batch_too_small.labels(name).set(0)
+    m.drift_min_batch_rows.labels(name).set(0)
+    m.prediction_drift_score.labels(name).set(drift.drift_share)
+    m.trigger_signal_value.labels(name, "drift").set(0)
+    m.trigger_signal_threshold.labels(name, "drift").set(2)
+    m.trigger_signal_fired.labels(name, "drift").set(0)
 
 
 def part2(counts: list[int], ref_rows: int, batch_rows: int, batches: int) -> None:
@@ -220,7 +230,8 @@ def _models_row(n_models: int, ref_rows: int, batch_rows: int, batches: int) -> 
     pool = [frame(batch_rows, rng, drift=d) for d in (0.0, 0.1, 0.3)]
     m = Metrics()
     for name, *_ in models:
-        m.init_model(name)
+        m.init_model(name, preset_events=DETAIL[0] == "feature")  # as the daemon does
+        m.set_model_version(name, "1")
 
     def score(k: int) -> None:
         name, prepared, profile, _ = models[k % n_models]

@@ -17,7 +17,7 @@ from watcher.localstack import free_port
 
 MODELS = 200
 # Series carrying model="<name>" once a model has scored a batch, with detail = "model".
-SERIES_PER_MODEL = 29
+SERIES_PER_MODEL = 17
 
 
 def _scrape(port: int) -> tuple[list[tuple[str, dict[str, str], float]], int]:

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from watcher.metrics import Metrics
+from watcher.metrics_models import ModelGauge
 
 PROVISIONING = REPO / "dashboards" / "grafana" / "provisioning"
 BOARDS = {
@@ -181,6 +182,9 @@ def _declared_labels(metrics: Metrics) -> dict[str, set[str]]:
     """Family name as exposed -> label names, from the metric objects themselves."""
     labels: dict[str, set[str]] = {}
     for value in vars(metrics).values():
+        if isinstance(value, ModelGauge):  # a gauge labelled by model, in a plain dict
+            labels[value.name] = set(value.labelnames)
+            continue
         if not isinstance(value, MetricWrapperBase):
             continue
         kind = value._type

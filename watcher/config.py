@@ -95,10 +95,11 @@ class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
-    # "model" (the default): only per-model series (29 per model), the stage histogram
-    # summed over models (model=""), no `_created` series: a scrape stays small with
-    # hundreds of models. "feature": also per-feature series (drift score, threshold, flag,
-    # missing share) and the stage histogram per model, what the bundled model-detail
+    # "model" (the default): only per-model series (17 per model, no counter pre-set at 0
+    # before its first event), the stage histogram summed over models (model=""), no
+    # `_created` series: a scrape stays small with hundreds of models. "feature": also
+    # per-feature series (drift score, threshold, flag, missing share), the stage histogram
+    # per model and every event counter at 0 from the start, what the bundled model-detail
     # dashboard reads (the bundled examples set it).
     detail: Literal["model", "feature"] = "model"
 

@@ -179,7 +179,7 @@ class Daemon:
                 source.start_watching(self._wake)
             self._before_start[name] = self.store.reference_version(name)
             self._use_reference(name, reference)
-            self.metrics.init_model(name)
+            self.metrics.init_model(name, preset_events=cfg.metrics.detail == "feature")
             self.metrics.source_up.labels(name).set(1)
         self._workers = self._build_workers()
         for worker in self._workers:

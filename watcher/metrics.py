@@ -28,6 +28,7 @@ from prometheus_client import (
 
 from watcher import __version__
 from watcher.errors import WatcherError
+from watcher.metrics_models import ModelGauges
 
 # Stage times seen (benchmarks/bench_latency.py): 10k rows take 5-250 ms per stage, 1M rows
 # 0.5-10 s. Eight bounds resolve the 100 ms batch-to-metric target, big batches and the
@@ -42,9 +43,13 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._feature_tests: dict[tuple[str, str], str] = {}
+        self._versions: dict[str, str] = {}  # model -> the version watcher_model_info shows
         r = self.registry
         # Process CPU and memory for the operations dashboard.
         _ProcessCollector(registry=r)
+
+        # Gauges labelled by model: plain dicts under one collector (metrics_models).
+        g = ModelGauges(r).gauge
 
         self.build_info = Info("watcher_build", "Version of the running watcher.", registry=r)
         self.build_info.info({"version": __version__})
@@ -61,8 +66,9 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
-        self.batch_rows = Gauge(
-            "watcher_batch_rows", "Rows in the last scored batch.", ["model"], registry=r
+        self.batch_rows = g(
+            "watcher_batch_rows",
+            "Rows in the last scored batch.",
         )
         self.batch_duration = Histogram(
             "watcher_batch_duration_seconds",
@@ -89,35 +95,25 @@ class Metrics:
             ["model", "feature"],
             registry=r,
         )
-        self.dataset_drift_ratio = Gauge(
+        self.dataset_drift_ratio = g(
             "watcher_dataset_drift_ratio",
             "Share of scored features that drifted (0-1).",
-            ["model"],
-            registry=r,
         )
-        self.dataset_drifted = Gauge(
+        self.dataset_drifted = g(
             "watcher_dataset_drifted",
             "1 when the last batch showed dataset drift.",
-            ["model"],
-            registry=r,
         )
-        self.drifted_features = Gauge(
+        self.drifted_features = g(
             "watcher_drifted_features",
             "Number of features that drifted in the last batch.",
-            ["model"],
-            registry=r,
         )
-        self.drift_streak = Gauge(
+        self.drift_streak = g(
             "watcher_drift_streak",
             "Consecutive batches with dataset drift.",
-            ["model"],
-            registry=r,
         )
-        self.prediction_drift_score = Gauge(
+        self.prediction_drift_score = g(
             "watcher_prediction_drift_score",
             "Drift score of the prediction column.",
-            ["model"],
-            registry=r,
         )
         self.missing_values_ratio = Gauge(
             "watcher_missing_values_ratio",
@@ -131,38 +127,31 @@ class Metrics:
             ["model", "check"],
             registry=r,
         )
-        self.trigger_signal_value = Gauge(
+        self.trigger_signal_value = g(
             "watcher_trigger_signal_value",
             "A trigger signal's current value (drift: streak; performance: CUSUM of the "
             "relative loss excess; max_age: batches or seconds since deployment).",
-            ["model", "signal"],
-            registry=r,
+            ("model", "signal"),
         )
-        self.trigger_signal_threshold = Gauge(
+        self.trigger_signal_threshold = g(
             "watcher_trigger_signal_threshold",
             "The value at which the trigger signal fires.",
-            ["model", "signal"],
-            registry=r,
+            ("model", "signal"),
         )
-        self.trigger_signal_fired = Gauge(
+        self.trigger_signal_fired = g(
             "watcher_trigger_signal_fired",
             "1 when the trigger signal fires at the latest decision.",
-            ["model", "signal"],
-            registry=r,
+            ("model", "signal"),
         )
-        self.drift_batch_too_small = Gauge(
+        self.drift_batch_too_small = g(
             "watcher_drift_batch_too_small",
             "1 when the last batch was under the reference's noise line (its drift "
             "verdict would be chance with the tests evidently's rule picks).",
-            ["model"],
-            registry=r,
         )
-        self.drift_min_batch_rows = Gauge(
+        self.drift_min_batch_rows = g(
             "watcher_drift_min_batch_rows",
             "Rows a batch needs before dataset drift means something against the reference "
             "(0: any size).",
-            ["model"],
-            registry=r,
         )
         self.model_performance = Gauge(
             "watcher_model_performance",
@@ -170,11 +159,9 @@ class Metrics:
             ["model", "metric"],
             registry=r,
         )
-        self.last_batch_timestamp = Gauge(
+        self.last_batch_timestamp = g(
             "watcher_last_batch_timestamp_seconds",
             "Unix time the last batch was scored.",
-            ["model"],
-            registry=r,
         )
         self.retrain_triggers = Counter(
             "watcher_retrain_triggers",
@@ -188,11 +175,9 @@ class Metrics:
             ["model", "state"],
             registry=r,
         )
-        self.retrain_last_success = Gauge(
+        self.retrain_last_success = g(
             "watcher_retrain_last_success_timestamp_seconds",
             "Unix time the last retrain run of the model succeeded.",
-            ["model"],
-            registry=r,
         )
         self.alerts = Counter(
             "watcher_alerts",
@@ -215,11 +200,10 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.model_info = Gauge(
+        self.model_info = g(
             "watcher_model_info",
             "1 for the model version whose reference is in use.",
-            ["model", "version"],
-            registry=r,
+            ("model", "version"),
         )
         self.airflow_up = Gauge(
             "watcher_airflow_up", "1 when every Airflow component reports healthy.", registry=r
@@ -227,11 +211,9 @@ class Metrics:
         self.smtp_up = Gauge(
             "watcher_smtp_up", "1 when the last SMTP delivery attempt succeeded.", registry=r
         )
-        self.source_up = Gauge(
+        self.source_up = g(
             "watcher_source_up",
             "1 when the model's source answered its last poll.",
-            ["model"],
-            registry=r,
         )
         self.late_rows = Counter(
             "watcher_late_rows",
@@ -292,14 +274,24 @@ class Metrics:
             registry=r,
         )
 
-    def init_model(self, model: str) -> None:
+    def init_model(self, model: str, *, preset_events: bool = True) -> None:
         """Export a model's event counters at 0 before their first event.
 
         Prometheus sees a labelled counter only once it is exported: one that first appears
         already at 1 shows no increase at all, so the first rejected batch or retrain
-        trigger of a model would be invisible to rate()/increase() in dashboards and rules.
+        trigger of a model would be invisible to rate()/increase(). With
+        `preset_events=False` (`[metrics] detail = "model"`, for fleets of hundreds of
+        models) only `watcher_batches_total{outcome="scored"}` is pre-set: the other 12
+        zeros were 12 of a model's 29 series, and every bundled alert on these counters
+        also fires on a series that first appears above 0 (the `unless ... offset` arm in
+        dashboards/prometheus/rules/watcher.rules.yml).
         """
-        for outcome in ("scored", "rejected", "failed"):
+        self.batches.labels(model, "scored")
+        for kind in ("trigger", "alert"):
+            self.dead_letters.labels(kind)
+        if not preset_events:
+            return
+        for outcome in ("rejected", "failed"):
             self.batches.labels(model, outcome)
         for outcome in ("triggered", "failed"):
             self.retrain_triggers.labels(model, outcome)
@@ -308,8 +300,6 @@ class Metrics:
             self.problems.labels(model, kind)
         self.late_rows.labels(model)
         self.sampled_rows.labels(model)
-        for kind in ("trigger", "alert"):
-            self.dead_letters.labels(kind)
 
     def set_feature_drift(
         self, model: str, feature: str, stattest: str, score: float, threshold: float
@@ -340,12 +330,11 @@ class Metrics:
 
     def set_model_version(self, model: str, version: str) -> None:
         """Exactly one `watcher_model_info` series per model: the version in use."""
-        for family in self.model_info.collect():
-            for sample in family.samples:
-                labels = sample.labels
-                if labels.get("model") == model and labels.get("version") != version:
-                    self.model_info.remove(model, labels["version"])
-        self.model_info.labels(model=model, version=version).set(1)
+        previous = self._versions.get(model)
+        if previous is not None and previous != version:
+            self.model_info.remove(model, previous)
+        self._versions[model] = version
+        self.model_info.labels(model, version).set(1)
 
 
 class Health:

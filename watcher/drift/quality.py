@@ -175,7 +175,10 @@ def check_batch(
     # range): the checks are a few vector passes over the batch, no pandas per check.
     as_float: dict[str, npt.NDArray[np.float64]] = {}
     for col in numeric_cols:
-        out[col] = _as_numeric(out[col], col, name)
+        column = out[col]
+        converted = _as_numeric(column, col, name)
+        if converted is not column:  # a float column comes back as is: no write
+            out[col] = converted
         col_floats = out[col].to_numpy(dtype=float, na_value=np.nan)
         infinite = np.isinf(col_floats)
         n_inf = int(np.count_nonzero(infinite))
@@ -199,7 +202,10 @@ def check_batch(
             )
         )
     for col in columns.categorical:
-        out[col] = _align_categorical(out[col], profile.categorical_is_numeric.get(col, False))
+        column = out[col]
+        aligned = _align_categorical(column, profile.categorical_is_numeric.get(col, False))
+        if aligned is not column:
+            out[col] = aligned
 
     # Categorical: one count of the values per column gives the missing share, the unseen
     # categories and the drift engine's sample.
@@ -301,6 +307,9 @@ def _as_numeric(series: pd.Series, col: str, name: str) -> pd.Series:
 
 
 _NESTED = (list, tuple, dict, set, np.ndarray)
+# What pandas.api.types.infer_dtype answers for slices holding no nested value ("mixed"
+# covers lists, dicts and arrays, and goes the slow way).
+_SCALAR_KINDS = frozenset({"string", "empty", "integer", "floating", "boolean"})
 
 
 def _refuse_nested(series: pd.Series, col: str, name: str) -> None:
@@ -308,11 +317,19 @@ def _refuse_nested(series: pd.Series, col: str, name: str) -> None:
     if series.dtype != object:
         return
     # The first 1000 values present, looked for a slice at a time (not a pass over a
-    # million rows: that holds the GIL).
+    # million rows: that holds the GIL). A slice pandas infers as scalars in C (strings,
+    # numbers: the common case) needs no look at each value in Python.
     head: list[Any] = []
+    seen = 0
     for start in range(0, len(series), 4096):
-        head.extend(series.iloc[start : start + 4096].dropna().head(1000 - len(head)))
-        if len(head) >= 1000:
+        chunk = series.iloc[start : start + 4096]
+        if pd.api.types.infer_dtype(chunk.to_numpy(), skipna=True) in _SCALAR_KINDS:
+            seen += int(chunk.count())
+        else:
+            present = chunk.dropna().head(1000 - seen)
+            head.extend(present)
+            seen += len(present)
+        if seen >= 1000:
             break
     if any(isinstance(v, _NESTED) for v in head):
         raise BatchRejected(
