@@ -97,6 +97,33 @@ def test_tracker_acts_on_runs_that_ended_before_a_restart(parts: Any) -> None:
     ) == pytest.approx(time.time(), abs=60)
 
 
+def test_tracker_calls_the_end_hook_for_every_ended_run_and_a_failing_one_holds_nothing_up(
+    parts: Any,
+) -> None:
+    """The end hook (the daemon attaches drift reports to MLflow there) sees success and
+    failure alike; when it raises, the run is still handled and its mail still queued."""
+    settings, store, metrics, gateway = parts
+    for run_id, state in (("ok", "success"), ("bad", "failed")):
+        store.add_run(run_id, "bikes", "retrain_bikes", {}, "running")
+        store.update_run(run_id, state)
+    ended: list[tuple[str, str]] = []
+    succeeded: list[str] = []
+
+    async def on_end(run: RunRecord) -> None:
+        ended.append((run.run_id, run.state))
+        raise RuntimeError("MLflow down")
+
+    async def on_success(model: str, run: RunRecord) -> None:
+        succeeded.append(run.run_id)
+
+    tracker = RunTracker(settings, store, metrics, gateway, on_success, on_run_end=on_end)
+    asyncio.run(tracker.run_once())
+    assert sorted(ended) == [("bad", "failed"), ("ok", "success")]
+    assert succeeded == ["ok"]
+    assert store.runs(unhandled_only=True) == []
+    assert len(alerts(store, "retrain_failed")) == 1
+
+
 def test_tracker_keeps_active_runs_while_airflow_is_unreachable(parts: Any) -> None:
     settings, store, metrics, gateway = parts
     store.add_run("r1", "bikes", "retrain_bikes", {}, "queued")

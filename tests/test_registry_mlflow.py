@@ -25,6 +25,9 @@ from watcher.registry import ModelRegistry
 from watcher.registry_backend import open_registry
 from watcher.registry_migrate import migrate
 from watcher.registry_mlflow import CHAMPION, MlflowRegistry
+from watcher.reports import report_path
+from watcher.run_artifacts import attach_drift_reports
+from watcher.state import RunRecord
 
 MODEL = "demo"
 
@@ -316,3 +319,41 @@ def test_cli_models_rollback_and_migrate_on_mlflow(
     assert "from version 2 to version 1" in done.stdout
     name = f"{cfg.model_name_prefix}{MODEL}"
     assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
+
+
+def test_the_drift_reports_of_an_ended_run_go_to_its_mlflow_run(
+    cfg: RegistryConfig, registry: MlflowRegistry, client: MlflowClient, tmp_path: Path
+) -> None:
+    """The daemon's reports (its own disk) reach the run's MLflow run: once, and only those
+    of the batches named in the run's conf; a run MLflow never saw is left alone."""
+    settings = Settings(
+        registry=cfg.model_dump(),
+        daemon={"state_dir": str(tmp_path / "state")},
+        models={
+            MODEL: {
+                "source": {"kind": "directory", "path": str(tmp_path)},
+                "columns": {"numeric": ["x"], "target": "y"},
+            }
+        },
+    )
+    rendered = report_path(settings.daemon.state_dir / "reports", MODEL, "b-2.parquet")
+    rendered.parent.mkdir(parents=True)
+    rendered.write_text("<html>evidently drift report</html>", encoding="utf-8")
+    other = report_path(settings.daemon.state_dir / "reports", MODEL, "unrelated.parquet")
+    other.write_text("<html>another batch</html>", encoding="utf-8")
+
+    def run(run_id: str) -> RunRecord:
+        conf = {"batches": ["b-1.parquet", "b-2.parquet"]}  # b-1 opened nothing: no report
+        return RunRecord(run_id, MODEL, "dag", "failed", conf, 0.0, 0.0, 1.0, False)
+
+    mlrun = registry.retrain_run(MODEL, "manual__r1", create=True)
+    assert mlrun is not None
+    assert attach_drift_reports(registry, settings, run("manual__r1")) == 1
+    assert attach_drift_reports(registry, settings, run("manual__r1")) == 1  # a retried hook
+    listed = [a.path for a in client.list_artifacts(mlrun, "drift")]
+    assert listed == [f"drift/{rendered.name}"]
+    local = client.download_artifacts(mlrun, f"drift/{rendered.name}", str(tmp_path / "dl"))
+    assert Path(local).read_text(encoding="utf-8") == "<html>evidently drift report</html>"
+    assert attach_drift_reports(registry, settings, run("manual__never_started")) == 0
+    file_settings = settings.model_copy(update={"registry": RegistryConfig(path=tmp_path / "r")})
+    assert attach_drift_reports(registry, file_settings, run("manual__r1")) == 0

@@ -485,6 +485,12 @@ class Daemon:
         self.metrics.set_model_version(name, reference.version)
         self.metrics.drift_streak.labels(name).set(self.store.drift_streak(name))
 
+    async def on_run_end(self, run: RunRecord) -> None:
+        """Called by the run tracker for every ended run: its drift reports go to MLflow."""
+        from watcher.run_artifacts import attach_drift_reports
+
+        await run_in_daemon_thread(attach_drift_reports, self.registry, self.settings, run)
+
     async def on_run_success(self, model: str, run: RunRecord) -> None:
         """Called by the run tracker: a retrain run ended well; look at the registry now."""
         self._reload_now.add(model)
@@ -576,7 +582,7 @@ class Daemon:
             from watcher.airflow import build_airflow_workers
 
             workers += build_airflow_workers(
-                self.settings, self.store, self.metrics, self.on_run_success
+                self.settings, self.store, self.metrics, self.on_run_success, self.on_run_end
             )
         if self.settings.smtp.enabled:
             from watcher.alerts.dispatcher import build_mail_workers

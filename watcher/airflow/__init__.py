@@ -16,7 +16,7 @@ from watcher.airflow.gateway import (
     to_airflow_error,
 )
 from watcher.airflow.health import AirflowHealth, health_problems
-from watcher.airflow.tracker import OnRunSuccess, RunTracker
+from watcher.airflow.tracker import OnRunEnd, OnRunSuccess, RunTracker
 from watcher.config import Settings
 from watcher.metrics import Metrics
 from watcher.state import StateStore
@@ -26,6 +26,7 @@ __all__ = [
     "AirflowGateway",
     "AirflowHealth",
     "DagInfo",
+    "OnRunEnd",
     "OnRunSuccess",
     "RunTracker",
     "TriggerDispatcher",
@@ -42,15 +43,17 @@ def build_airflow_workers(
     store: StateStore,
     metrics: Metrics,
     on_run_success: OnRunSuccess,
+    on_run_end: OnRunEnd | None = None,
 ) -> list[PeriodicWorker]:
     """The trigger dispatcher, the run tracker and the health probe, sharing one gateway.
 
     `on_run_success(model, run)` is awaited once per successful run (again after a crash
-    before the run was marked handled, so it must be idempotent).
+    before the run was marked handled, so it must be idempotent); `on_run_end(run)` once per
+    ended run, whatever its state.
     """
     gateway = AirflowGateway(settings.airflow)
     return [
         TriggerDispatcher(settings, store, metrics, gateway),
-        RunTracker(settings, store, metrics, gateway, on_run_success),
+        RunTracker(settings, store, metrics, gateway, on_run_success, on_run_end=on_run_end),
         AirflowHealth(settings, store, metrics, gateway),
     ]

@@ -27,6 +27,9 @@ RUN_STATES = ("queued", "running", "success", "failed")
 MISSING = "missing"
 
 OnRunSuccess = Callable[[str, RunRecord], Awaitable[None]]
+# Awaited once per ended run, whatever its state, before it is handled (attaches the drift
+# reports to the MLflow run); its failure is logged and never holds the run's handling up.
+OnRunEnd = Callable[[RunRecord], Awaitable[None]]
 
 
 class RunTracker:
@@ -42,6 +45,7 @@ class RunTracker:
         gateway: AirflowGateway,
         on_run_success: OnRunSuccess,
         *,
+        on_run_end: OnRunEnd | None = None,
         interval_seconds: float | None = None,
     ) -> None:
         self.settings = settings
@@ -49,6 +53,7 @@ class RunTracker:
         self.metrics = metrics
         self.gateway = gateway
         self.on_run_success = on_run_success
+        self.on_run_end = on_run_end
         self.interval_seconds = (
             interval_seconds
             if interval_seconds is not None
@@ -93,6 +98,11 @@ class RunTracker:
         raise LookupError(f"run {run_id} vanished from the state store")
 
     async def _handle_end(self, run: RunRecord) -> None:
+        if self.on_run_end is not None:
+            try:
+                await self.on_run_end(run)
+            except Exception:
+                log.exception("end hook for run %s of %s failed", run.run_id, run.model)
         if run.state == "success":
             try:
                 await self.on_run_success(run.model, run)
