@@ -215,6 +215,20 @@ def test_a_drift_run_survives_a_killed_worker_deploys_the_champion_and_moves_the
             )
         finally:
             store.close()
+
+        # The evidently report the daemon rendered on its own disk for a triggering batch is
+        # uploaded to the run in MLflow once the tracker sees the run end (the reference may
+        # switch a little earlier: the daemon also follows the alias on its own).
+        def reports() -> list[str]:
+            listed = client.list_artifacts(mlrun, "drift")
+            return [a.path for a in listed if a.path.endswith(".html")]
+
+        html = wait_for(reports, timeout=90, interval=1, what="the drift report on the MLflow run")
+        assert len(html) == 1, html
+        page = Path(client.download_artifacts(mlrun, html[0], str(cluster.folder / "dl")))
+        rendered = state / "reports" / MODEL / Path(html[0]).name  # on the daemon's disk
+        assert page.read_bytes() == rendered.read_bytes()
+        assert b"<html" in page.read_bytes()
     finally:
         daemon.stop()
         for worker in list(cluster.workers):
