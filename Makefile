@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install test lint run demo bench clean system-deps
+.PHONY: venv install test test-unit lint run demo bench clean system-deps
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(BIN)/pytest
+
+# tests/unit alone: no Airflow, PostgreSQL, network or system package; seconds, not minutes.
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit
 
 EXAMPLE := examples/bikeshare/watcher.toml
 

@@ -14,7 +14,7 @@ reference: the target is 1M <= 2x 10k.
 Part 2, M models in one process (default 10, 100, 1,000), 15 features each and a
 `--ref-rows`-row reference each (default 5,000): preparation (every reference prepared
 and profiled, lean, as the daemon does on each model's first batch: the daemon itself
-starts lazily, see tests/test_daemon_many_models.py; the small-batch noise line is not
+starts lazily, see tests/integration/test_daemon_many_models.py; the small-batch noise line is not
 included), RSS once all are prepared (frames dropped, as in the daemon), the series a
 scrape exports once every model has scored a batch (with watcher's Metrics, as the
 pipeline exports them at `--detail`, default "model" as the daemon's default), scrape
@@ -184,9 +184,10 @@ def export(m: Metrics, name: str, quality: Any, drift: engine.DriftResult) -> No
     for col, share in quality.missing_share.items() if per_feature else ():
         m.missing_values_ratio.labels(name, col).set(share)
     m.retrain_triggers.labels(name, "triggered").inc(0)
-    # The rest of a scored model's series in the daemon (tests/test_daemon_many_models.py
-    # counts them): its source, the noise line, the drift signal. The bench has no
-    # prediction column: the prediction drift gauge gets the drift share as a stand-in.
+    # The rest of a scored model's series in the daemon
+    # (tests/integration/test_daemon_many_models.py counts them): its source, the noise line,
+    # the drift signal. The bench has no prediction column: the prediction drift gauge gets
+    # the drift share as a stand-in.
     m.source_up.labels(name).set(1)
     m.drift_batch_too_small.labels(name).set(0)
     m.drift_min_batch_rows.labels(name).set(0)

@@ -1,5 +1,6 @@
-"""Custom stat tests for tests/test_drift_custom.py, named as a user names them in the config
-(`stattest = "custom_stattests:mean_shift"`; pytest puts tests/ on the import path).
+"""Custom stat tests for tests/integration/test_drift_custom.py, named as a user names them in
+the config (`stattest = "custom_stattests:mean_shift"`; pytest puts tests/, the folder of the
+root conftest.py, on the import path; the test's subprocesses get it as PYTHONPATH).
 
 Written the way evidently documents its own custom tests: a function taking (reference,
 current, column type, threshold) and returning (score, drifted), or a `StatTest` object.

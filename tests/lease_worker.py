@@ -1,4 +1,4 @@
-"""A stand-in replica for tests/test_state_leases.py, run as a real process:
+"""A stand-in replica for tests/integration/test_state_leases.py, run as a real process:
 holds leases on models with a heartbeat and "scores" each model's batches in order, every
 result written in a fenced transaction (refused once the lease moved on).
 

@@ -1,7 +1,7 @@
 """A retrain DAG whose task hangs, with its timeouts taken from a watcher RetrainConfig the
 way retrain_dags/retrain.py takes them: the run must be failed by `dagrun_timeout`.
 
-Added to the session's Airflow by tests/test_dag_timeout.py only (not in tests/airflow_dags,
+Added to the session's Airflow by tests/e2e/test_dag_timeout.py only (not in tests/airflow_dags,
 so no other test sees it). The task's own execution_timeout is longer than the run's, so
 what ends the run is the run timeout, the one that frees a model whatever its tasks do.
 """

@@ -26,8 +26,8 @@ refuses the whole report instead). A reference column with no value is an error.
 
 `prepare_reference` does everything that depends on the reference alone (cleaning,
 sorting, counting, the Wasserstein norm) once per reference version; `score` is then cheap
-and pure, safe to run in a worker thread. tests/test_drift_oracle.py holds the scores equal
-to evidently's to 1e-6 and the decisions identical.
+and pure, safe to run in a worker thread. tests/integration/test_drift_oracle.py holds the
+scores equal to evidently's to 1e-6 and the decisions identical.
 """
 
 from __future__ import annotations

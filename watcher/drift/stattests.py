@@ -4,7 +4,7 @@ Each function here gives the score evidently's own test gives
 (`evidently.legacy.calculations.stattests`) for the same two columns, but takes the
 reference already cleaned, sorted and counted, so a batch pays only for its own side.
 The arithmetic follows evidently and SciPy step by step; the oracle tests
-(tests/test_drift_oracle.py) hold the two equal to 1e-6.
+(tests/integration/test_drift_oracle.py) hold the two equal to 1e-6.
 
 Like evidently, a sample keeps only finite values: NaN, None and ±inf are dropped
 before any test, and the row counts used below are the counts after that.

@@ -26,7 +26,7 @@ from watcher.drift.engine import ColumnSpec
 from watcher.errors import ConfigError
 from watcher.state import StateStore
 
-TESTS_DIR = Path(__file__).parent
+TESTS_DIR = Path(__file__).resolve().parents[1]  # custom_stattests.py, for the subprocesses
 SPECS = [ColumnSpec("a", "numeric"), ColumnSpec("b", "numeric"), ColumnSpec("c", "categorical")]
 
 

@@ -17,7 +17,7 @@ from watcher.state import StateStore
 
 pytestmark = pytest.mark.airflow
 
-DAG_FILE = Path(__file__).parent / "airflow_timeout" / "retrain_hangs.py"
+DAG_FILE = Path(__file__).resolve().parents[1] / "airflow_timeout" / "retrain_hangs.py"
 DAG = "retrain_hangs"
 
 

@@ -17,7 +17,7 @@ from watcher.errors import ConfigError
 from watcher.state import Action, StateSchemaError, StateStore
 from watcher.state.migrate import revisions
 
-FIXTURE = Path(__file__).parent / "state_fixtures" / "watcher_0_1_state.sql"
+FIXTURE = Path(__file__).resolve().parents[1] / "state_fixtures" / "watcher_0_1_state.sql"
 HEAD = revisions()[0]
 
 

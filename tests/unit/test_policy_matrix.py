@@ -10,7 +10,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "policy_matrix.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "policy_matrix.py"
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,7 @@ def test_dump_toml_round_trips_through_load_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "example", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*/watcher.toml"))
+    "example", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*/watcher.toml"))
 )
 def test_every_bundled_example_config_is_valid(example: Path) -> None:
     """The examples are what a new user copies: each must pass the validation `run` does."""

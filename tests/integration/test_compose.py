@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from watcher.config import Settings, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 AIRFLOW_SERVICES = [

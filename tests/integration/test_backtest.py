@@ -16,7 +16,7 @@ from watcher.cli import app
 from watcher.config import dump_toml
 from watcher.retrain.bootstrap import EXAMPLE_DATA, read_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # 2-day periods: 5 train version 1, 4 are replayed (18 days of hourly rows).
 ARGS = ["--every", "2D", "--skip", "5", "--limit", "4", "--jobs", "2"]
 # The configured policy never fires (an unreachable performance threshold): the table says

@@ -12,7 +12,8 @@ tasks (tests/fixtures_celery.py starts the stack once per session).
   the failure mail (a real aiosmtpd server) says MLflow is unreachable; the champion stays.
 
 Gate refusal, rollback through the alias and a tampered artifact on the MLflow backend are
-in tests/test_retrain_mlflow.py and tests/test_registry_mlflow.py: they need no Celery.
+in tests/e2e/test_retrain_mlflow.py and tests/integration/test_registry_mlflow.py: they need
+no Celery.
 """
 
 from __future__ import annotations

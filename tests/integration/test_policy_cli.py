@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_performance_trigger import config, make_loop
+from performance_support import config, make_loop
 
 from watcher.config import load_config
 from watcher.errors import ConfigError

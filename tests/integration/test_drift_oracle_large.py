@@ -9,7 +9,7 @@ column (numpy computes bin edges in the column's type), holes and ±inf, and bat
 
 evidently's test function per column (`StatTest.__call__`, what its Report runs per
 column) is called on the cleaned columns, as evidently's Report hands them over
-(tests/test_drift_oracle.py compares the full Report on smaller data); watcher's
+(tests/integration/test_drift_oracle.py compares the full Report on smaller data); watcher's
 `engine.score` runs with the test as `num_stattest` / `cat_stattest`. The reference is
 built and prepared once for the module.
 """

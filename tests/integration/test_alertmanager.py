@@ -35,7 +35,7 @@ from watcher.localstack import free_port
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROUTE = REPO / "dashboards" / "alertmanager" / "alertmanager.yml"
 PROM_CONFIG = REPO / "dashboards" / "prometheus" / "prometheus.yml"
 RULES = REPO / "dashboards" / "prometheus" / "rules" / "watcher.rules.yml"

@@ -218,7 +218,7 @@ def test_names_and_labels_exist_in_the_exporter(query: Any) -> None:
 
 def test_readme_lists_every_panel_as_generated() -> None:
     """The README's panel list is the generated PANELS.md, not a stale hand copy."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     generated = (root / "dashboards" / "grafana" / "PANELS.md").read_text()
     readme = (root / "README.md").read_text()
     listed = readme.split("<!-- PANELS:BEGIN -->", 1)[1].split("<!-- PANELS:END -->", 1)[0]

@@ -18,7 +18,7 @@ from fixtures_state import StateBackend
 
 from watcher.state import Action, LeaseLost, StateStore
 
-WORKER = Path(__file__).parent / "lease_worker.py"
+WORKER = Path(__file__).resolve().parents[1] / "lease_worker.py"
 
 
 def test_lease_rules_and_fencing(store: StateStore) -> None:

@@ -821,7 +821,7 @@ def test_idle_dispatcher_probes_the_server_so_smtp_up_tells_the_truth(
 
 def test_grafana_links_point_at_provisioned_dashboards() -> None:
     """The uids mails link to are the ones dashboards/ provisions (and model-detail has `model`)."""
-    folder = Path(__file__).parents[1] / "dashboards" / "grafana" / "dashboards"
+    folder = Path(__file__).parents[2] / "dashboards" / "grafana" / "dashboards"
     boards = {}
     for path in folder.glob("*.json"):
         board = json.loads(path.read_text(encoding="utf-8"))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_airflow import AirflowServer
+from performance_support import config, labelled
 from support import DaemonProcess, drop, wait_for
 from test_daemon_airflow import (
     DAG,
@@ -23,7 +24,6 @@ from test_daemon_airflow import (
     runs_tagged,
     store_at,
 )
-from test_performance_trigger import config, labelled
 
 from watcher.config import dump_toml
 from watcher.localstack import free_port

@@ -1,7 +1,7 @@
 """Unit tests of the drift engine: choice of test, overrides, missing values, edge columns,
 prediction drift, the JSON shape, and the fast paths against SciPy/numpy themselves.
 
-Agreement with evidently's Report is in tests/test_drift_oracle.py.
+Agreement with evidently's Report is in tests/integration/test_drift_oracle.py.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-PROM_DIR = Path(__file__).resolve().parents[1] / "dashboards" / "prometheus"
+PROM_DIR = Path(__file__).resolve().parents[2] / "dashboards" / "prometheus"
 CONFIG = PROM_DIR / "prometheus.yml"
 RULES = PROM_DIR / "rules" / "watcher.rules.yml"
 RULE_TESTS = PROM_DIR / "tests" / "watcher.rules.test.yml"

@@ -41,7 +41,7 @@ import pytest
 
 from watcher.drift import catalog, engine
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIKESHARE = REPO / "examples" / "bikeshare" / "data" / "bikeshare_2011_hourly.csv"
 
 # evidently reports the test it chose by display name.
