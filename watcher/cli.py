@@ -1,4 +1,9 @@
-"""The `watcher` command line."""
+"""The `watcher` command line.
+
+Size: one thin function per command on one Typer app (12 commands), each calling the
+module that does the work; kept in one file so the command table reads in one place until
+the renovation (issue 15) splits it into a `watcher/cli/` package by command group.
+"""
 
 from __future__ import annotations
 

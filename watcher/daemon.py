@@ -9,6 +9,10 @@ scoring and a crash never loses an action.
 SIGTERM/SIGINT stop intake at once; a batch being scored gets `shutdown_timeout_seconds`
 to finish and is otherwise abandoned (its ledger claim makes the next start score it
 again); a second SIGINT exits immediately.
+
+Size: over 400 lines because it still builds sources and reloads references itself; the
+renovation (issue 15) moves those into a source factory and a reference module so that this
+file is the lifecycle alone.
 """
 
 from __future__ import annotations

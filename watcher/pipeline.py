@@ -9,6 +9,10 @@ outbox whichever signal fired.
 
 Everything here is synchronous and CPU-bound; the daemon runs it in a worker thread so
 the event loop (dispatchers, the run tracker, signal handling) stays responsive.
+
+Size: a batch's path and the label decision point share the runtime and the one
+transaction per batch; building the alert mails and the DAG conf is what the renovation
+(issue 15) moves into an incidents/actions module.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ pointer is switched with write-temp + `os.replace`, so a reader never sees half 
 or half a pointer. Every artifact is checked against its recorded SHA-256 before it is
 loaded, and models are loaded with skops restricted to an allowlist of types, so a
 registry folder cannot make the daemon run arbitrary code.
+
+Size: the file backend's reading, writing and run records share its folder layout and
+atomic renames; the value types (`Artifact`, `VersionInfo`), also used by the MLflow backend, are
+the part to move to `registry_backend` when it is next split.
 """
 
 from __future__ import annotations

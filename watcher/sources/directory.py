@@ -35,6 +35,9 @@ file renamed into the folder (``IN_MOVED_TO``) is complete by construction and i
 the next round, which the notification starts at once; a file written in place still waits
 for the settle rule, woken when its writer closes it (``IN_CLOSE_WRITE``). Where inotify is
 not available the source polls, as with ``watch = "poll"``.
+
+Size: one `DirectorySource` whose listing, settling, reading and moving share the
+per-file state, and each carries its hostile-input handling next to it.
 """
 
 from __future__ import annotations

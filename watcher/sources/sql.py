@@ -52,6 +52,11 @@ Connection loss
     included), one alert goes out per outage (incident ``source:<model>:down``), and a
     ``source_recovered`` one when the source answers again. The DSN in messages and
     alerts has its password replaced by ``***``.
+
+Size: one `SqlSource` whose sections (polling, late rows, reading, up/down) share the
+per-window progress and watermark; connections, reads and window arithmetic already live in
+`sqlconn`, `sqlread`, `sqlarrow` and `sqlwindows` (the renovation gathers them in
+`sources/sql/`).
 """
 
 from __future__ import annotations
