@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from fixtures_mlflow import MlflowServer  # noqa: E402
-from fixtures_retrain import MODEL, serve_weeks, write_config  # noqa: E402
+from fixtures_retrain import EXAMPLE_CONFIG, MODEL, v1_workspace  # noqa: E402
 
 from watcher.config import dump_toml, load_config  # noqa: E402
 from watcher.localstack import free_port  # noqa: E402
@@ -42,7 +42,7 @@ from watcher.registry import ModelRegistry  # noqa: E402
 from watcher.registry_backend import open_registry  # noqa: E402
 from watcher.registry_migrate import migrate  # noqa: E402
 from watcher.retrain import steps  # noqa: E402
-from watcher.retrain.bootstrap import EXAMPLE_WEEKS, bootstrap, load_example_data  # noqa: E402
+from watcher.retrain.bootstrap import load_example_data  # noqa: E402
 from watcher.retrain.handoff import task_context  # noqa: E402
 
 TASKS: list[tuple[str, Callable[[steps.RunContext], Any]]] = [
@@ -63,17 +63,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
         folder = Path(tmp)
         (folder / "file").mkdir()
-        config = write_config(folder / "file")
-        settings = load_config(config)
-        data = load_example_data(settings, MODEL)
-        bootstrap(settings, MODEL, data, weeks=EXAMPLE_WEEKS)
-        serve_weeks(
-            data,
-            ModelRegistry(settings.registry.path),
-            folder / "file" / "incoming",
-            folder / "file" / "labels",
-            range(EXAMPLE_WEEKS + 1, EXAMPLE_WEEKS + 5),
-        )
+        data = load_example_data(load_config(EXAMPLE_CONFIG), MODEL)
+        workspace = v1_workspace(folder / "file", data)
+        config, settings = workspace.config, workspace.settings
 
         port = free_port()
         (folder / "mlflow").mkdir()

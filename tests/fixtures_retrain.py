@@ -111,18 +111,23 @@ def bikeshare_v1(
     tmp_path_factory: pytest.TempPathFactory, bikeshare_data: pd.DataFrame
 ) -> Workspace:
     """Version 1 bootstrapped from the first 8 weeks, plus weeks 9-12 as production data."""
-    folder = tmp_path_factory.mktemp("bikeshare-v1")
-    config = write_config(folder)
-    settings = load_config(config)
-    bootstrap(settings, MODEL, bikeshare_data, weeks=EXAMPLE_WEEKS)
+    return v1_workspace(tmp_path_factory.mktemp("bikeshare-v1"), bikeshare_data)
+
+
+def v1_workspace(folder: Path, data: pd.DataFrame, **config: Any) -> Workspace:
+    """Version 1 bootstrapped from the first 8 weeks, weeks 9-12 served as production data,
+    in `folder` (also the benchmarks' starting point). `config`: `write_config`'s options."""
+    path = write_config(folder, **config)
+    settings = load_config(path)
+    bootstrap(settings, MODEL, data, weeks=EXAMPLE_WEEKS)
     serve_weeks(
-        bikeshare_data,
+        data,
         ModelRegistry(settings.registry.path),
         folder / "incoming",
         folder / "labels",
         range(EXAMPLE_WEEKS + 1, EXAMPLE_WEEKS + 5),
     )
-    return Workspace(folder, config, settings)
+    return Workspace(folder, path, settings)
 
 
 @pytest.fixture
