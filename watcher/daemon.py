@@ -39,11 +39,12 @@ from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference import Reference, load_reference, prepare, reference_tag, registry_loader
 from watcher.registry import ModelRegistry
 from watcher.registry_backend import open_registry, pointer_text
+from watcher.replicas import Replicas, on_duty_only
+from watcher.scheduling import ModelScheduler
 from watcher.secrets import Scrubber, secret_values
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
-from watcher.state import RunRecord, StateDirLock, StateStore, open_state
-from watcher.state.lock import DatabaseLock
+from watcher.state import LeaseLost, RunRecord, StateDirLock, StateStore, open_state
 from watcher.workers import PeriodicWorker, run_periodically
 
 log = logging.getLogger(__name__)
@@ -110,12 +111,13 @@ class Daemon:
         self.store = open_state(settings)
         self.store.scrub = Scrubber(secret_values(settings))
         self.lock = StateDirLock(settings.daemon.state_dir)
-        target = self.store.target
-        self.db_lock = (
-            None
-            if target.path is not None
-            else DatabaseLock(target.conninfo, target.where, settings.state.connect_timeout_seconds)
-        )
+        # On PostgreSQL, replicas share the models (watcher.replicas); SQLite: one daemon.
+        self.replicas: Replicas | None = None
+        if self.store.target.path is None:
+            self.replicas = Replicas(self.store, settings.models, settings.state, self.metrics)
+        self.scheduler = ModelScheduler(settings.daemon.workers)
+        if self.replicas is not None:
+            self.replicas.busy = self.scheduler.busy
         self.pipeline = Pipeline(settings, self.store, self.metrics)
         # A folder, or MLflow (then every read is an HTTP request: kept off the loop).
         self.registry = open_registry(settings.registry)
@@ -152,9 +154,10 @@ class Daemon:
     async def startup(self) -> None:
         cfg = self.settings
         check_runtime(cfg)  # what `watcher check-config` checks, no more, no less
-        self.lock.acquire()  # before anything is claimed, mailed or bound
-        if self.db_lock is not None:
-            self.db_lock.acquire()
+        if self.replicas is None:
+            self.lock.acquire()  # before anything is claimed, mailed or bound
+        else:
+            self.replicas.start()  # leases before anything is scored
         self.metrics.state_writable.set_function(lambda: 0 if self.store.write_error else 1)
         self.health.problems["state store"] = lambda: (
             f"cannot write {self.store.target.where}: {self.store.write_error}; outbox deliveries "
@@ -197,20 +200,26 @@ class Daemon:
         interval = self.settings.daemon.poll_interval_seconds
         while not self.stop.is_set():
             self.health.beat()
-            for rt in self.models.values():
-                if self.stop.is_set():
-                    break
-                # One model's failure (a damaged registry, a bad label file, a vanished
-                # folder, a bug) never stops the others: each step is contained.
-                await self._contained(rt.name, "registry", self._maybe_reload(rt))
-                await self._contained(rt.name, "source", self._poll_and_score(rt))
-                await self._contained(
-                    rt.name, "label_file", run_in_daemon_thread(self.pipeline.on_labels, rt)
-                )
-                await self._contained(rt.name, "internal", self._async(self._check_silence, rt))
+            owned = self.models if self.replicas is None else self.replicas.owned_models()
+            await self.scheduler.round(owned, self._model_round, interval, self.health.beat)
             with contextlib.suppress(Exception):  # a metric only; the store may be failing
                 self._export_outbox()
             await self._until_next_round(interval)
+        await self.scheduler.drain()
+
+    async def _model_round(self, name: str) -> None:
+        """One model's turn (run by the scheduler, concurrently up to `daemon.workers`)."""
+        rt = self.models[name]
+        if self.stop.is_set() or (self.replicas is not None and not self.replicas.owns(name)):
+            return
+        # One model's failure (a damaged registry, a bad label file, a vanished folder, a
+        # bug) never stops the others: each step is contained.
+        await self._contained(rt.name, "registry", self._maybe_reload(rt))
+        await self._contained(rt.name, "source", self._poll_and_score(rt))
+        await self._contained(
+            rt.name, "label_file", run_in_daemon_thread(self.pipeline.on_labels, rt)
+        )
+        await self._contained(rt.name, "internal", self._async(self._check_silence, rt))
 
     async def _until_next_round(self, interval: float) -> None:
         """Sleep one poll interval, or less when a stop or a file-system event comes."""
@@ -243,10 +252,10 @@ class Daemon:
         self.pipeline.close()
         if self._server is not None:
             self._server.stop()
+        if self.replicas is not None:
+            self.replicas.stop()  # the other replicas take the models over now
         self.store.close()
         self.lock.release()
-        if self.db_lock is not None:
-            self.db_lock.release()
         log.info("stopped")
 
     def request_stop(self) -> None:
@@ -402,6 +411,8 @@ class Daemon:
             except SourceError as exc:
                 log.warning("could not read %s/%s: %s; will retry", rt.name, ref.batch_id, exc)
                 return
+            except LeaseLost:
+                return  # another replica owns the model now (counted and logged by the fence)
             except WatcherError as exc:
                 self.metrics.batches.labels(rt.name, "failed").inc()
                 log.error("batch %s/%s failed: %s", rt.name, ref.batch_id, exc)
@@ -508,7 +519,7 @@ class Daemon:
         assert isinstance(rt.source, DirectorySource)
         key = f"source:{rt.name}:down"
         details = {"path": str(rt.source.incoming), "error": exc.message, "what_to_do": exc.hint}
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=rt.name) as conn:
             if self.store.open_incident(conn, key, "source_down", rt.name, details):
                 self.store.enqueue(
                     conn,
@@ -527,7 +538,7 @@ class Daemon:
         key = f"source:{rt.name}:down"
         if not any(i["key"] == key for i in self.store.open_incidents()):
             return
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=rt.name) as conn:
             if self.store.resolve_incident(conn, key):
                 self.store.enqueue(
                     conn,
@@ -548,7 +559,7 @@ class Daemon:
             return
         key = f"source:{rt.name}:silent"
         silent_for = time.time() - rt.last_batch_at
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=rt.name) as conn:
             if silent_for > limit:
                 if self.store.open_incident(conn, key, "source_silent", rt.name, {}):
                     self.store.enqueue(
@@ -603,4 +614,6 @@ class Daemon:
             workers.append(
                 RetentionWorker(self.store, state.retention_days, state.retention_interval_seconds)
             )
+        if self.replicas is not None:
+            workers = on_duty_only(workers, self.replicas)
         return workers

@@ -49,7 +49,7 @@ from watcher.signals import (
     weighted_drift_share,
 )
 from watcher.sources.base import BatchRef, Source
-from watcher.state import Action, LabelPeriod, StateStore
+from watcher.state import Action, LabelPeriod, LeaseLost, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Pipeline:
         rt.last_batch_at = time.time()
         try:
             return self._score(rt, ref)
-        except SourceError:
+        except (SourceError, LeaseLost):  # LeaseLost: another replica scores it
             raise
         except Exception as exc:
             return self._fail(rt, ref, exc)
@@ -231,7 +231,7 @@ class Pipeline:
         status: Literal["rejected", "failed"] = "rejected",
     ) -> BatchOutcome:
         reason = escape(str(exc), 2000)
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=rt.name) as conn:
             self.store.finish_batch(
                 conn,
                 model=rt.name,
@@ -297,7 +297,7 @@ class Pipeline:
         if drift.dataset_drift and self._opens_drift_incident(rt):
             report = report_path(self.settings.daemon.state_dir / "reports", rt.name, ref.batch_id)
         report_str = str(report) if report is not None else None
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=rt.name) as conn:
             self.store.finish_batch(
                 conn,
                 model=rt.name,
@@ -505,7 +505,7 @@ class Pipeline:
         read = rt.performance.read_labels()
         if read is None:
             return None
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=rt.name) as conn:
             changed = rt.performance.record(conn, read)
             if not changed:
                 return None
