@@ -160,7 +160,7 @@ class Replicas:
     def start(self) -> None:
         """One beat now (the first round has models to score), then the heartbeat thread."""
         log.info(
-            "replica %s: leases of %.0fs renewed every %.0fs",
+            "replica %s: leases of %gs renewed every %gs",
             self.owner,
             self.lease_seconds,
             self.heartbeat_seconds,
