@@ -44,7 +44,7 @@ from watcher.scheduling import ModelScheduler
 from watcher.secrets import Scrubber, secret_values
 from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
-from watcher.state import LeaseLost, RunRecord, StateDirLock, StateStore, open_state
+from watcher.state import DB_ERRORS, LeaseLost, RunRecord, StateDirLock, StateStore, open_state
 from watcher.workers import PeriodicWorker, run_periodically
 
 log = logging.getLogger(__name__)
@@ -413,6 +413,15 @@ class Daemon:
                 return
             except LeaseLost:
                 return  # another replica owns the model now (counted and logged by the fence)
+            except DB_ERRORS as exc:
+                self.metrics.problems.labels(rt.name, "state_write").inc()
+                log.warning(
+                    "%s/%s: state database error: %s; scored again next round",
+                    rt.name,
+                    ref.batch_id,
+                    exc,
+                )
+                return
             except WatcherError as exc:
                 self.metrics.batches.labels(rt.name, "failed").inc()
                 log.error("batch %s/%s failed: %s", rt.name, ref.batch_id, exc)

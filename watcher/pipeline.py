@@ -49,9 +49,14 @@ from watcher.signals import (
     weighted_drift_share,
 )
 from watcher.sources.base import BatchRef, Source
-from watcher.state import Action, LabelPeriod, LeaseLost, StateStore
+from watcher.state import DB_ERRORS, Action, LabelPeriod, LeaseLost, StateStore
 
 log = logging.getLogger(__name__)
+
+# Not the batch's fault, so it stays claimed and is scored again: the source cannot be read
+# now, another replica owns the model (it scores the batch), the state database failed
+# (a restart, a terminated connection: its transaction was rolled back whole).
+_RETRY_LATER = (SourceError, LeaseLost, *DB_ERRORS)
 
 
 @dataclass
@@ -133,7 +138,7 @@ class Pipeline:
         rt.last_batch_at = time.time()
         try:
             return self._score(rt, ref)
-        except (SourceError, LeaseLost):  # LeaseLost: another replica scores it
+        except _RETRY_LATER:
             raise
         except Exception as exc:
             return self._fail(rt, ref, exc)

@@ -89,6 +89,13 @@ class Replicas:
             "model count across replicas.",
             registry=r,
         )
+        self.model_owned = Gauge(
+            "watcher_model_owned",
+            "1 for each model this replica owns, 0 for the others: per-model series of a "
+            "replica that no longer owns the model are stale (the alert rules skip them).",
+            ["model"],
+            registry=r,
+        )
         self.unowned = Gauge(
             "watcher_models_without_owner",
             "Models no live replica holds a lease on, as this replica reads the lease "
@@ -183,6 +190,7 @@ class Replicas:
         except DB_ERRORS as exc:
             log.warning("could not release the leases (they expire by themselves): %s", exc)
         self.owned.set(0)
+        self._export_owned()
         self.duties.set(0)
 
     def _run(self) -> None:
@@ -248,6 +256,7 @@ class Replicas:
             owned = len([m for m in self.models if m in self._tokens])
             duty = DUTIES in self._tokens
         self.owned.set(owned)
+        self._export_owned()
         self.duties.set(1 if duty else 0)
         self.live.set(n_replicas)
         self.unowned.set(len([m for m in self.models if m not in store.live_leases()]))
@@ -278,9 +287,16 @@ class Replicas:
         secrets.SystemRandom().shuffle(shuffled)
         return shuffled
 
+    def _export_owned(self) -> None:
+        with self._lock:
+            mine = set(self._tokens)
+        for model in self.models:
+            self.model_owned.labels(model).set(1 if model in mine else 0)
+
     def _drop(self, models: list[str], change: str) -> None:
         with self._lock:
             gone = [m for m in models if self._tokens.pop(m, None) is not None]
+        self._export_owned()
         for model in gone:
             self.changes.labels(change).inc()
             if change == "lost" and model != DUTIES:
