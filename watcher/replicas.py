@@ -38,8 +38,6 @@ import threading
 import time
 from collections.abc import Iterable
 
-from prometheus_client import Counter, Gauge
-
 from watcher.metrics import Metrics
 from watcher.state import DB_ERRORS, LeaseLost, StateConn, StateStore
 from watcher.state.config import StateConfig
@@ -82,46 +80,10 @@ class Replicas:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing: str | None = None
-        r = metrics.registry
-        self.owned = Gauge(
-            "watcher_models_owned",
-            "Models this replica owns (holds the lease of) and scores; sums to the fleet's "
-            "model count across replicas.",
-            registry=r,
-        )
-        self.model_owned = Gauge(
-            "watcher_model_owned",
-            "1 for each model this replica owns, 0 for the others: per-model series of a "
-            "replica that no longer owns the model are stale (the alert rules skip them).",
-            ["model"],
-            registry=r,
-        )
-        self.unowned = Gauge(
-            "watcher_models_without_owner",
-            "Models no live replica holds a lease on, as this replica reads the lease "
-            "table: nobody scores them (max across replicas).",
-            registry=r,
-        )
-        self.live = Gauge(
-            "watcher_replicas_live", "Replicas alive on this state database.", registry=r
-        )
-        self.duties = Gauge(
-            "watcher_replica_duties",
-            "1 on the replica that runs the fleet-wide duties (run tracker, retention).",
-            registry=r,
-        )
-        self.fenced = Counter(
-            "watcher_writes_fenced",
-            "Writes for a model refused because this replica had lost its lease (another "
-            "replica took the model over); the batch is scored by the new owner.",
-            registry=r,
-        )
-        self.changes = Counter(
-            "watcher_lease_changes",
-            "Leases this replica acquired, lost (expired or taken over) or released.",
-            ["change"],
-            registry=r,
-        )
+        m = metrics
+        self.owned, self.model_owned, self.unowned = m.models_owned, m.model_owned, m.unowned
+        self.live, self.duties, self.fenced = m.replicas_live, m.replica_duties, m.writes_fenced
+        self.changes = m.lease_changes
         for change in ("acquired", "lost", "released"):
             self.changes.labels(change)
         self.unowned.set(len(self.models))
