@@ -97,7 +97,10 @@ claim_seconds = 5
 """
     if smtp is not None:
         text += "\n[smtp]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in smtp.items())
-        text += "\n[alerts]\ndigest_window_seconds = 0\ndigest_threshold = 100000\nreport_wait_seconds = 3\n"
+        # No digests (each alert its own mail, counted by Message-ID); a drift mail whose
+        # report's replica was killed waits 3 s for it, not 2 minutes.
+        text += "\n[alerts]\ndigest_window_seconds = 0\ndigest_threshold = 100000\n"
+        text += "report_wait_seconds = 3\n"
     for i in range(n_models):
         name = model_name(i)
         (tmp / "in" / name).mkdir(parents=True, exist_ok=True)
