@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 # Not the batch's fault, so it stays claimed and is scored again: the source cannot be read
 # now, another replica owns the model (it scores the batch), the state database failed
 # (a restart, a terminated connection: its transaction was rolled back whole).
-_RETRY_LATER = (SourceError, LeaseLost, *DB_ERRORS)
+_RETRY_LATER: tuple[type[Exception], ...] = (SourceError, LeaseLost, *DB_ERRORS)
 
 
 @dataclass
