@@ -112,7 +112,8 @@ def test_three_replicas_killed_and_restarted_score_every_batch_once_and_mail_onc
         duplicated = {mid: n for mid, n in got.items() if n > 1}
         print(
             f"\nreplicas: {kills} kills, {fleet.started} starts, {terminated} connections "
-            f"terminated; {len(ledger)} batches, {sum(decisions.values())} decisions, "
+            f"terminated in {events} rounds; {len(ledger)} batches, "
+            f"{sum(decisions.values())} decisions, "
             f"{sum(trig.values())} triggers, {len(alerts)} alerts, "
             f"{len(smtp_server.messages)} mails, {len(duplicated)} duplicated, "
             f"{len(lost)} lost; writes refused (fenced): "
