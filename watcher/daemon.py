@@ -34,7 +34,8 @@ from watcher.alerts import alert_action
 from watcher.config import ModelConfig, Settings, check_runtime
 from watcher.errors import ConfigError, ReferenceDataError, SourceError, WatcherError
 from watcher.metrics import Health, Metrics, MetricsServer
-from watcher.performance import PerformanceTracker
+from watcher.model_quality import PerformanceTracker
+from watcher.periodic import PeriodicWorker, run_periodically
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference import Reference, load_reference, prepare, reference_tag, registry_loader
 from watcher.registry import ModelRegistry
@@ -44,7 +45,6 @@ from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
 from watcher.state import RunRecord, StateDirLock, StateStore, open_state
 from watcher.state.lock import DatabaseLock
-from watcher.workers import PeriodicWorker, run_periodically
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,7 +87,7 @@ def build_source(name: str, cfg: ModelConfig, store: StateStore, metrics: Metric
     if cfg.source.kind == "directory":
         return DirectorySource(name, cfg.source, store, metrics)
     try:
-        from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
+        from watcher.sources.sql.source import SqlSource  # SQLAlchemy is only needed by sql sources
     except ImportError as exc:
         raise ConfigError(
             f"model {name!r} reads a sql source, but its drivers are not installed ({exc})",

@@ -26,7 +26,7 @@ from watcher.errors import BatchRejected, ConfigError, SourceError
 from watcher.metrics import Metrics
 from watcher.sources.base import BatchRef
 from watcher.sources.labels import read_training_window
-from watcher.sources.sql import Progress, SqlSource
+from watcher.sources.sql.source import Progress, SqlSource
 from watcher.state import StateStore
 
 pytestmark = pytest.mark.postgres
@@ -980,7 +980,7 @@ def test_daemon_performance_from_the_labels_table(
     tmp_path: Path,
 ) -> None:
     from watcher.config import ModelConfig
-    from watcher.performance import PerformanceTracker
+    from watcher.model_quality import PerformanceTracker
 
     two_days = days(bikeshare, 1, 2)
     prediction_log.log(two_days)

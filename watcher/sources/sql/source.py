@@ -54,9 +54,8 @@ Connection loss
     alerts has its password replaced by ``***``.
 
 Size: one `SqlSource` whose sections (polling, late rows, reading, up/down) share the
-per-window progress and watermark; connections, reads and window arithmetic already live in
-`sqlconn`, `sqlread`, `sqlarrow` and `sqlwindows` (the renovation gathers them in
-`sources/sql/`).
+per-window progress and watermark; connections, reads and window arithmetic live beside it in
+this package: `connection`, `reader`, `columnar` and `windows`.
 """
 
 from __future__ import annotations
@@ -79,7 +78,7 @@ from watcher.errors import ConfigError, SourceError
 from watcher.metrics import Metrics
 from watcher.sources.base import BatchRef
 from watcher.sources.labels import load_labels
-from watcher.sources.sqlconn import (
+from watcher.sources.sql.connection import (
     build_url,
     db_message,
     is_transient,
@@ -92,8 +91,8 @@ from watcher.sources.sqlconn import (
     table_columns,
     unreachable,
 )
-from watcher.sources.sqlread import RangeRead, plan_read, read_range
-from watcher.sources.sqlwindows import (
+from watcher.sources.sql.reader import RangeRead, plan_read, read_range
+from watcher.sources.sql.windows import (
     REV,
     Progress,
     Windows,
@@ -155,7 +154,7 @@ class SqlSource:
         self._rows_read: dict[str, int] = {}  # batch id -> rows in the window when loaded
         self._last_check = -math.inf
         self._types: dict[str, str] = {}
-        self.columnar = True  # big windows into Arrow (sqlarrow); False: rows, the old path
+        self.columnar = True  # big windows into Arrow (sql.columnar); False: rows, the old path
 
     # ---- Source protocol ------------------------------------------------------------------
 
