@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from watcher.config import ColumnsConfig, Settings, SqlSourceConfig, load_config
 from watcher.daemon import Daemon
 from watcher.errors import BatchRejected, ConfigError, SourceError
+from watcher.incidents import SourceOutages
 from watcher.metrics import Metrics
 from watcher.sources.base import BatchRef
 from watcher.sources.labels import read_training_window
@@ -76,7 +77,8 @@ def sql_cfg(db: PgDatabase, **overrides: Any) -> SqlSourceConfig:
 
 
 class Harness:
-    """A source plus what the pipeline does around it (claim, record, commit)."""
+    """A source plus what the daemon and the pipeline do around it (page about its outages;
+    claim, record, commit)."""
 
     def __init__(
         self,
@@ -91,9 +93,16 @@ class Harness:
         self.source = SqlSource(
             "bikes", sql_cfg(db, **overrides), columns, store, metrics, clock=clock
         )
+        self.outages = SourceOutages(store)
 
     def poll(self) -> list[BatchRef]:
-        return asyncio.run(self.source.poll())
+        try:
+            refs = asyncio.run(self.source.poll())
+        except SourceError:
+            self.outages.down("bikes", self.source)
+            raise
+        self.outages.up("bikes", self.source)
+        return refs
 
     def finish(self, ref: BatchRef) -> pd.DataFrame:
         assert self.store.claim_batch("bikes", ref.batch_id, ref.uri)
