@@ -118,7 +118,7 @@ def check_config(config: Annotated[Path, typer.Argument(help="TOML config file."
 
 def _policy_summary(model: Any) -> str:
     """The policy in one sentence: each trigger with its parameters, then the guardrails."""
-    from watcher.performance import performance_metric
+    from watcher.model_quality import performance_metric
 
     p = model.policy
     parts = []
@@ -570,7 +570,7 @@ def demo(
     With --data and --config it runs on your data and config: version 1 is trained on the
     first --skip periods, the rest is replayed as production traffic, labels one period late.
     """
-    from watcher.demo import run_demo
+    from watcher.dev.demo import run_demo
     from watcher.logs import setup_logging
     from watcher.retrain.bootstrap import bootstrap_example, load_example_data
 
@@ -687,7 +687,7 @@ def replay(
     wait: Annotated[bool, typer.Option(help="Wait for the daemon after each period.")] = True,
 ) -> None:
     """Feed a labelled data set to a running daemon period by period, as production would."""
-    from watcher.replay import PeriodResult, Replay
+    from watcher.dev.replay import PeriodResult, Replay
     from watcher.retrain.data import read_table
 
     settings = _load(config)

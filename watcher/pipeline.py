@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from watcher import incidents
 from watcher.alerts import alert_action
 from watcher.config import ModelConfig, PolicyConfig, Settings
 from watcher.drift import engine
@@ -35,7 +36,7 @@ from watcher.drift.quality import QualityReport, check_batch
 from watcher.drift.snapshots import SnapshotPublisher
 from watcher.errors import BatchRejected, SourceError
 from watcher.metrics import Metrics
-from watcher.performance import PerformanceTracker, performance_metric
+from watcher.model_quality import PerformanceTracker, performance_metric
 from watcher.policy import DAY, PolicyInput, Verdict, decide, opens_incident, run_id_for, streak_of
 from watcher.reference import Reference
 from watcher.reports import ReportRenderer, report_path
@@ -319,11 +320,23 @@ class Pipeline:
             run_id = run_id_for(rt.name, ref.batch_id) if verdict.triggers else None
             self._record_decision(conn, rt, ref.batch_id, verdict, run_id, now)
             incident = f"drift:{rt.name}"
-            opened = verdict.open_incident and self.store.open_incident(
-                conn, incident, "drift", rt.name, {"batch_id": ref.batch_id}
+            opened = verdict.open_incident and incidents.open_incident(
+                conn,
+                incident,
+                "drift",
+                rt.name,
+                {"batch_id": ref.batch_id},
+                alert=self._drift_alert(rt, ref, drift, verdict, report_str),
             )
-            for action in self._actions(conn, rt, ref, drift, verdict, run_id, opened, report_str):
-                self.store.enqueue(conn, action)
+            if verdict.resolve_incident:
+                incidents.resolve_incident(
+                    conn, incident, alert=self._drift_over_alert(rt, ref, verdict)
+                )
+            if run_id is not None and verdict.outcome == "triggered":
+                for action in self._trigger_actions(
+                    conn, rt, ref.batch_id, ref, drift, verdict, run_id
+                ):
+                    self.store.enqueue(conn, action)
             if verdict.triggers:
                 self.store.reset_streak(conn, rt.name)
             rt.source.commit(conn, ref)
@@ -560,67 +573,59 @@ class Pipeline:
             return rt.cfg.policy
         return rt.cfg.policy.model_copy(update={"dry_run": True})
 
-    def _actions(
+    def _drift_alert(
         self,
-        conn: Any,
         rt: ModelRuntime,
         ref: BatchRef,
         drift: engine.DriftResult,
         verdict: Verdict,
-        run_id: str | None,
-        opened: bool,
         report_path: str | None,
-    ) -> list[Action]:
+    ) -> Action:
+        """The mail of a drift incident that opens."""
         features = [c.to_dict() | {"feature": name} for name, c in drift.columns.items()]
         features.sort(key=lambda f: (not f["drifted"], -float(f["score"])))
-        batch = {"batch_id": ref.batch_id, "uri": ref.uri}
         incident = f"drift:{rt.name}"
-        actions: list[Action] = []
-        if opened:
-            actions.append(
-                alert_action(
-                    "drift_persisting",
-                    key=f"{incident}:opened:{ref.batch_id}",
-                    model=rt.name,
-                    title=f"dataset drift in {verdict.streak} consecutive batches "
-                    f"({drift.n_drifted}/{drift.n_columns} features drifted)",
-                    severity="warning",
-                    details={
-                        "drift_share": drift.drift_share,
-                        "streak": verdict.streak,
-                        "reference_version": rt.reference.version,
-                        "decision": verdict.outcome,
-                        "decision_reason": verdict.reason,
-                    },
-                    features=features,
-                    batch=batch,
-                    report_path=report_path,
-                    incident=incident,
-                )
+        alert = alert_action(
+            "drift_persisting",
+            key=f"{incident}:opened:{ref.batch_id}",
+            model=rt.name,
+            title=f"dataset drift in {verdict.streak} consecutive batches "
+            f"({drift.n_drifted}/{drift.n_columns} features drifted)",
+            severity="warning",
+            details={
+                "drift_share": drift.drift_share,
+                "streak": verdict.streak,
+                "reference_version": rt.reference.version,
+                "decision": verdict.outcome,
+                "decision_reason": verdict.reason,
+            },
+            features=features,
+            batch={"batch_id": ref.batch_id, "uri": ref.uri},
+            report_path=report_path,
+            incident=incident,
+        )
+        if self.snapshots is not None:
+            alert.payload["evidently_url"] = self.snapshots.project_url()
+        if report_path is not None:
+            alert.payload["report_wait_until"] = (
+                time.time() + self.settings.alerts.report_wait_seconds
             )
-            if self.snapshots is not None:
-                actions[-1].payload["evidently_url"] = self.snapshots.project_url()
-            if report_path is not None:
-                actions[-1].payload["report_wait_until"] = (
-                    time.time() + self.settings.alerts.report_wait_seconds
-                )
-        if verdict.resolve_incident and self.store.resolve_incident(conn, incident):
-            actions.append(
-                alert_action(
-                    "drift_resolved",
-                    key=f"{incident}:resolved:{ref.batch_id}",
-                    model=rt.name,
-                    title=f"dataset drift over: {verdict.streak} drifted, "
-                    f"{rt.cfg.policy.resolve_after} clean batches in a row",
-                    severity="info",
-                    batch=batch,
-                    incident=incident,
-                    details={"reference_version": rt.reference.version},
-                )
-            )
-        if run_id is not None and verdict.outcome == "triggered":
-            actions += self._trigger_actions(conn, rt, ref.batch_id, ref, drift, verdict, run_id)
-        return actions
+        return alert
+
+    @staticmethod
+    def _drift_over_alert(rt: ModelRuntime, ref: BatchRef, verdict: Verdict) -> Action:
+        """The mail of a drift incident that resolves."""
+        return alert_action(
+            "drift_resolved",
+            key=f"drift:{rt.name}:resolved:{ref.batch_id}",
+            model=rt.name,
+            title=f"dataset drift over: {verdict.streak} drifted, "
+            f"{rt.cfg.policy.resolve_after} clean batches in a row",
+            severity="info",
+            batch={"batch_id": ref.batch_id, "uri": ref.uri},
+            incident=f"drift:{rt.name}",
+            details={"reference_version": rt.reference.version},
+        )
 
     def _trigger_actions(
         self,

@@ -39,9 +39,9 @@ import time
 from collections.abc import Iterable
 
 from watcher.metrics import Metrics
+from watcher.periodic import PeriodicWorker
 from watcher.state import DB_ERRORS, LeaseLost, StateConn, StateStore
 from watcher.state.config import StateConfig
-from watcher.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
 

@@ -63,9 +63,9 @@ from watcher.alerts.smtp import MessageRefused, SmtpSender, redact
 from watcher.config import Settings
 from watcher.errors import MailError
 from watcher.metrics import Metrics
+from watcher.periodic import PeriodicWorker
 from watcher.secrets import secret_values
 from watcher.state import DB_ERRORS, Action, OutboxItem, StateStore
-from watcher.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
 

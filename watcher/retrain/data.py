@@ -160,7 +160,7 @@ def _newest_sql_timestamp(src: SqlSourceConfig) -> datetime | None:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from watcher.sources.sqlconn import make_engine, quote_ident, quote_table
+    from watcher.sources.sql.connection import make_engine, quote_ident, quote_table
 
     engine = make_engine(src, "watcher:training")
     try:

@@ -1,4 +1,4 @@
-"""The production model's performance, once labels arrive.
+"""Model quality (not speed): the production model's loss once labels arrive.
 
 Directory sources: predictions are kept (id + prediction + the version whose reference
 scored the batch, a small Parquet file per batch) when a batch is scored; label files
@@ -90,7 +90,7 @@ class PerformanceTracker:
         self.labels_path = src.labels_path if src.kind == "directory" else None
         self.enabled = bool(cols.id and cols.prediction and cols.target and self.labels_path)
         if src.kind == "sql":  # SQLAlchemy (the `sql` extra) only matters for sql sources
-            from watcher.sources.sql import SqlSource
+            from watcher.sources.sql.source import SqlSource
 
         self.sql = (
             source
