@@ -69,6 +69,8 @@ def fleet_config(
     poll: float = 0.2,
     smtp: dict[str, object] | None = None,
     reference_rows: int = 600,
+    extra_top: str = "",
+    model_extra: str = "",
 ) -> Path:
     """One config for every replica: `n_models` directory models m00.. with their own
     incoming folder, a shared reference, drift triggers (dry run: no Airflow here)."""
@@ -95,6 +97,7 @@ lease_seconds = {lease_seconds}
 heartbeat_seconds = {heartbeat_seconds}
 claim_seconds = 5
 """
+    text += extra_top
     if smtp is not None:
         text += "\n[smtp]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in smtp.items())
         # No digests (each alert its own mail, counted by Message-ID); a drift mail whose
@@ -110,6 +113,7 @@ reference = "{reference}"
 source = {{ kind = "directory", path = "{tmp / "in" / name}", settle_seconds = 0 }}
 columns = {{ numeric = [{numeric}], categorical = ["c"], prediction = "p" }}
 policy = {{ consecutive = 2, resolve_after = 2, dry_run = false }}
+{model_extra}
 """
     cfg = tmp / "watcher.toml"
     cfg.write_text(text)
@@ -124,11 +128,11 @@ def model_name(i: int) -> str:
 SHIFTS = (0.0, 2.0, 2.0, 0.0, 0.0, 0.0)
 
 
-def drop_wave(tmp: Path, n_models: int, wave: int, rows: int = 300) -> None:
-    """Batch `wave` of every model (b0.parquet, b1.parquet, ...)."""
+def drop_wave(tmp: Path, n_models: int, wave: int, rows: int = 300, tag: str = "") -> None:
+    """Batch `wave` of every model (b0{tag}.parquet, b1{tag}.parquet, ...)."""
     for i in range(n_models):
         df = frame(rows, seed=1000 * i + wave, shift=SHIFTS[wave % len(SHIFTS)])
-        drop(tmp / "in" / model_name(i), f"b{wave}.parquet", df)
+        drop(tmp / "in" / model_name(i), f"b{wave}{tag}.parquet", df)
 
 
 def finished(store: StateStore) -> int:
