@@ -46,9 +46,21 @@ class LeaseStore(OutboxStore):
     claim_seconds: float = 120.0
 
     def due_actions(self, kind: ActionKind, now: float, limit: int = 100) -> list[OutboxItem]:
+        """Without replicas: every due action. With: the due actions this replica claimed
+        before and has not delivered yet (a mail waiting for its report), then new claims."""
         if self.claim_owner is None:
             return super().due_actions(kind, now, limit)
-        return self.claim_due(kind, self.claim_owner, self.claim_seconds, limit)
+        with self.transaction(fsync=False) as conn:
+            db_now = now_sql(conn)
+            rows = conn.execute(
+                "SELECT * FROM outbox WHERE kind = ? AND status = 'pending' "
+                f"AND next_attempt_at <= {db_now} AND claimed_by = ? "
+                f"AND claimed_until >= {db_now} ORDER BY id LIMIT ?",
+                (kind, self.claim_owner, limit),
+            ).fetchall()
+        mine = [outbox_of(r) for r in rows]
+        fresh = self.claim_due(kind, self.claim_owner, self.claim_seconds, limit - len(mine))
+        return sorted(mine + fresh, key=lambda item: item.id)
 
     def acquire(self, model: str, owner: str, lease_seconds: float) -> int | None:
         """Own `model` for `lease_seconds`: the fencing token, or None while another
@@ -144,8 +156,8 @@ class LeaseStore(OutboxStore):
     def claim_due(
         self, kind: ActionKind, owner: str, claim_seconds: float, limit: int = 100
     ) -> list[OutboxItem]:
-        """Due actions of `kind`, each claimed by `owner` alone for `claim_seconds` (its
-        own claims renewed: what it left undelivered last round is still its own)."""
+        """Due actions of `kind` nobody holds a claim on, each claimed now by `owner` alone
+        for `claim_seconds`."""
         with self.transaction() as conn:
             now = now_sql(conn)
             skip = "" if conn.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
@@ -153,8 +165,8 @@ class LeaseStore(OutboxStore):
                 f"UPDATE outbox SET claimed_by = ?, claimed_until = {now} + ? WHERE id IN ("
                 "SELECT id FROM outbox WHERE kind = ? AND status = 'pending' "
                 f"AND next_attempt_at <= {now} "
-                f"AND (claimed_until IS NULL OR claimed_until < {now} OR claimed_by = ?) "
+                f"AND (claimed_until IS NULL OR claimed_until < {now}) "
                 f"ORDER BY id LIMIT ?{skip}) RETURNING *",
-                (owner, claim_seconds, kind, owner, limit),
+                (owner, claim_seconds, kind, limit),
             ).fetchall()
         return sorted((outbox_of(r) for r in rows), key=lambda item: item.id)
