@@ -64,6 +64,13 @@ def test_three_replicas_killed_and_restarted_score_every_batch_once_and_mail_onc
         for i in range(3):
             fleet.start(i)
         wait_for(lambda: len(store.live_leases()) >= MODELS, timeout=60, what="models owned")
+
+        def shares() -> list[int]:
+            owners = Counter(w for m, w in store.live_leases().items() if m != "~duties")
+            return sorted(owners.values())
+
+        # Whoever started first took every model; the others get their fair share handed over.
+        wait_for(lambda: shares() == [10, 10, 10], timeout=60, what="the models shared 10/10/10")
         for wave in range(WAVES):
             drop_wave(tmp_path, MODELS, wave)
             for _ in range(2):  # two kills per wave (the last wave: after it ran a while)
