@@ -49,7 +49,8 @@ class Metrics:
         _ProcessCollector(registry=r)
 
         # Gauges labelled by model: plain dicts under one collector (metrics_models).
-        g = ModelGauges(r).gauge
+        self.model_gauges = ModelGauges(r)
+        g = self.model_gauges.gauge
 
         self.build_info = Info("watcher_build", "Version of the running watcher.", registry=r)
         self.build_info.info({"version": __version__})

@@ -80,6 +80,13 @@ class ModelGauges(Collector):
         self._registry.register(self)
         return gauge
 
+    def forget(self, model: str) -> None:
+        """Drop every series of `model` (a replica no longer owns it: the owner exports
+        them now, and a stale copy here would read as a second, frozen truth)."""
+        for gauge in self._gauges:
+            for key in [k for k in list(gauge.values) if k[0] == model]:
+                gauge.values.pop(key, None)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         for gauge in self._gauges:
             yield gauge.family()

@@ -80,7 +80,7 @@ class Replicas:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing: str | None = None
-        m = metrics
+        m = self.metrics = metrics
         self.owned, self.model_owned, self.unowned = m.models_owned, m.model_owned, m.unowned
         self.live, self.duties, self.fenced = m.replicas_live, m.replica_duties, m.writes_fenced
         self.changes = m.lease_changes
@@ -192,6 +192,7 @@ class Replicas:
         for model in lost:
             self.changes.labels("lost").inc()
             if model != DUTIES:
+                self.metrics.model_gauges.forget(model)
                 log.warning("lost the lease on %s: another replica scores it now", model)
         live = store.live_leases()
         share = math.ceil(len(self.models) / n_replicas)
@@ -261,6 +262,8 @@ class Replicas:
         self._export_owned()
         for model in gone:
             self.changes.labels(change).inc()
+            if model != DUTIES:
+                self.metrics.model_gauges.forget(model)
             if change == "lost" and model != DUTIES:
                 log.warning("lost the lease on %s: another replica scores it now", model)
 

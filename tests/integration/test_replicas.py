@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import email
 import random
+import re
 import signal
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -35,6 +37,14 @@ pytestmark = pytest.mark.postgres
 MODELS = 30
 WAVES = 6
 KILLS = 10
+
+
+def _scrape(log: Path) -> str:
+    """The /metrics of the replica writing `log` (its port is chosen at start)."""
+    found = re.search(r"metrics on (http://\S+/metrics)", log.read_text())
+    assert found, log.read_text()
+    with urllib.request.urlopen(found.group(1), timeout=10) as response:
+        return str(response.read().decode())
 
 
 def _terminate_all(conninfo: str) -> int:
@@ -182,6 +192,16 @@ def test_a_frozen_replica_loses_its_model_and_its_stale_write_is_refused(
         assert second.alive(), fleet.logs()
         assert per_batch_counts(store, "decisions") == {("m00", "big.parquet"): 1}
         assert store.batch_status("m00", "big.parquet") == "scored"
+        # Each replica's /metrics: the frozen one counts its refused write and no longer
+        # exports the model's gauges; the owner does.
+        stale, owner = _scrape(first.log), _scrape(second.log)
+        assert 'watcher_model_owned{model="m00"} 0.0' in stale
+        assert "watcher_writes_fenced_total 1.0" in stale
+        assert 'watcher_drift_streak{model="m00"}' not in stale
+        assert 'watcher_model_owned{model="m00"} 1.0' in owner
+        assert "watcher_models_owned 1.0" in owner
+        assert 'watcher_drift_streak{model="m00"} 1.0' in owner
+        assert "watcher_models_without_owner 0.0" in owner
         assert fleet.stop_all() == [0, 0]
     finally:
         fleet.kill_all()
