@@ -18,9 +18,9 @@ the model's lease with the token it took it with. A replica that was frozen (SIG
 long GC, a VM migration) and wakes after another took its models over cannot write for
 them: a batch is scored by exactly one replica.
 
-The run tracker, retention (and other fleet-wide duties) run on one replica at a time:
-the one holding the lease of the pseudo-model `DUTIES`. Outbox deliveries are shared:
-each action is claimed by one replica (`LeaseStore.claim_due`).
+The run tracker and retention run on one replica at a time, and only it pages about an
+unreachable Airflow: the one holding the lease of the pseudo-model `DUTIES`. Outbox
+deliveries are shared: each action is claimed by one replica (`LeaseStore.claim_due`).
 
 Ownership is judged locally too: a lease is taken as held only until `lease_seconds`
 after the start of the beat that renewed it, so a replica that cannot reach the database
@@ -269,7 +269,7 @@ class Replicas:
 
 
 # Workers that act for the whole fleet and must run on one replica at a time.
-FLEET_DUTIES = frozenset({"airflow-run-tracker", "airflow-health", "state-retention"})
+FLEET_DUTIES = frozenset({"airflow-run-tracker", "state-retention"})
 
 
 class OnDutyOnly:
@@ -291,4 +291,9 @@ class OnDutyOnly:
 
 
 def on_duty_only(workers: list[PeriodicWorker], replicas: Replicas) -> list[PeriodicWorker]:
+    """The fleet's duties wrapped; the Airflow health probe runs everywhere (each replica
+    exports whether it reaches Airflow) but only the replica on duty pages about it."""
+    for worker in workers:
+        if worker.name == "airflow-health":
+            worker.pages = replicas.has_duties  # type: ignore[attr-defined]
     return [OnDutyOnly(w, replicas) if w.name in FLEET_DUTIES else w for w in workers]
