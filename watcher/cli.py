@@ -368,6 +368,7 @@ def trigger(
 ) -> None:
     """Trigger a retrain by hand, through the same outbox as automatic triggers."""
     from watcher.policy import run_id_for
+    from watcher.retrain.request import RetrainRequest
     from watcher.state import Action
 
     settings = _load(config)
@@ -378,7 +379,7 @@ def trigger(
     # Microseconds and a random tail: two triggers in the same second are two runs.
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
     run_id = run_id_for(model, f"manual-{stamp}")
-    conf: dict[str, Any] = {"model": model, "reason": reason, "manual": True, "batches": []}
+    conf = RetrainRequest(model, reason=reason, manual=True).to_conf()
     try:
         with store.transaction() as conn:
             store.record_decision(

@@ -40,6 +40,7 @@ from watcher.model_quality import PerformanceTracker, performance_metric
 from watcher.policy import DAY, PolicyInput, Verdict, decide, opens_incident, run_id_for, streak_of
 from watcher.reference import Reference
 from watcher.reports import ReportRenderer, report_path
+from watcher.retrain.request import RetrainRequest
 from watcher.safetext import escape
 from watcher.signals import (
     PeriodLoss,
@@ -700,26 +701,9 @@ class Pipeline:
         else:
             data |= {"table": source.table, "labels_table": source.labels_table}
         fired = next((r for r in verdict.readings if r.signal == verdict.signal), None)
-        conf: dict[str, Any] = {
-            "model": rt.name,
-            "reason": verdict.reason,
-            # Which signal fired: drift_persisting | performance_degraded | max_age.
-            "reason_kind": verdict.reason_kind,
-            "signal": None if fired is None else fired.to_dict(),
-            "batches": [r["batch_id"] for r in reversed(rows)],
-            "window": {
-                "from": min((r["finished_at"] for r in rows), default=None),
-                "to": max((r["finished_at"] for r in rows), default=None),
-                "source_window": (
-                    [w.isoformat() for w in ref.window] if ref is not None and ref.window else None
-                ),
-            },
-            "drift": None,
-            "reference_version": rt.reference.version,
-            "data": data,
-        }
+        drifted: dict[str, Any] | None = None
         if drift is not None:
-            conf["drift"] = {
+            drifted = {
                 "drift_share": drift.drift_share,
                 "features": [
                     {
@@ -732,7 +716,23 @@ class Pipeline:
                     if c.drifted
                 ],
             }
-        return conf
+        return RetrainRequest(
+            model=rt.name,
+            reason=verdict.reason,
+            reason_kind=verdict.reason_kind,
+            signal=None if fired is None else fired.to_dict(),
+            batches=[r["batch_id"] for r in reversed(rows)],
+            window={
+                "from": min((r["finished_at"] for r in rows), default=None),
+                "to": max((r["finished_at"] for r in rows), default=None),
+                "source_window": (
+                    [w.isoformat() for w in ref.window] if ref is not None and ref.window else None
+                ),
+            },
+            drift=drifted,
+            reference_version=rt.reference.version,
+            data=data,
+        ).to_conf()
 
     def _export(
         self,

@@ -28,7 +28,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -378,35 +377,39 @@ def _window(reference: pd.DataFrame, ctx: RunContext) -> tuple[datetime, datetim
 
 
 def notification(ctx: RunContext) -> tuple[str, str]:
-    """Subject and HTML body of the end-of-run mail: the decision and both models' metrics."""
+    """Subject and HTML body of the end-of-run mail: the decision and both models' metrics,
+    as the alert `retrain_deployed` or `retrain_not_deployed`, rendered like every alert."""
+    from watcher.alerts import alert_action
+    from watcher.alerts.compose import render
+
     decision = Decision.from_dict(_read_json(ctx.path("decision.json")))
     deployed_path = ctx.path("deployed.json")
     deployed = _read_json(deployed_path) if deployed_path.exists() else None
     metric = decision.metric
     new = decision.challenger.get(metric)
     old = (decision.champion or {}).get(metric)
+    title = f"version {deployed['version']} deployed" if deployed else "retrained, not deployed"
+    details: dict[str, Any] = {"reason": decision.reason}
     if deployed:
-        subject = f"[watcher] {ctx.model}: version {deployed['version']} deployed"
-    else:
-        subject = f"[watcher] {ctx.model}: retrained, not deployed"
-    subject += f" ({metric} {_fmt(new)} vs {_fmt(old)})"
-    names = sorted(set(decision.challenger) | set(decision.champion or {}))
-    rows = "".join(
-        f"<tr><td>{escape(n)}</td><td>{_fmt(decision.challenger.get(n))}</td>"
-        f"<td>{_fmt((decision.champion or {}).get(n))}</td></tr>"
-        for n in names
+        details["version"] = str(deployed["version"])
+    details |= {
+        "previous_version": decision.champion_version,
+        "primary_metric": metric,
+        "margin": decision.margin,
+        "champion": decision.champion or {},
+        "challenger": decision.challenger,
+        "run_folder": str(ctx.run_dir),
+    }
+    alert = alert_action(
+        "retrain_deployed" if deployed else "retrain_not_deployed",
+        key=f"retrain_ended:{ctx.run_id}",
+        model=ctx.model,
+        title=f"{title} ({metric} {_fmt(new)} vs {_fmt(old)})",
+        severity="info" if deployed else "warning",
+        details=details,
+        run={"dag_id": ctx.settings.dag_id(ctx.model), "run_id": ctx.run_id},
     )
-    champ = f"v{decision.champion_version}" if decision.champion_version else "none"
-    outcome = f"version {deployed['version']} is in production" if deployed else "not deployed"
-    html = (
-        f"<h3>Retraining of {escape(ctx.model)}: {escape(outcome)}</h3>"
-        f"<p>{escape(decision.reason)}</p>"
-        f"<table border='1' cellpadding='4'><tr><th>metric (holdout)</th>"
-        f"<th>challenger</th><th>champion ({escape(champ)})</th></tr>{rows}</table>"
-        f"<p>Primary metric: {escape(metric)}, margin {decision.margin:.1%}. "
-        f"Run: {escape(ctx.run_id)}; files in {escape(str(ctx.run_dir))}.</p>"
-    )
-    return subject, html
+    return render(alert, ctx.settings)
 
 
 def _fmt(value: float | None) -> str:
