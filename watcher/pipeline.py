@@ -11,8 +11,8 @@ Everything here is synchronous and CPU-bound; the daemon runs it in a worker thr
 the event loop (dispatchers, the run tracker, signal handling) stays responsive.
 
 Size: a batch's path and the label decision point share the runtime and the one
-transaction per batch; building the alert mails and the DAG conf is what the renovation
-(issue 15) moves into an incidents/actions module.
+transaction per batch, and both build the trigger (its `RetrainRequest` and mail) and the
+drift alerts they commit with it; opening and resolving the incidents is `watcher.incidents`.
 """
 
 from __future__ import annotations
