@@ -192,7 +192,7 @@ def score(
 ) -> None:
     """Score CURRENT against REFERENCE once. Exit 0 no dataset drift, 1 drift, 2 error."""
     from watcher.drift import engine
-    from watcher.retrain.data import read_table
+    from watcher.fileio import read_table
 
     try:
         ref_df, cur_df = read_table(reference), read_table(current)
@@ -615,8 +615,8 @@ def _own_data(data: Path, settings: Settings, skip: int, every: str) -> tuple[An
     """The demo's data loader and bootstrap for a user's table and config."""
     import pandas as pd
 
+    from watcher.fileio import read_table
     from watcher.retrain.bootstrap import bootstrap
-    from watcher.retrain.data import read_table
 
     if not settings.models:
         raise WatcherError("the config has no models", hint="add a [models.NAME] table")
@@ -689,7 +689,7 @@ def replay(
 ) -> None:
     """Feed a labelled data set to a running daemon period by period, as production would."""
     from watcher.dev.replay import PeriodResult, Replay
-    from watcher.retrain.data import read_table
+    from watcher.fileio import read_table
 
     settings = _load(config)
     name = model or next(iter(settings.models), None)
@@ -763,8 +763,8 @@ def backtest(
 
     from watcher import backtest as bt
     from watcher import backtest_report as report
+    from watcher.fileio import read_table
     from watcher.retrain.bootstrap import load_example_data
-    from watcher.retrain.data import read_table
 
     settings = _load(config)
     name = model or next(iter(settings.models), None)

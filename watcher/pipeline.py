@@ -11,8 +11,9 @@ Everything here is synchronous and CPU-bound; the daemon runs it in a worker thr
 the event loop (dispatchers, the run tracker, signal handling) stays responsive.
 
 Size: a batch's path and the label decision point share the runtime and the one
-transaction per batch; building the alert mails and the DAG conf is what the renovation
-(issue 15) moves into an incidents/actions module.
+transaction per batch. The actions they commit are built by `watcher.actions` (drift alerts,
+the trigger and its mail, whose conf is a `RetrainRequest`), and the incidents they open and
+resolve go through `watcher.incidents`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from watcher import incidents
+from watcher import actions, incidents
 from watcher.alerts import alert_action
 from watcher.config import ModelConfig, PolicyConfig, Settings
 from watcher.drift import engine
@@ -577,28 +578,14 @@ class Pipeline:
         verdict: Verdict,
         report_path: str | None,
     ) -> Action:
-        """The mail of a drift incident that opens."""
-        features = [c.to_dict() | {"feature": name} for name, c in drift.columns.items()]
-        features.sort(key=lambda f: (not f["drifted"], -float(f["score"])))
-        incident = f"drift:{rt.name}"
-        alert = alert_action(
-            "drift_persisting",
-            key=f"{incident}:opened:{ref.batch_id}",
-            model=rt.name,
-            title=f"dataset drift in {verdict.streak} consecutive batches "
-            f"({drift.n_drifted}/{drift.n_columns} features drifted)",
-            severity="warning",
-            details={
-                "drift_share": drift.drift_share,
-                "streak": verdict.streak,
-                "reference_version": rt.reference.version,
-                "decision": verdict.outcome,
-                "decision_reason": verdict.reason,
-            },
-            features=features,
-            batch={"batch_id": ref.batch_id, "uri": ref.uri},
+        """The mail of a drift incident that opens, with its links."""
+        alert = actions.drift_opened(
+            rt.name,
+            ref,
+            drift,
+            verdict,
+            reference_version=rt.reference.version,
             report_path=report_path,
-            incident=incident,
         )
         if self.snapshots is not None:
             alert.payload["evidently_url"] = self.snapshots.project_url()
@@ -610,17 +597,12 @@ class Pipeline:
 
     @staticmethod
     def _drift_over_alert(rt: ModelRuntime, ref: BatchRef, verdict: Verdict) -> Action:
-        """The mail of a drift incident that resolves."""
-        return alert_action(
-            "drift_resolved",
-            key=f"drift:{rt.name}:resolved:{ref.batch_id}",
-            model=rt.name,
-            title=f"dataset drift over: {verdict.streak} drifted, "
-            f"{rt.cfg.policy.resolve_after} clean batches in a row",
-            severity="info",
-            batch={"batch_id": ref.batch_id, "uri": ref.uri},
-            incident=f"drift:{rt.name}",
-            details={"reference_version": rt.reference.version},
+        return actions.drift_over(
+            rt.name,
+            ref,
+            verdict,
+            resolve_after=rt.cfg.policy.resolve_after,
+            reference_version=rt.reference.version,
         )
 
     def _trigger_actions(
@@ -634,48 +616,16 @@ class Pipeline:
         run_id: str,
     ) -> list[Action]:
         """The trigger and its mail: the same whichever signal fired."""
-        conf = self._conf(conn, rt, ref, drift, verdict)
-        dag_id = self.settings.dag_id(rt.name)
-        features: list[dict[str, Any]] = []
-        if drift is not None:
-            features = [c.to_dict() | {"feature": n} for n, c in drift.columns.items()]
-            features.sort(key=lambda f: (not f["drifted"], -float(f["score"])))
-        fired = next((r for r in verdict.readings if r.signal == verdict.signal), None)
-        details: dict[str, Any] = {
-            "reason": verdict.reason,
-            "reason_kind": verdict.reason_kind,
-            "signal": verdict.signal,
-        }
-        if drift is not None:
-            details["drift_share"] = drift.drift_share
-        if fired is not None:
-            details |= {f"{fired.signal}_{k}": v for k, v in (fired.numbers or {}).items()}
-            details |= {"signal_value": fired.value, "signal_threshold": fired.threshold}
-        what = (verdict.reason_kind or "retrain").replace("_", " ")
-        return [
-            Action(
-                kind="trigger",
-                key=run_id,
-                model=rt.name,
-                payload={
-                    "dag_id": dag_id,
-                    "run_id": run_id,
-                    "conf": conf,
-                    "note": f"watcher: {verdict.reason}",
-                },
-            ),
-            alert_action(
-                "retrain_triggered",
-                key=f"triggered:{run_id}",
-                model=rt.name,
-                title=f"retraining triggered ({dag_id}): {what}",
-                severity="info",
-                features=features[:10],
-                batch={"batch_id": point, "uri": ref.uri if ref else point},
-                run={"dag_id": dag_id, "run_id": run_id},
-                details=details,
-            ),
-        ]
+        return actions.retrain_trigger(
+            rt.name,
+            dag_id=self.settings.dag_id(rt.name),
+            run_id=run_id,
+            point=point,
+            ref=ref,
+            drift=drift,
+            verdict=verdict,
+            conf=self._conf(conn, rt, ref, drift, verdict),
+        )
 
     def _conf(
         self,

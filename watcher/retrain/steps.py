@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import tempfile
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -35,6 +32,7 @@ import pandas as pd
 
 from watcher.config import ModelConfig, RetrainConfig, Settings
 from watcher.errors import ChecksumMismatch, RegistryError, TrainingDataError
+from watcher.fileio import safe_file_name, write_json_atomic, write_parquet_atomic
 from watcher.registry import VersionInfo, load_trusted_model, save_model
 from watcher.registry_backend import Registry, open_registry
 from watcher.retrain import data as data_mod
@@ -52,10 +50,6 @@ from watcher.retrain.selection import SelectionResult, select_features
 from watcher.retrain.tuning import make_pipeline, tune
 
 log = logging.getLogger(__name__)
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 @dataclass(frozen=True)
@@ -76,7 +70,7 @@ class RunContext:
 
     @property
     def run_dir(self) -> Path:
-        path = self.settings.daemon.state_dir / "retrain" / self.model / _safe(self.run_id)
+        path = self.settings.daemon.state_dir / "retrain" / self.model / safe_file_name(self.run_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -93,14 +87,6 @@ def _threads(ctx: RunContext) -> AbstractContextManager[None]:
     return limited_threads(ctx.cfg.threads)
 
 
-def _write_json(path: Path, payload: Any) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -109,13 +95,6 @@ def _read_json(path: Path) -> Any:
             f"{path.name} is missing from the run folder {path.parent}",
             hint="the step that writes it did not finish; rerun the run from the start",
         ) from exc
-
-
-def _write_parquet(path: Path, frame: pd.DataFrame) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
 
 
 # ---- the steps ----------------------------------------------------------------------
@@ -140,8 +119,8 @@ def ingest(
         summary.base_rows,
         summary.labelled_rows,
     )
-    _write_parquet(out, frame)
-    _write_json(ctx.path("ingest.json"), summary.to_dict())
+    write_parquet_atomic(out, frame)
+    write_json_atomic(ctx.path("ingest.json"), summary.to_dict())
     return out
 
 
@@ -151,8 +130,8 @@ def validate(ctx: RunContext) -> Path:
     valid, report = validation.validate(frame, ctx.model_cfg.columns, ctx.cfg, model=ctx.model)
     for warning in report.warnings:
         log.warning("validate: %s", warning)
-    _write_parquet(ctx.path("validated.parquet"), valid)
-    _write_json(ctx.path("validation.json"), report.to_dict())
+    write_parquet_atomic(ctx.path("validated.parquet"), valid)
+    write_json_atomic(ctx.path("validation.json"), report.to_dict())
     return ctx.path("validated.parquet")
 
 
@@ -164,9 +143,9 @@ def engineer(ctx: RunContext) -> Path:
     cols = [*report.numeric, *report.categorical]
     prep = build_preprocessor(ctx.cfg, report.numeric, report.categorical)
     prep.fit(train[cols], train[ctx.model_cfg.columns.target])
-    _write_parquet(ctx.path("train.parquet"), train)
-    _write_parquet(ctx.path("holdout.parquet"), holdout)
-    _write_json(
+    write_parquet_atomic(ctx.path("train.parquet"), train)
+    write_parquet_atomic(ctx.path("holdout.parquet"), holdout)
+    write_json_atomic(
         ctx.path("features.json"),
         {
             "numeric": report.numeric,
@@ -195,7 +174,7 @@ def select(ctx: RunContext) -> Path:
         result = select_features(
             train, train[target], spec["numeric"], spec["categorical"], ctx.cfg
         )
-        _write_json(ctx.path("selection.json"), result.to_dict())
+        write_json_atomic(ctx.path("selection.json"), result.to_dict())
         return ctx.path("selection.json")
 
 
@@ -223,7 +202,7 @@ def train(ctx: RunContext) -> Path:
             final = make_pipeline(ctx.cfg, numeric, categorical, result.family, result.params)
             final.fit(everything[selection.features], everything[target])
             save_model(final, ctx.path("final.skops"))
-        _write_json(
+        write_json_atomic(
             ctx.path("training.json"),
             {
                 "family": result.family,
@@ -276,7 +255,7 @@ def evaluate(ctx: RunContext) -> Path:
                     result["champion_problem"] = str(exc)
                 else:
                     result["champion"] = score(champion, rows[info.features], rows[target], task)
-        _write_json(ctx.path("evaluation.json"), result)
+        write_json_atomic(ctx.path("evaluation.json"), result)
         return ctx.path("evaluation.json")
 
 
@@ -292,7 +271,7 @@ def gate(ctx: RunContext, *, margin: float | None = None) -> Decision:
         champion_problem=ev["champion_problem"],
     )
     log.info("gate: %s: %s", "deploy" if decision.deploy else "keep champion", decision.reason)
-    _write_json(ctx.path("decision.json"), decision.to_dict())
+    write_json_atomic(ctx.path("decision.json"), decision.to_dict())
     return decision
 
 
@@ -362,7 +341,7 @@ def deploy(ctx: RunContext) -> VersionInfo | None:
     registry.record_run(
         ctx.model, ctx.run_id, {"deployed": True, "version": info.version, **decision.to_dict()}
     )
-    _write_json(ctx.path("deployed.json"), {"version": info.version, "pruned": removed})
+    write_json_atomic(ctx.path("deployed.json"), {"version": info.version, "pruned": removed})
     return info
 
 
