@@ -382,11 +382,8 @@ class Pipeline:
         time, writes a model's drift history and drift incident."""
         with self.store.transaction() as conn:
             flags = self.store.drift_flags_since_reset(conn, rt.name, rt.cfg.policy.consecutive)
-            is_open = conn.execute(
-                "SELECT 1 FROM incidents WHERE key = ? AND resolved_at IS NULL",
-                (f"drift:{rt.name}",),
-            ).fetchone()
-        return is_open is None and opens_incident(1 + streak_of(flags), rt.cfg.policy)
+            is_open = self.store.incident_is_open(conn, f"drift:{rt.name}")
+        return not is_open and opens_incident(1 + streak_of(flags), rt.cfg.policy)
 
     # ---- the policy's inputs and the second decision point --------------------------------
 
@@ -680,11 +677,7 @@ class Pipeline:
         verdict: Verdict,
     ) -> dict[str, Any]:
         """What the retraining DAG is told: which model, why, and where the data is."""
-        rows = conn.execute(
-            "SELECT batch_id, uri, finished_at FROM batches WHERE model = ? AND status = 'scored' "
-            "ORDER BY seq DESC LIMIT ?",
-            (rt.name, verdict.streak),
-        ).fetchall()
+        rows = self.store.last_scored(conn, rt.name, verdict.streak)
         source = rt.cfg.source
         data: dict[str, Any] = {"source_kind": source.kind}
         if source.kind == "directory":

@@ -9,7 +9,6 @@ between two writes repeats an idempotent step rather than losing one.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import Any
 
@@ -18,7 +17,7 @@ from watcher.alerts import alert_action
 from watcher.config import Settings
 from watcher.errors import AirflowError, AirflowLoginError
 from watcher.metrics import Metrics
-from watcher.state import OutboxItem, StateStore
+from watcher.state import OutboxItem, StateStore, backoff
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +185,7 @@ class TriggerDispatcher:
     ) -> None:
         """Leave the trigger pending; try again after a jittered, growing delay."""
         cap = self.backoff_max if cap is None else min(cap, self.backoff_max)
-        delay = min(cap, self.backoff_base * 2 ** min(item.attempts, 20))
-        delay = max(at_least, delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not crypto
+        delay = max(at_least, backoff(item.attempts + 1, self.backoff_base, cap))
         self.store.reschedule(item.id, time.time() + delay, str(exc))
         log.warning("trigger %s not delivered (%s); next try in %.0fs", item.key, exc, delay)
 

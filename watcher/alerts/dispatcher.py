@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -64,7 +63,7 @@ from watcher.config import Settings
 from watcher.errors import MailError
 from watcher.metrics import Metrics
 from watcher.secrets import secret_values
-from watcher.state import DB_ERRORS, Action, OutboxItem, StateStore
+from watcher.state import DB_ERRORS, Action, OutboxItem, StateStore, backoff
 from watcher.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
@@ -391,9 +390,7 @@ class MailDispatcher:
         if rounds >= self.settings.smtp.max_delivery_rounds:
             self._dead(item, kind, f"gave up after {rounds} delivery rounds: {error}")
             return
-        delay = min(self.backoff_max, self.backoff_initial * 2 ** (rounds - 1))
-        # Jitter spreads retries of many daemons (or many mails) after one outage; not crypto.
-        delay *= random.uniform(0.5, 1.0)  # noqa: S311
+        delay = backoff(rounds, self.backoff_initial, self.backoff_max)
         self.store.reschedule(item.id, self.clock() + delay, error)
         self.metrics.alerts.labels(kind, "retry").inc()
         log.warning(

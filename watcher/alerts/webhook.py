@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from watcher import __version__
 from watcher.config import Settings, WebhookConfig
 from watcher.errors import WatcherError
 from watcher.metrics import Metrics
-from watcher.state import Action, OutboxItem, StateStore
+from watcher.state import Action, OutboxItem, StateStore, backoff
 from watcher.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
@@ -294,9 +293,7 @@ class WebhookDispatcher:
         if rounds >= cfg.max_delivery_rounds:
             self._dead(item, hook, f"gave up after {rounds} delivery rounds: {exc}")
             return
-        delay = min(cfg.retry_backoff_max_seconds, cfg.retry_backoff_seconds * 2 ** (rounds - 1))
-        # Jitter spreads the retries of many items after one outage; not crypto.
-        delay *= random.uniform(0.5, 1.0)  # noqa: S311
+        delay = backoff(rounds, cfg.retry_backoff_seconds, cfg.retry_backoff_max_seconds)
         self.store.reschedule(item.id, self.clock() + delay, str(exc))
         self.metrics.webhooks.labels(hook, "retry").inc()
         log.warning(
