@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import run_daemon
 from prometheus_client import CollectorRegistry
 from support import drop, frame, write_config
 
@@ -59,19 +60,14 @@ def test_stop_abandons_a_slow_batch_in_bounded_time_and_restart_scores_it(tmp_pa
     release.set()  # the abandoned thread may now finish; its result goes nowhere
 
     async def second_run() -> None:
-        daemon = Daemon(settings, CollectorRegistry())
-        task = asyncio.create_task(daemon.run())
         check = StateStore(settings.daemon.state_dir / "state.db")
         try:
-            for _ in range(300):
-                if check.batch_status("m", "slow.parquet") == "scored":
-                    break
-                await asyncio.sleep(0.1)
-            assert check.batch_status("m", "slow.parquet") == "scored"
+            async with run_daemon(settings) as daemon:
+                await daemon.until(
+                    lambda: check.batch_status("m", "slow.parquet") == "scored", 30, "rescored"
+                )
         finally:
             check.close()
-        daemon.request_stop()
-        await asyncio.wait_for(task, 30)
 
     asyncio.run(second_run())
 
