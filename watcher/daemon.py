@@ -126,7 +126,7 @@ class Daemon:
             if isinstance(source, DirectorySource):
                 source.start_watching(self._wake)
             self.metrics.init_model(name, preset_events=cfg.metrics.detail == "feature")
-            self.metrics.source_up.labels(name).set(1)
+            self.metrics.source_polled(name, up=True)
         self.background = Background(
             build_workers(cfg, self.store, self.metrics, self.on_run_success, self.on_run_end)
         )
@@ -143,8 +143,7 @@ class Daemon:
                     break
                 await self.round.run(rt)
             with contextlib.suppress(Exception):  # a metric only; the store may be failing
-                for kind, n in self.store.pending_counts().items():
-                    self.metrics.outbox_pending.labels(kind).set(n)
+                self.metrics.outbox_pending_now(self.store.pending_counts())
             await self._until_next_round(interval)
 
     async def shutdown(self) -> None:

@@ -63,7 +63,7 @@ class ModelRound:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.metrics.problems.labels(model, step).inc()
+            self.metrics.problem(model, step)
             text = f"{type(exc).__name__}: {exc}"
             if self._failing.get((model, step)) != text:
                 self._failing[(model, step)] = text
@@ -105,12 +105,12 @@ class ModelRound:
                 log.warning("could not read %s/%s: %s; will retry", rt.name, ref.batch_id, exc)
                 return
             except WatcherError as exc:
-                self.metrics.batches.labels(rt.name, "failed").inc()
+                self.metrics.batch_set_aside(rt.name, "failed")
                 log.error("batch %s/%s failed: %s", rt.name, ref.batch_id, exc)
             except Exception:
                 # A bug, not bad input: keep the daemon up, leave the batch claimed so a
                 # restart (after a fix) scores it, and make it loud.
-                self.metrics.batches.labels(rt.name, "failed").inc()
+                self.metrics.batch_set_aside(rt.name, "failed")
                 log.exception("unexpected error scoring %s/%s", rt.name, ref.batch_id)
             self.health.beat()
 

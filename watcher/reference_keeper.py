@@ -99,7 +99,7 @@ class ReferenceKeeper:
             reference = prepare(name, cfg, reference_tag(version), frame, load_frame=loader)
         except Exception:
             raise exc from None
-        self.metrics.problems.labels(name, "registry").inc()
+        self.metrics.problem(name, "registry")
         self._bad_version[name] = (
             pointer_text(self.registry, name),
             time.monotonic() + RETRY_BAD_VERSION_SECONDS,
@@ -144,7 +144,7 @@ class ReferenceKeeper:
                 return
             reference = await run_in_daemon_thread(load_reference, rt.name, rt.cfg, self.settings)
         except Exception as exc:
-            self.metrics.problems.labels(rt.name, "registry").inc()
+            self.metrics.problem(rt.name, "registry")
             if bad is None or bad[0] != pointer:
                 log.error(
                     "cannot load the new reference of %s (PRODUCTION %r): %s; keeping %s",
@@ -169,4 +169,4 @@ class ReferenceKeeper:
         self.store.set_reference_version(name, reference.version)
         self.store.note_deployment(name)
         self.metrics.set_model_version(name, reference.version)
-        self.metrics.drift_streak.labels(name).set(self.store.drift_streak(name))
+        self.metrics.drift_streak_now(name, self.store.drift_streak(name))

@@ -33,7 +33,7 @@ class SourceAlerts:
 
     def down(self, rt: ModelRuntime, exc: SourceError) -> None:
         """The source cannot be read this round (a SourceError): retried every round."""
-        self.metrics.source_up.labels(rt.name).set(0)
+        self.metrics.source_polled(rt.name, up=False)
         if self._down.get(rt.name) != str(exc):  # once per cause
             self._down[rt.name] = str(exc)
             log.warning("source of %s unavailable: %s; retrying every round", rt.name, exc)
@@ -43,7 +43,7 @@ class SourceAlerts:
     def failed(self, rt: ModelRuntime, exc: Exception) -> None:
         """Polling failed in a way nobody foresaw: a source that is down this round (no
         input may stop the daemon). The traceback once per kind of error."""
-        self.metrics.source_up.labels(rt.name).set(0)
+        self.metrics.source_polled(rt.name, up=False)
         seen = f"{type(exc).__name__}: {exc}"
         if self._poll_errors.get(rt.name) != seen:
             self._poll_errors[rt.name] = seen
@@ -52,12 +52,12 @@ class SourceAlerts:
     def up(self, rt: ModelRuntime) -> None:
         """The source was listed this round."""
         self._poll_errors.pop(rt.name, None)
-        self.metrics.source_up.labels(rt.name).set(1)
+        self.metrics.source_polled(rt.name, up=True)
         self._down.pop(rt.name, None)
         if isinstance(rt.source, DirectorySource):
             self._folder_up(rt)
             if rt.source.reused_names:
-                self.metrics.problems.labels(rt.name, "name_reused").inc(rt.source.reused_names)
+                self.metrics.problem(rt.name, "name_reused", rt.source.reused_names)
                 rt.source.reused_names = 0
 
     def _folder_down(self, rt: ModelRuntime, exc: SourceError) -> None:

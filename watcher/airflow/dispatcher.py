@@ -63,9 +63,7 @@ class TriggerDispatcher:
                 # the same retries. They stay due and go first in the next round.
                 break
         self._sync_login_incident()
-        self.metrics.outbox_pending.labels(kind="trigger").set(
-            self.store.pending_counts()["trigger"]
-        )
+        self.metrics.outbox_pending_now({"trigger": self.store.pending_counts()["trigger"]})
 
     async def close(self) -> None:
         self.gateway.close()
@@ -107,7 +105,7 @@ class TriggerDispatcher:
             with self.store.transaction() as conn:
                 self.store.resolve_incident(conn, paused_incident(dag_id))
         outcome = "duplicate" if result.duplicate else "delivered"
-        self.metrics.retrain_triggers.labels(model=model, outcome=outcome).inc()
+        self.metrics.trigger_delivered(model, outcome)
         log.info(
             "retrain trigger %s for %s %s (run state %s)", run_id, dag_id, outcome, result.state
         )
@@ -219,8 +217,8 @@ class TriggerDispatcher:
                 ),
             )
         self.store.mark_dead(item.id, message)
-        self.metrics.dead_letters.labels(kind="trigger").inc()
-        self.metrics.retrain_triggers.labels(model=model, outcome="failed").inc()
+        self.metrics.dead_letter("trigger")
+        self.metrics.trigger_delivered(model, "failed")
         log.error("trigger %s refused for good: %s", run_id, message)
 
     def _sync_login_incident(self) -> None:

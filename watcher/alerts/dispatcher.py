@@ -161,7 +161,7 @@ class MailDispatcher:
                 break  # the server is down or misconfigured: the rest waits for a later round
         if now - self._last_contact >= self.probe_interval:
             await self._probe()
-        self.metrics.outbox_pending.labels("alert").set(self.store.pending_counts()["alert"])
+        self.metrics.outbox_pending_now({"alert": self.store.pending_counts()["alert"]})
 
     async def close(self) -> None:
         return  # one SMTP connection per mail: nothing stays open between rounds
@@ -260,7 +260,7 @@ class MailDispatcher:
             StateStore.enqueue(conn, Action("alert", key, None, payload), not_before=now)
             StateStore.complete_actions(conn, [m.id for m in members])
         for m in members:
-            self.metrics.alerts.labels(str(m.payload.get("alert")), "digested").inc()
+            self.metrics.alert_mailed(str(m.payload.get("alert")), "digested")
         log.info("folded %d alerts for %s into digest %s", len(members), ", ".join(recipients), key)
         item = next(i for i in self.store.due_actions("alert", now, limit=1000) if i.key == key)
         return item
@@ -294,7 +294,7 @@ class MailDispatcher:
             return True
 
         if item.sending_at is not None:
-            self.metrics.alerts.labels(kind, "redelivered").inc()
+            self.metrics.alert_mailed(kind, "redelivered")
             log.warning(
                 "alert %s was being mailed when watcher stopped; sending it again with the "
                 "same Message-ID (a mail client shows one copy)",
@@ -336,7 +336,7 @@ class MailDispatcher:
             self._unrecorded[item.id] = item
             self._state_failed(item, exc, sent=True)
             return False
-        self.metrics.alerts.labels(kind, "sent").inc()
+        self.metrics.alert_mailed(kind, "sent")
         if kind != "digest":
             self._sent_at.append(now)
         members = item.payload.get("members") or [{"payload": item.payload}]
@@ -353,7 +353,7 @@ class MailDispatcher:
         return True
 
     def _state_failed(self, item: OutboxItem, exc: Exception, *, sent: bool) -> None:
-        self.metrics.problems.labels(item.model or "", "state_write").inc()
+        self.metrics.problem(item.model or "", "state_write")
         if self._state_broken and not sent:
             return  # said already; /readyz and watcher_state_writable keep saying it
         self._state_broken = True
@@ -392,7 +392,7 @@ class MailDispatcher:
             return
         delay = backoff(rounds, self.backoff_initial, self.backoff_max)
         self.store.reschedule(item.id, self.clock() + delay, error)
-        self.metrics.alerts.labels(kind, "retry").inc()
+        self.metrics.alert_mailed(kind, "retry")
         log.warning(
             "could not mail %s %s (round %d of %d), next try in %.0fs: %s",
             kind,
@@ -407,8 +407,8 @@ class MailDispatcher:
     def _dead(self, item: OutboxItem, kind: str, error: str) -> None:
         error = redact(error, self._secrets)
         self.store.mark_dead(item.id, error)
-        self.metrics.dead_letters.labels("alert").inc()
-        self.metrics.alerts.labels(kind, "dead").inc()
+        self.metrics.dead_letter("alert")
+        self.metrics.alert_mailed(kind, "dead")
         log.error(
             "alert %s (%s) parked as a dead letter: %s; it will not be mailed "
             "(the outbox keeps it with status 'dead')",
@@ -433,7 +433,7 @@ def build_mail_workers(
     settings: Settings, store: StateStore, metrics: Metrics
 ) -> list[PeriodicWorker]:
     """The workers that deliver alert mails; the daemon starts them when smtp.enabled."""
-    metrics.outbox_pending.labels("alert").set(store.pending_counts()["alert"])
+    metrics.outbox_pending_now({"alert": store.pending_counts()["alert"]})
     return [
         MailDispatcher(
             settings,
