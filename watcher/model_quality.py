@@ -39,7 +39,8 @@ import pandas as pd
 
 from watcher.alerts import alert_action
 from watcher.config import ModelConfig
-from watcher.errors import SourceError, WatcherError
+from watcher.errors import SourceError
+from watcher.fileio import LabelFileError, read_label_file, write_parquet_atomic
 from watcher.metrics import Metrics
 from watcher.retrain.evaluation import classification_metrics, regression_metrics
 from watcher.signals import loss_of
@@ -47,10 +48,6 @@ from watcher.sources.base import Source
 from watcher.state import LabelPeriod, StateConn, StateStore
 
 log = logging.getLogger(__name__)
-
-
-class LabelFileError(WatcherError):
-    """A label file cannot be used; it is set aside with this reason."""
 
 
 def performance_metric(cfg: ModelConfig) -> str:
@@ -121,9 +118,7 @@ class PerformanceTracker:
             columns={cols.id: "id", cols.prediction: "prediction"}
         )
         kept["version"] = version
-        tmp = self.dir / f".{safe}.parquet.tmp"
-        kept.to_parquet(tmp, index=False)
-        tmp.replace(self.dir / f"{safe}.parquet")
+        write_parquet_atomic(self.dir / f"{safe}.parquet", kept)
 
     def check_labels(self) -> dict[str, float] | None:
         """Read labels not seen before, record their periods; the metrics on them.
@@ -204,7 +199,7 @@ class PerformanceTracker:
                 labels = self._read_label_file(path)
             except LabelFileError as exc:
                 read.rejected[path.name] = str(exc)
-                self.metrics.problems.labels(self.model, "label_file").inc()
+                self.metrics.problem(self.model, "label_file")
                 log.warning(
                     "%s: label file %s set aside, its labels are not used: %s",
                     self.model,
@@ -263,26 +258,8 @@ class PerformanceTracker:
         id_col, target = self.cfg.columns.id, self.cfg.columns.target
         assert id_col is not None
         assert target is not None
-        if path.stat().st_size == 0:
-            raise LabelFileError(f"{path.name} is empty (0 bytes)")
-        try:
-            if path.suffix == ".parquet":
-                df = pd.read_parquet(path)
-            else:
-                df = pd.read_csv(path, encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise LabelFileError(
-                f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})"
-            ) from exc
-        except Exception as exc:  # pandas and pyarrow raise many types for damaged files
-            kind = "Parquet" if path.suffix == ".parquet" else "CSV"
-            raise LabelFileError(
-                f"{path.name} is not a readable {kind} file: {type(exc).__name__}: {str(exc)[:200]}"
-            ) from exc
-        missing = [c for c in (id_col, target) if c not in df.columns]
-        if missing:
-            raise LabelFileError(f"{path.name} lacks column(s) {missing}")
-        out = df[[id_col, target]].rename(columns={id_col: "id", target: "label"})
+        df = read_label_file(path, id_col, target)
+        out = df.rename(columns={id_col: "id", target: "label"})
         if self.cfg.retrain.task == "regression":
             numbers = pd.to_numeric(out["label"], errors="coerce")
             bad = out["label"].notna() & numbers.isna()

@@ -11,8 +11,9 @@ Everything here is synchronous and CPU-bound; the daemon runs it in a worker thr
 the event loop (dispatchers, the run tracker, signal handling) stays responsive.
 
 Size: a batch's path and the label decision point share the runtime and the one
-transaction per batch; building the alert mails and the DAG conf is what the renovation
-(issue 15) moves into an incidents/actions module.
+transaction per batch. The actions they commit are built by `watcher.actions` (drift alerts,
+the trigger and its mail, whose conf is a `RetrainRequest`), and the incidents they open and
+resolve go through `watcher.incidents`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from watcher import incidents
+from watcher import actions, incidents
 from watcher.alerts import alert_action
 from watcher.config import ModelConfig, PolicyConfig, Settings
 from watcher.drift import engine
@@ -40,6 +41,7 @@ from watcher.model_quality import PerformanceTracker, performance_metric
 from watcher.policy import DAY, PolicyInput, Verdict, decide, opens_incident, run_id_for, streak_of
 from watcher.reference import Reference
 from watcher.reports import ReportRenderer, report_path
+from watcher.retrain.request import RetrainRequest
 from watcher.safetext import escape
 from watcher.signals import (
     PeriodLoss,
@@ -269,9 +271,7 @@ class Pipeline:
         except Exception:  # committed: the batch stays rejected whatever happens to the file
             log.exception("could not set %s/%s aside", rt.name, ref.batch_id)
             where = None
-        self.metrics.batches.labels(rt.name, status).inc()
-        if status == "rejected":
-            self.metrics.batches_rejected.labels(rt.name, exc.check).inc()
+        self.metrics.batch_set_aside(rt.name, status, exc.check)
         log.warning(
             "%s %s/%s (%s): %s; set aside at %s",
             status,
@@ -400,11 +400,8 @@ class Pipeline:
         time, writes a model's drift history and drift incident."""
         with self.store.transaction() as conn:
             flags = self.store.drift_flags_since_reset(conn, rt.name, rt.cfg.policy.consecutive)
-            is_open = conn.execute(
-                "SELECT 1 FROM incidents WHERE key = ? AND resolved_at IS NULL",
-                (f"drift:{rt.name}",),
-            ).fetchone()
-        return is_open is None and opens_incident(1 + streak_of(flags), rt.cfg.policy)
+            is_open = self.store.incident_is_open(conn, f"drift:{rt.name}")
+        return not is_open and opens_incident(1 + streak_of(flags), rt.cfg.policy)
 
     # ---- the policy's inputs and the second decision point --------------------------------
 
@@ -541,7 +538,7 @@ class Pipeline:
                     self.store.enqueue(conn, action)
             if verdict.triggers:
                 self.store.reset_streak(conn, rt.name)
-        self.metrics.retrain_triggers.labels(rt.name, verdict.outcome).inc()
+        self.metrics.retrain_decided(rt.name, verdict.outcome)
         self.export_signals(rt, verdict)
         self._log_periods(rt, changed, verdict)
         return verdict
@@ -581,28 +578,14 @@ class Pipeline:
         verdict: Verdict,
         report_path: str | None,
     ) -> Action:
-        """The mail of a drift incident that opens."""
-        features = [c.to_dict() | {"feature": name} for name, c in drift.columns.items()]
-        features.sort(key=lambda f: (not f["drifted"], -float(f["score"])))
-        incident = f"drift:{rt.name}"
-        alert = alert_action(
-            "drift_persisting",
-            key=f"{incident}:opened:{ref.batch_id}",
-            model=rt.name,
-            title=f"dataset drift in {verdict.streak} consecutive batches "
-            f"({drift.n_drifted}/{drift.n_columns} features drifted)",
-            severity="warning",
-            details={
-                "drift_share": drift.drift_share,
-                "streak": verdict.streak,
-                "reference_version": rt.reference.version,
-                "decision": verdict.outcome,
-                "decision_reason": verdict.reason,
-            },
-            features=features,
-            batch={"batch_id": ref.batch_id, "uri": ref.uri},
+        """The mail of a drift incident that opens, with its links."""
+        alert = actions.drift_opened(
+            rt.name,
+            ref,
+            drift,
+            verdict,
+            reference_version=rt.reference.version,
             report_path=report_path,
-            incident=incident,
         )
         if self.snapshots is not None:
             alert.payload["evidently_url"] = self.snapshots.project_url()
@@ -614,17 +597,12 @@ class Pipeline:
 
     @staticmethod
     def _drift_over_alert(rt: ModelRuntime, ref: BatchRef, verdict: Verdict) -> Action:
-        """The mail of a drift incident that resolves."""
-        return alert_action(
-            "drift_resolved",
-            key=f"drift:{rt.name}:resolved:{ref.batch_id}",
-            model=rt.name,
-            title=f"dataset drift over: {verdict.streak} drifted, "
-            f"{rt.cfg.policy.resolve_after} clean batches in a row",
-            severity="info",
-            batch={"batch_id": ref.batch_id, "uri": ref.uri},
-            incident=f"drift:{rt.name}",
-            details={"reference_version": rt.reference.version},
+        return actions.drift_over(
+            rt.name,
+            ref,
+            verdict,
+            resolve_after=rt.cfg.policy.resolve_after,
+            reference_version=rt.reference.version,
         )
 
     def _trigger_actions(
@@ -638,48 +616,16 @@ class Pipeline:
         run_id: str,
     ) -> list[Action]:
         """The trigger and its mail: the same whichever signal fired."""
-        conf = self._conf(conn, rt, ref, drift, verdict)
-        dag_id = self.settings.dag_id(rt.name)
-        features: list[dict[str, Any]] = []
-        if drift is not None:
-            features = [c.to_dict() | {"feature": n} for n, c in drift.columns.items()]
-            features.sort(key=lambda f: (not f["drifted"], -float(f["score"])))
-        fired = next((r for r in verdict.readings if r.signal == verdict.signal), None)
-        details: dict[str, Any] = {
-            "reason": verdict.reason,
-            "reason_kind": verdict.reason_kind,
-            "signal": verdict.signal,
-        }
-        if drift is not None:
-            details["drift_share"] = drift.drift_share
-        if fired is not None:
-            details |= {f"{fired.signal}_{k}": v for k, v in (fired.numbers or {}).items()}
-            details |= {"signal_value": fired.value, "signal_threshold": fired.threshold}
-        what = (verdict.reason_kind or "retrain").replace("_", " ")
-        return [
-            Action(
-                kind="trigger",
-                key=run_id,
-                model=rt.name,
-                payload={
-                    "dag_id": dag_id,
-                    "run_id": run_id,
-                    "conf": conf,
-                    "note": f"watcher: {verdict.reason}",
-                },
-            ),
-            alert_action(
-                "retrain_triggered",
-                key=f"triggered:{run_id}",
-                model=rt.name,
-                title=f"retraining triggered ({dag_id}): {what}",
-                severity="info",
-                features=features[:10],
-                batch={"batch_id": point, "uri": ref.uri if ref else point},
-                run={"dag_id": dag_id, "run_id": run_id},
-                details=details,
-            ),
-        ]
+        return actions.retrain_trigger(
+            rt.name,
+            dag_id=self.settings.dag_id(rt.name),
+            run_id=run_id,
+            point=point,
+            ref=ref,
+            drift=drift,
+            verdict=verdict,
+            conf=self._conf(conn, rt, ref, drift, verdict),
+        )
 
     def _conf(
         self,
@@ -690,11 +636,7 @@ class Pipeline:
         verdict: Verdict,
     ) -> dict[str, Any]:
         """What the retraining DAG is told: which model, why, and where the data is."""
-        rows = conn.execute(
-            "SELECT batch_id, uri, finished_at FROM batches WHERE model = ? AND status = 'scored' "
-            "ORDER BY seq DESC LIMIT ?",
-            (rt.name, verdict.streak),
-        ).fetchall()
+        rows = self.store.last_scored(conn, rt.name, verdict.streak)
         source = rt.cfg.source
         data: dict[str, Any] = {"source_kind": source.kind}
         if source.kind == "directory":
@@ -705,26 +647,9 @@ class Pipeline:
         else:
             data |= {"table": source.table, "labels_table": source.labels_table}
         fired = next((r for r in verdict.readings if r.signal == verdict.signal), None)
-        conf: dict[str, Any] = {
-            "model": rt.name,
-            "reason": verdict.reason,
-            # Which signal fired: drift_persisting | performance_degraded | max_age.
-            "reason_kind": verdict.reason_kind,
-            "signal": None if fired is None else fired.to_dict(),
-            "batches": [r["batch_id"] for r in reversed(rows)],
-            "window": {
-                "from": min((r["finished_at"] for r in rows), default=None),
-                "to": max((r["finished_at"] for r in rows), default=None),
-                "source_window": (
-                    [w.isoformat() for w in ref.window] if ref is not None and ref.window else None
-                ),
-            },
-            "drift": None,
-            "reference_version": rt.reference.version,
-            "data": data,
-        }
+        drifted: dict[str, Any] | None = None
         if drift is not None:
-            conf["drift"] = {
+            drifted = {
                 "drift_share": drift.drift_share,
                 "features": [
                     {
@@ -737,7 +662,23 @@ class Pipeline:
                     if c.drifted
                 ],
             }
-        return conf
+        return RetrainRequest(
+            model=rt.name,
+            reason=verdict.reason,
+            reason_kind=verdict.reason_kind,
+            signal=None if fired is None else fired.to_dict(),
+            batches=[r["batch_id"] for r in reversed(rows)],
+            window={
+                "from": min((r["finished_at"] for r in rows), default=None),
+                "to": max((r["finished_at"] for r in rows), default=None),
+                "source_window": (
+                    [w.isoformat() for w in ref.window] if ref is not None and ref.window else None
+                ),
+            },
+            drift=drifted,
+            reference_version=rt.reference.version,
+            data=data,
+        ).to_conf()
 
     def _export(
         self,
@@ -746,26 +687,14 @@ class Pipeline:
         drift: engine.DriftResult,
         verdict: Verdict,
     ) -> None:
-        m, name = self.metrics, rt.name
-        m.batches.labels(name, "scored").inc()
-        m.batch_rows.labels(name).set(quality.rows)
-        m.last_batch_timestamp.labels(name).set(time.time())
-        m.dataset_drift_ratio.labels(name).set(drift.drift_share)
-        m.dataset_drifted.labels(name).set(int(drift.dataset_drift))
-        m.drifted_features.labels(name).set(drift.n_drifted)
-        m.drift_streak.labels(name).set(0 if verdict.triggers else verdict.streak)
-        per_feature = self.settings.metrics.detail == "feature"
-        for col, c in drift.columns.items() if per_feature else ():
-            m.set_feature_drift(name, col, c.stattest, c.score, c.threshold)
-            m.feature_drifted.labels(name, col).set(int(c.drifted))
-        if drift.prediction is not None:
-            m.prediction_drift_score.labels(name).set(drift.prediction.score)
-        for col, (test, why) in drift.failures.items():
-            m.drift_test_failures.labels(name, test).inc()
-            log.warning("%s: column %r not scored: %s", name, col, why)
-        for col, share in quality.missing_share.items() if per_feature else ():
-            m.missing_values_ratio.labels(name, col).set(share)
-        for v in quality.violations:
-            m.quality_violations.labels(name, v.check).inc()
-        m.retrain_triggers.labels(name, verdict.outcome).inc()
+        self.metrics.batch_scored(
+            rt.name,
+            quality,
+            drift,
+            streak=0 if verdict.triggers else verdict.streak,
+            per_feature=self.settings.metrics.detail == "feature",
+        )
+        for col, (_, why) in drift.failures.items():
+            log.warning("%s: column %r not scored: %s", rt.name, col, why)
+        self.metrics.retrain_decided(rt.name, verdict.outcome)
         self.export_signals(rt, verdict)
