@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support import NUMERIC, DaemonProcess, drop, frame
+from harness import DaemonProcess
+from support import NUMERIC, drop, frame
 
 from watcher.config import toml_value
 from watcher.state import StateStore
