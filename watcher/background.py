@@ -2,7 +2,7 @@
 
 Which workers run follows the configuration: the Airflow dispatcher and run tracker, the
 mail and webhook dispatchers, the state retention pass. Each runs as a named task (see
-`watcher.workers.run_periodically`); at shutdown they get
+`watcher.periodic.run_periodically`); at shutdown they get
 `daemon.background_shutdown_timeout_seconds`, all at once, to end their round; the rest
 are then cancelled with a message that says why.
 """
@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from watcher.config import Settings
 from watcher.metrics import Metrics
+from watcher.periodic import PeriodicWorker, run_periodically
 from watcher.state import RunRecord, StateStore
-from watcher.workers import PeriodicWorker, run_periodically
 
 log = logging.getLogger(__name__)
 

@@ -103,6 +103,7 @@ class ModelRound:
                 raise
             except SourceError as exc:
                 log.warning("could not read %s/%s: %s; will retry", rt.name, ref.batch_id, exc)
+                self.sources.outages.down(rt.name, rt.source)
                 return
             except WatcherError as exc:
                 self.metrics.batch_set_aside(rt.name, "failed")

@@ -1,9 +1,10 @@
 """A source's health as the daemon sees it: up or down, silent or not; as the
 `watcher_source_up` gauge, one log line per cause, and incidents with their alerts.
 
-A folder that vanished (an unmounted share) is an incident with one alert per outage;
-sql sources alert on their own, after `down_alert_after_seconds`. A model with no batch
-for `alerts.source_silent_after_seconds` is an incident of its own, whatever the source.
+A source that is down is an incident with one alert per outage, as the source describes it
+(`Source.outage`: a folder at once, a sql source after `down_alert_after_seconds`). A model
+with no batch for `alerts.source_silent_after_seconds` is an incident of its own, whatever
+the source.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
+from watcher import incidents
 from watcher.alerts import alert_action
 from watcher.config import Settings
 from watcher.errors import SourceError
@@ -30,6 +32,8 @@ class SourceAlerts:
         # model -> the last cause logged: a source down for hours is logged once per cause.
         self._down: dict[str, str] = {}
         self._poll_errors: dict[str, str] = {}
+        # Sources say what their outage is; this pages about it, one alert per outage.
+        self.outages = incidents.SourceOutages(store)
 
     def down(self, rt: ModelRuntime, exc: SourceError) -> None:
         """The source cannot be read this round (a SourceError): retried every round."""
@@ -37,8 +41,7 @@ class SourceAlerts:
         if self._down.get(rt.name) != str(exc):  # once per cause
             self._down[rt.name] = str(exc)
             log.warning("source of %s unavailable: %s; retrying every round", rt.name, exc)
-        if isinstance(rt.source, DirectorySource):
-            self._folder_down(rt, exc)
+        self.outages.down(rt.name, rt.source)
 
     def failed(self, rt: ModelRuntime, exc: Exception) -> None:
         """Polling failed in a way nobody foresaw: a source that is down this round (no
@@ -54,50 +57,10 @@ class SourceAlerts:
         self._poll_errors.pop(rt.name, None)
         self.metrics.source_polled(rt.name, up=True)
         self._down.pop(rt.name, None)
-        if isinstance(rt.source, DirectorySource):
-            self._folder_up(rt)
-            if rt.source.reused_names:
-                self.metrics.problem(rt.name, "name_reused", rt.source.reused_names)
-                rt.source.reused_names = 0
-
-    def _folder_down(self, rt: ModelRuntime, exc: SourceError) -> None:
-        """A folder that vanished (unmounted share) is an incident: one alert per outage."""
-        assert isinstance(rt.source, DirectorySource)
-        key = f"source:{rt.name}:down"
-        details = {"path": str(rt.source.incoming), "error": exc.message, "what_to_do": exc.hint}
-        with self.store.transaction() as conn:
-            if self.store.open_incident(conn, key, "source_down", rt.name, details):
-                self.store.enqueue(
-                    conn,
-                    alert_action(
-                        "source_down",
-                        key=f"{key}:{time.time():.0f}",
-                        model=rt.name,
-                        title=f"incoming folder unavailable: {exc.message}"[:300],
-                        severity="critical",
-                        details=details,
-                        incident=key,
-                    ),
-                )
-
-    def _folder_up(self, rt: ModelRuntime) -> None:
-        key = f"source:{rt.name}:down"
-        if not any(i["key"] == key for i in self.store.open_incidents()):
-            return
-        with self.store.transaction() as conn:
-            if self.store.resolve_incident(conn, key):
-                self.store.enqueue(
-                    conn,
-                    alert_action(
-                        "source_recovered",
-                        key=f"{key}:recovered:{time.time():.0f}",
-                        model=rt.name,
-                        title="the incoming folder is back",
-                        severity="info",
-                        incident=key,
-                    ),
-                )
-                log.info("%s: incoming folder is back", rt.name)
+        self.outages.up(rt.name, rt.source)
+        if isinstance(rt.source, DirectorySource) and rt.source.reused_names:
+            self.metrics.problem(rt.name, "name_reused", rt.source.reused_names)
+            rt.source.reused_names = 0
 
     def check_silence(self, rt: ModelRuntime) -> None:
         """Open the model's silence incident after `source_silent_after_seconds` without a
@@ -109,23 +72,27 @@ class SourceAlerts:
         silent_for = time.time() - rt.last_batch_at
         with self.store.transaction() as conn:
             if silent_for > limit:
-                if self.store.open_incident(conn, key, "source_silent", rt.name, {}):
-                    self.store.enqueue(
-                        conn,
-                        alert_action(
-                            "source_silent",
-                            key=f"{key}:{int(rt.last_batch_at)}",
-                            model=rt.name,
-                            title=f"no batch for {silent_for / 60:.0f} min",
-                            severity="warning",
-                            details={"silent_seconds": round(silent_for), "limit_seconds": limit},
-                            incident=key,
-                        ),
-                    )
-            elif self.store.resolve_incident(conn, key):
-                self.store.enqueue(
+                incidents.open_incident(
                     conn,
-                    alert_action(
+                    key,
+                    "source_silent",
+                    rt.name,
+                    {},
+                    alert=alert_action(
+                        "source_silent",
+                        key=f"{key}:{int(rt.last_batch_at)}",
+                        model=rt.name,
+                        title=f"no batch for {silent_for / 60:.0f} min",
+                        severity="warning",
+                        details={"silent_seconds": round(silent_for), "limit_seconds": limit},
+                        incident=key,
+                    ),
+                )
+            else:
+                incidents.resolve_incident(
+                    conn,
+                    key,
+                    alert=alert_action(
                         "source_recovered",
                         key=f"{key}:recovered:{int(rt.last_batch_at)}",
                         model=rt.name,

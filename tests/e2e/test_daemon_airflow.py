@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import drop, frame, model_toml, wait_for, write_config
 
 from watcher.config import load_config, toml_value
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 from watcher.policy import run_id_for
 from watcher.state import Decision, RunRecord, StateStore
 

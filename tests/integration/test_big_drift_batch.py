@@ -21,7 +21,7 @@ from harness import DaemonProcess
 from support import drop, frame, wait_for, write_config
 
 from watcher.config import toml_value
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 from watcher.state import StateStore
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ def build_source(name: str, cfg: ModelConfig, store: StateStore, metrics: Metric
     if cfg.source.kind == "directory":
         return DirectorySource(name, cfg.source, store, metrics)
     try:
-        from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
+        from watcher.sources.sql.source import SqlSource  # SQLAlchemy: sql sources only
     except ImportError as exc:
         raise ConfigError(
             f"model {name!r} reads a sql source, but its drivers are not installed ({exc})",
