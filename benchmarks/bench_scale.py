@@ -3,13 +3,23 @@
     .venv/bin/python benchmarks/bench_scale.py [--quick] [--models 10,100,1000]
 
 Part 1, batch cost against the reference's size: 15 features (10 numeric, 5 categorical),
-references of 10k, 100k and 1M rows, a 10k-row batch (4 features drifting). For each
-reference: prepare once (timed), then the best of N of: load (the batch read from Parquet
-bytes in memory), quality (`check_batch` on the prepared profile), drift (`engine.score`
-on the quality pass's samples, as the pipeline calls it; evidently's automatic choice:
-Wasserstein / Jensen-Shannon above 1,000 rows), and the
-per-test cost of the batch's side for each fast-path test. Ratios are against the 10k
-reference: the target is 1M <= 2x 10k.
+references of 10k, 100k and 1M rows, a 10k-row batch (4 features drifting). Each
+reference is prepared once (timed); then, in `--rounds` rounds (default 21), the batch
+goes through every reference in turn (the order alternating between rounds): load (read
+from Parquet bytes in memory, as the folder source reads a file), quality (`check_batch`
+on the prepared profile), drift (`engine.score` on the quality pass's samples, as the
+pipeline calls it; evidently's automatic choice: Wasserstein / Jensen-Shannon above 1,000
+rows), commit (the ledger's claim and the fsynced result transaction, SQLite), and the
+per-test cost of the batch's side for each fast-path test. Printed: the median of the
+rounds per reference, the ratio of the medians 1M / 10k, and the "paired ratio" (1M / 10k
+within each round, then the median: the neighbours' load drifting over the run cancels
+out), the process's CPU time for the four stages beside their wall time, and a machine
+anchor measured in the same rounds (sorting 1M floats). Target: 1M <= 2x 10k.
+
+Part 1b, the daemon's own path: `--pipeline-batches` 10k-row batches (default 41) through
+`Pipeline.process` with a folder source and SQLite state, against a 10k-row reference;
+the stage split read back from `watcher_batch_duration_seconds` per batch, process()'s
+wall and CPU time. Target: load + quality + drift + commit <= 20 ms.
 
 Part 2, M models in one process (default 10, 100, 1,000), 15 features each and a
 `--ref-rows`-row reference each (default 5,000): preparation (every reference prepared
@@ -19,7 +29,8 @@ included), RSS once all are prepared (frames dropped, as in the daemon), the ser
 scrape exports once every model has scored a batch (with watcher's Metrics, as the
 pipeline exports them at `--detail`, default "model" as the daemon's default), scrape
 size (text, and gzipped on the wire as Prometheus asks for it) and time over HTTP (idle,
-and while batches are scored in another thread), batches scored per minute, and RSS
+and while batches are scored in another thread: "busy ms" in the text format, "busy OM"
+with the Accept header Prometheus sends, OpenMetrics), batches scored per minute, and RSS
 after `--batches` more batches (flat is the target: <= +5 %).
 
 The machine is shared: read the ratios as much as the absolute figures.
@@ -340,12 +351,20 @@ def part_pipeline(batches: int, ref_rows: int) -> None:
     )
 
 
-def _series_and_bytes(port: int) -> tuple[int, int, int, float]:
+# What Prometheus (2.42, Debian's) sends: OpenMetrics first.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+def _series_and_bytes(port: int, openmetrics: bool = False) -> tuple[int, int, int, float]:
     """Series, text bytes, bytes on the wire and milliseconds of one scrape made as
-    Prometheus makes it (it always asks for gzip)."""
-    url = urllib.request.Request(
-        f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"}
-    )
+    Prometheus makes it (it always asks for gzip; `openmetrics`: its Accept header too)."""
+    headers = {"Accept-Encoding": "gzip"}
+    if openmetrics:
+        headers["Accept"] = PROMETHEUS_ACCEPT
+    url = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
     t0 = time.perf_counter()
     with urllib.request.urlopen(url, timeout=60) as resp:
         wire = resp.read()
@@ -395,7 +414,8 @@ def part2(counts: list[int], ref_rows: int, batch_rows: int, batches: int) -> No
     )
     header = (
         f"{'models':>7}{'prepare s':>12}{'RSS MB':>9}{'series':>9}{'series/model':>14}"
-        f"{'text KB':>9}{'wire KB':>9}{'idle ms':>9}{'busy ms':>9}{'batches/min':>13}"
+        f"{'text KB':>9}{'wire KB':>9}{'idle ms':>9}{'busy ms':>9}{'busy OM':>9}"
+        f"{'batches/min':>13}"
         f"{'RSS after':>11}{'growth %':>10}"
     )
     print(header)
@@ -460,6 +480,7 @@ def _models_row(n_models: int, ref_rows: int, batch_rows: int, batches: int) -> 
         t_busy = time.perf_counter()
         worker.start()
         busy = max(_series_and_bytes(server.port)[3] for _ in range(5))
+        busy_om = max(_series_and_bytes(server.port, openmetrics=True)[3] for _ in range(5))
         time.sleep(max(0.0, 3.0 - (time.perf_counter() - t_busy)))
         stop.set()
         worker.join()
@@ -473,7 +494,8 @@ def _models_row(n_models: int, ref_rows: int, batch_rows: int, batches: int) -> 
     growth = (rss_end - rss_mid) / max(rss_mid, 1e-9) * 100
     print(
         f"{n_models:7}{startup:12.2f}{rss_start:9.0f}{series:9}{series / n_models:14.1f}"
-        f"{size / 1024:9.0f}{wire / 1024:9.0f}{idle:9.0f}{busy:9.0f}{per_min:13.0f}"
+        f"{size / 1024:9.0f}{wire / 1024:9.0f}{idle:9.0f}{busy:9.0f}{busy_om:9.0f}"
+        f"{per_min:13.0f}"
         f"{rss_end:11.0f}{growth:10.1f}",
         flush=True,
     )
