@@ -264,7 +264,7 @@ def _table(
         )
 
 
-def part_pipeline(batches: int, ref_rows: int) -> None:
+def part_pipeline(batches: int, ref_rows: int) -> float:
     """The daemon's own path for a 10k-row batch: `Pipeline.process` (claim, load from a
     Parquet file in the watched folder, quality, drift, the record step's one fsynced
     SQLite transaction, archive, metrics), with the stage split the pipeline itself
@@ -354,6 +354,7 @@ def part_pipeline(batches: int, ref_rows: int) -> None:
         f"load + quality + drift + record, wall: median {statistics.median(four):.1f} ms, "
         f"fastest {four[0]:.1f} (target <= 20)"
     )
+    return statistics.median(cpu)
 
 
 # What Prometheus (2.42, Debian's) sends: OpenMetrics first.
@@ -528,7 +529,13 @@ def main() -> None:
     if not args.skip_part1:
         part1(sizes, repeat=5 if args.quick else args.rounds)
     if not args.skip_part1:
-        part_pipeline(args.pipeline_batches, 10_000)
+        anchor = part_pipeline(args.pipeline_batches, 10_000)
+        if not args.quick:
+            big = part_pipeline(args.pipeline_batches, 1_000_000)
+            print(
+                f"\nprocess() CPU time, 1M-row reference / 10k-row reference: "
+                f"{big / anchor:.2f}x (target <= 2)"
+            )
     if not args.skip_part2:
         part2(counts, args.ref_rows, args.batch_rows, 500 if args.quick else args.batches)
 
