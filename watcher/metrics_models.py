@@ -182,6 +182,9 @@ class _CounterChild:
         family = self._family
         # A read-modify-write: the lock keeps two writers of one series from losing a count.
         with family.lock:
+            if self._key not in family.values:  # removed since `labels`: made again
+                family.created[self._key] = time.time()
+                family.values[self._key] = 0.0
             family.values[self._key] += amount
         family._dirty[self._key] = None
 

@@ -213,3 +213,14 @@ def test_scrapes_during_writes_end_on_the_last_values() -> None:
         got[("watcher_batches_total", (("model", x), ("outcome", "scored")))] == 30 for x in models
     )
     assert not [k for k in got if k[0] == "watcher_drift_streak"]
+
+
+def test_a_counter_child_kept_across_a_removal_counts_again_from_zero() -> None:
+    families = ModelFamilies(CollectorRegistry())
+    counter = families.counter("t_c", "A counter.", ("model",))
+    child = counter.labels("m")
+    child.inc(3)
+    counter.remove("m")
+    assert "t_c_total{" not in families.exposition(openmetrics=False)
+    child.inc()
+    assert 't_c_total{model="m"} 1.0\n' in families.exposition(openmetrics=False)
