@@ -37,7 +37,7 @@ from fixtures_mlflow import MlflowServer  # noqa: E402
 from fixtures_retrain import EXAMPLE_CONFIG, MODEL, v1_workspace  # noqa: E402
 
 from watcher.config import dump_toml, load_config  # noqa: E402
-from watcher.localstack import free_port  # noqa: E402
+from watcher.dev.localservices import free_port  # noqa: E402
 from watcher.registry import ModelRegistry  # noqa: E402
 from watcher.registry_backend import open_registry  # noqa: E402
 from watcher.registry_migrate import migrate  # noqa: E402

@@ -43,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 
 STAGES = ("load", "quality", "drift", "record")
 

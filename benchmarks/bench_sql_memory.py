@@ -75,7 +75,7 @@ def child(dsn: str, table: str, cap: int, window_seconds: float, method: str) ->
     from watcher.config import ColumnsConfig, ModelConfig, SqlSourceConfig
     from watcher.drift import engine
     from watcher.metrics import Metrics
-    from watcher.sources.sql import SqlSource
+    from watcher.sources.sql.source import SqlSource
     from watcher.state import StateStore
 
     columns = ColumnsConfig(numeric=NUMERIC, categorical=CATEGORICAL, prediction="predicted")

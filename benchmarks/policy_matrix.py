@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from watcher import backtest as bt
 from watcher.config import PerformanceSignalConfig, load_config
+from watcher.fileio import read_table
 from watcher.retrain.bootstrap import load_example_data
-from watcher.retrain.data import read_table
 from watcher.retrain.evaluation import (
     classification_metrics,
     limited_threads,

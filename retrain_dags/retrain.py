@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,6 +40,7 @@ from watcher.config import Settings, load_config
 if TYPE_CHECKING:
     from airflow.sdk import DAG
 
+    from watcher.retrain.request import RetrainRequest
     from watcher.retrain.steps import RunContext
 
 log = logging.getLogger(__name__)
@@ -61,35 +62,13 @@ _RETRY_HTML = (
 
 
 def _params(model: str) -> dict[str, Param]:
-    """What a trigger may say. The daemon sends model/reason/reason_kind/signal/batches/
-    window/drift/reference_version/data; people may add data_uris, window_end and margin."""
+    """What a trigger may say: the fields of `RetrainRequest` (watcher/retrain/request.py),
+    whose defaults and JSON types are the params' own."""
+    from watcher.retrain.request import RetrainRequest
+
     return {
-        "model": Param(model, type="string", enum=[model], description="the model to retrain"),
-        "reason": Param("manual", type="string", description="why this run was started"),
-        "reason_kind": Param(
-            None,
-            type=["null", "string"],
-            description="the signal that fired: drift_persisting, performance_degraded, max_age",
-        ),
-        "signal": Param(None, type=["null", "object"], description="its reading (daemon)"),
-        "batches": Param(
-            [], type="array", items={"type": "string"}, description="batch ids that drifted"
-        ),
-        "data_uris": Param(
-            [], type="array", items={"type": "string"}, description="extra batch files to use"
-        ),
-        "window_end": Param(
-            None,
-            type=["null", "string"],
-            description="ISO time: ignore rows after it (default: the newest row)",
-        ),
-        "margin": Param(
-            None, type=["null", "number"], description="override retrain.margin for this run"
-        ),
-        "window": Param(None, type=["null", "object"], description="drift window (daemon)"),
-        "drift": Param(None, type=["null", "object"], description="drift summary (daemon)"),
-        "reference_version": Param(None, type=["null", "string"]),
-        "data": Param(None, type=["null", "object"], description="where the data is (daemon)"),
+        name: Param(spec.pop("default"), **spec)
+        for name, spec in RetrainRequest.params_schema(model).items()
     }
 
 
@@ -119,6 +98,17 @@ def _default_args(settings: Settings, model: str) -> dict[str, Any]:
             **common,
         )
     return args
+
+
+def _request() -> RetrainRequest:
+    """This run's request, from its params; a conf that does not fit fails the task for good."""
+    from watcher.errors import ConfigError
+    from watcher.retrain.request import RetrainRequest
+
+    try:
+        return RetrainRequest.from_conf(get_current_context()["params"])
+    except ConfigError as exc:
+        raise AirflowFailException(f"{exc} ({exc.hint})" if exc.hint else str(exc)) from exc
 
 
 def _run_step(step: Callable[[], T]) -> T:
@@ -168,17 +158,14 @@ def build_dag(settings: Settings, model: str) -> DAG:
             """Labelled production data for the training window, into the run folder."""
             from watcher.retrain import steps
 
-            params = get_current_context()["params"]
+            request = _request()
             # A SQL source's drift window (from the daemon) ends the training window too.
-            source_window = (params.get("window") or {}).get("source_window") or [None, None]
-            end = params.get("window_end") or source_window[-1]
-            uris = [*params.get("data_uris", []), *params.get("batches", [])]
             return str(
                 in_workspace(
                     lambda run: steps.ingest(
                         run,
-                        data_uris=uris,
-                        window_end=datetime.fromisoformat(end) if end else None,
+                        data_uris=[*request.data_uris, *request.batches],
+                        window_end=request.window_end_time,
                     )
                 )
             )
@@ -223,7 +210,7 @@ def build_dag(settings: Settings, model: str) -> DAG:
             """Deploy only if better by the margin; the decision and its reason are kept."""
             from watcher.retrain import steps
 
-            margin = get_current_context()["params"].get("margin")
+            margin = _request().margin
             decision = in_workspace(lambda run: steps.gate(run, margin=margin))
             return {"deploy": decision.deploy, "reason": decision.reason}
 

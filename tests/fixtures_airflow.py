@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from watcher.localstack import airflow_env, free_port
+from watcher.dev.localservices import airflow_env, free_port
 
 TEST_DAGS = Path(__file__).parent / "airflow_dags"
 # DAG ids in tests/airflow_dags and whether each must be paused once parsed.

@@ -35,7 +35,7 @@ from fixtures_mlflow import MlflowServer
 from fixtures_retrain import DAGS, MODEL, Workspace, write_config
 
 from watcher.config import Settings, dump_toml, load_config
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 from watcher.registry import ModelRegistry
 from watcher.registry_backend import open_registry
 from watcher.registry_migrate import migrate

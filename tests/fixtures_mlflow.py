@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 
 STARTUP_TIMEOUT = 180.0
 

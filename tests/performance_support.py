@@ -16,7 +16,7 @@ from support import drop, frame
 
 from watcher.config import dump_toml, load_config
 from watcher.metrics import Metrics
-from watcher.performance import PerformanceTracker
+from watcher.model_quality import PerformanceTracker
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference import load_reference
 from watcher.sources.directory import DirectorySource

@@ -20,6 +20,7 @@ import pandas as pd
 
 from watcher.config import ModelConfig, Settings
 from watcher.errors import BacktestError, TrainingDataError
+from watcher.fileio import read_table, write_json_atomic, write_parquet_atomic
 from watcher.registry import load_trusted_model
 from watcher.retrain import data as data_mod
 from watcher.retrain import steps
@@ -161,7 +162,7 @@ def training_rows(history: History, model_cfg: ModelConfig, after: int, delay: i
         rows = rows[(rows["_period"] > after - cfg.window_size).to_numpy()]
     rows = rows.drop(columns=["_period"]).assign(**{data_mod.ORIGIN: "production"})
     if cfg.base_training_data is not None:
-        base = data_mod.read_table(cfg.base_training_data).assign(**{data_mod.ORIGIN: "base"})
+        base = read_table(cfg.base_training_data).assign(**{data_mod.ORIGIN: "base"})
         rows = pd.concat([rows, base], ignore_index=True)
     return rows.reset_index(drop=True)
 
@@ -175,8 +176,8 @@ def run_training(
     started = time.monotonic()
     ctx = steps.RunContext(settings, history.model, f"backtest-{after:04d}-{delay}")
     rows = training_rows(history, model_cfg, after, delay)
-    steps._write_parquet(ctx.path("data.parquet"), rows)
-    steps._write_json(ctx.path("ingest.json"), {"production_rows": len(rows)})
+    write_parquet_atomic(ctx.path("data.parquet"), rows)
+    write_json_atomic(ctx.path("ingest.json"), {"production_rows": len(rows)})
     try:
         steps.validate(ctx)
         steps.engineer(ctx)

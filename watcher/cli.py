@@ -118,7 +118,7 @@ def check_config(config: Annotated[Path, typer.Argument(help="TOML config file."
 
 def _policy_summary(model: Any) -> str:
     """The policy in one sentence: each trigger with its parameters, then the guardrails."""
-    from watcher.performance import performance_metric
+    from watcher.model_quality import performance_metric
 
     p = model.policy
     parts = []
@@ -192,7 +192,7 @@ def score(
 ) -> None:
     """Score CURRENT against REFERENCE once. Exit 0 no dataset drift, 1 drift, 2 error."""
     from watcher.drift import engine
-    from watcher.retrain.data import read_table
+    from watcher.fileio import read_table
 
     try:
         ref_df, cur_df = read_table(reference), read_table(current)
@@ -368,6 +368,7 @@ def trigger(
 ) -> None:
     """Trigger a retrain by hand, through the same outbox as automatic triggers."""
     from watcher.policy import run_id_for
+    from watcher.retrain.request import RetrainRequest
     from watcher.state import Action
 
     settings = _load(config)
@@ -378,7 +379,7 @@ def trigger(
     # Microseconds and a random tail: two triggers in the same second are two runs.
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
     run_id = run_id_for(model, f"manual-{stamp}")
-    conf: dict[str, Any] = {"model": model, "reason": reason, "manual": True, "batches": []}
+    conf = RetrainRequest(model, reason=reason, manual=True).to_conf()
     try:
         with store.transaction() as conn:
             store.record_decision(
@@ -570,7 +571,7 @@ def demo(
     With --data and --config it runs on your data and config: version 1 is trained on the
     first --skip periods, the rest is replayed as production traffic, labels one period late.
     """
-    from watcher.demo import run_demo
+    from watcher.dev.demo import run_demo
     from watcher.logs import setup_logging
     from watcher.retrain.bootstrap import bootstrap_example, load_example_data
 
@@ -614,8 +615,8 @@ def _own_data(data: Path, settings: Settings, skip: int, every: str) -> tuple[An
     """The demo's data loader and bootstrap for a user's table and config."""
     import pandas as pd
 
+    from watcher.fileio import read_table
     from watcher.retrain.bootstrap import bootstrap
-    from watcher.retrain.data import read_table
 
     if not settings.models:
         raise WatcherError("the config has no models", hint="add a [models.NAME] table")
@@ -687,8 +688,8 @@ def replay(
     wait: Annotated[bool, typer.Option(help="Wait for the daemon after each period.")] = True,
 ) -> None:
     """Feed a labelled data set to a running daemon period by period, as production would."""
-    from watcher.replay import PeriodResult, Replay
-    from watcher.retrain.data import read_table
+    from watcher.dev.replay import PeriodResult, Replay
+    from watcher.fileio import read_table
 
     settings = _load(config)
     name = model or next(iter(settings.models), None)
@@ -762,8 +763,8 @@ def backtest(
 
     from watcher import backtest as bt
     from watcher import backtest_report as report
+    from watcher.fileio import read_table
     from watcher.retrain.bootstrap import load_example_data
-    from watcher.retrain.data import read_table
 
     settings = _load(config)
     name = model or next(iter(settings.models), None)

@@ -827,7 +827,7 @@ def check_runtime(settings: Settings) -> None:
         try:
             import psycopg  # noqa: F401  (the driver the sql extra brings)
 
-            from watcher.sources.sqlconn import build_url
+            from watcher.sources.sql.connection import build_url
         except ImportError as exc:  # the sql extra is optional: say which one to install
             raise ConfigError(
                 f"model {name!r} reads a sql source, but its drivers are not installed ({exc})",

@@ -30,11 +30,13 @@ from typing import Any, TypeVar
 import stamina.instrumentation
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from watcher import incidents
 from watcher.alerts import alert_action
 from watcher.config import ModelConfig, Settings, check_runtime
 from watcher.errors import ConfigError, ReferenceDataError, SourceError, WatcherError
 from watcher.metrics import Health, Metrics, MetricsServer
-from watcher.performance import PerformanceTracker
+from watcher.model_quality import PerformanceTracker
+from watcher.periodic import PeriodicWorker, run_periodically
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference import Reference, load_reference, prepare, reference_tag, registry_loader
 from watcher.registry import ModelRegistry
@@ -44,7 +46,6 @@ from watcher.sources.base import Source
 from watcher.sources.directory import DirectorySource
 from watcher.state import RunRecord, StateDirLock, StateStore, open_state
 from watcher.state.lock import DatabaseLock
-from watcher.workers import PeriodicWorker, run_periodically
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,7 +88,7 @@ def build_source(name: str, cfg: ModelConfig, store: StateStore, metrics: Metric
     if cfg.source.kind == "directory":
         return DirectorySource(name, cfg.source, store, metrics)
     try:
-        from watcher.sources.sql import SqlSource  # SQLAlchemy is only needed by sql sources
+        from watcher.sources.sql.source import SqlSource  # SQLAlchemy is only needed by sql sources
     except ImportError as exc:
         raise ConfigError(
             f"model {name!r} reads a sql source, but its drivers are not installed ({exc})",
@@ -135,6 +136,8 @@ class Daemon:
         # production reference, read on the first batch, turns out to be damaged.
         self._before_start: dict[str, str | None] = {}
         self._poll_errors: dict[str, str] = {}
+        # Sources report up and down; this pages about it, one alert per outage.
+        self.source_outages = incidents.SourceOutages(self.store)
         # Set by a source's file-system notifications: start the next round now.
         self._wake = asyncio.Event()
 
@@ -367,8 +370,7 @@ class Daemon:
             if self._failing.get((rt.name, "source down")) != str(exc):  # once per cause
                 self._failing[(rt.name, "source down")] = str(exc)
                 log.warning("source of %s unavailable: %s; retrying every round", rt.name, exc)
-            if isinstance(rt.source, DirectorySource):
-                self._folder_down(rt, exc)
+            self.source_outages.down(rt.name, rt.source)
             return
         except Exception as exc:
             # No input may stop the daemon: a listing that fails in a way nobody foresaw is
@@ -384,11 +386,10 @@ class Daemon:
         self._poll_errors.pop(rt.name, None)
         self.metrics.source_up.labels(rt.name).set(1)
         self._failing.pop((rt.name, "source down"), None)
-        if isinstance(rt.source, DirectorySource):
-            self._folder_up(rt)
-            if rt.source.reused_names:
-                self.metrics.problems.labels(rt.name, "name_reused").inc(rt.source.reused_names)
-                rt.source.reused_names = 0
+        self.source_outages.up(rt.name, rt.source)
+        if isinstance(rt.source, DirectorySource) and rt.source.reused_names:
+            self.metrics.problems.labels(rt.name, "name_reused").inc(rt.source.reused_names)
+            rt.source.reused_names = 0
         for ref in refs:
             if self.stop.is_set():
                 return
@@ -401,6 +402,7 @@ class Daemon:
                 raise
             except SourceError as exc:
                 log.warning("could not read %s/%s: %s; will retry", rt.name, ref.batch_id, exc)
+                self.source_outages.down(rt.name, rt.source)
                 return
             except WatcherError as exc:
                 self.metrics.batches.labels(rt.name, "failed").inc()
@@ -502,46 +504,6 @@ class Daemon:
         if rt is not None:
             await self._maybe_reload(rt)
 
-    def _folder_down(self, rt: ModelRuntime, exc: SourceError) -> None:
-        """A folder that vanished (unmounted share) is an incident: one alert per outage.
-        (sql sources alert on their own, after `down_alert_after_seconds`.)"""
-        assert isinstance(rt.source, DirectorySource)
-        key = f"source:{rt.name}:down"
-        details = {"path": str(rt.source.incoming), "error": exc.message, "what_to_do": exc.hint}
-        with self.store.transaction() as conn:
-            if self.store.open_incident(conn, key, "source_down", rt.name, details):
-                self.store.enqueue(
-                    conn,
-                    alert_action(
-                        "source_down",
-                        key=f"{key}:{time.time():.0f}",
-                        model=rt.name,
-                        title=f"incoming folder unavailable: {exc.message}"[:300],
-                        severity="critical",
-                        details=details,
-                        incident=key,
-                    ),
-                )
-
-    def _folder_up(self, rt: ModelRuntime) -> None:
-        key = f"source:{rt.name}:down"
-        if not any(i["key"] == key for i in self.store.open_incidents()):
-            return
-        with self.store.transaction() as conn:
-            if self.store.resolve_incident(conn, key):
-                self.store.enqueue(
-                    conn,
-                    alert_action(
-                        "source_recovered",
-                        key=f"{key}:recovered:{time.time():.0f}",
-                        model=rt.name,
-                        title="the incoming folder is back",
-                        severity="info",
-                        incident=key,
-                    ),
-                )
-                log.info("%s: incoming folder is back", rt.name)
-
     def _check_silence(self, rt: ModelRuntime) -> None:
         limit = self.settings.alerts.source_silent_after_seconds
         if limit <= 0:
@@ -550,23 +512,27 @@ class Daemon:
         silent_for = time.time() - rt.last_batch_at
         with self.store.transaction() as conn:
             if silent_for > limit:
-                if self.store.open_incident(conn, key, "source_silent", rt.name, {}):
-                    self.store.enqueue(
-                        conn,
-                        alert_action(
-                            "source_silent",
-                            key=f"{key}:{int(rt.last_batch_at)}",
-                            model=rt.name,
-                            title=f"no batch for {silent_for / 60:.0f} min",
-                            severity="warning",
-                            details={"silent_seconds": round(silent_for), "limit_seconds": limit},
-                            incident=key,
-                        ),
-                    )
-            elif self.store.resolve_incident(conn, key):
-                self.store.enqueue(
+                incidents.open_incident(
                     conn,
-                    alert_action(
+                    key,
+                    "source_silent",
+                    rt.name,
+                    {},
+                    alert=alert_action(
+                        "source_silent",
+                        key=f"{key}:{int(rt.last_batch_at)}",
+                        model=rt.name,
+                        title=f"no batch for {silent_for / 60:.0f} min",
+                        severity="warning",
+                        details={"silent_seconds": round(silent_for), "limit_seconds": limit},
+                        incident=key,
+                    ),
+                )
+            else:
+                incidents.resolve_incident(
+                    conn,
+                    key,
+                    alert=alert_action(
                         "source_recovered",
                         key=f"{key}:recovered:{int(rt.last_batch_at)}",
                         model=rt.name,

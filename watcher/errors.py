@@ -1,7 +1,8 @@
 """One error root for the whole project.
 
-Every error carries the data an operator needs (model, batch, status) and a sentence that
-says what to do about it. Callers catch `WatcherError` at the edges (CLI, main loop) and
+Every error carries a message that names what failed (the model, batch, file or server
+where the raiser knows it) and, where there is one, a hint: a sentence that says what to
+do about it. Callers catch `WatcherError` at the edges (CLI, main loop) and
 let anything else crash loudly, because anything else is a bug.
 """
 

@@ -1,8 +1,8 @@
 """Every Prometheus metric watcher exports, on an injected registry, plus the HTTP endpoint.
 
 Names follow Prometheus conventions (base units, `_total` for counters); the list is the
-one in ARCHITECTURE.md. Tests build a fresh `CollectorRegistry` per daemon and read values
-back with `registry.get_sample_value(...)`.
+one in README.md's "Metrics" section. Tests build a fresh `CollectorRegistry` per daemon
+and read values back with `registry.get_sample_value(...)`.
 """
 
 from __future__ import annotations

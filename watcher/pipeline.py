@@ -11,8 +11,9 @@ Everything here is synchronous and CPU-bound; the daemon runs it in a worker thr
 the event loop (dispatchers, the run tracker, signal handling) stays responsive.
 
 Size: a batch's path and the label decision point share the runtime and the one
-transaction per batch; building the alert mails and the DAG conf is what the renovation
-(issue 15) moves into an incidents/actions module.
+transaction per batch. The actions they commit are built by `watcher.actions` (drift alerts,
+the trigger and its mail, whose conf is a `RetrainRequest`), and the incidents they open and
+resolve go through `watcher.incidents`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from watcher import actions, incidents
 from watcher.alerts import alert_action
 from watcher.config import ModelConfig, PolicyConfig, Settings
 from watcher.drift import engine
@@ -35,10 +37,11 @@ from watcher.drift.quality import QualityReport, check_batch
 from watcher.drift.snapshots import SnapshotPublisher
 from watcher.errors import BatchRejected, SourceError
 from watcher.metrics import Metrics
-from watcher.performance import PerformanceTracker, performance_metric
+from watcher.model_quality import PerformanceTracker, performance_metric
 from watcher.policy import DAY, PolicyInput, Verdict, decide, opens_incident, run_id_for, streak_of
 from watcher.reference import Reference
 from watcher.reports import ReportRenderer, report_path
+from watcher.retrain.request import RetrainRequest
 from watcher.safetext import escape
 from watcher.signals import (
     PeriodLoss,
@@ -314,11 +317,23 @@ class Pipeline:
             run_id = run_id_for(rt.name, ref.batch_id) if verdict.triggers else None
             self._record_decision(conn, rt, ref.batch_id, verdict, run_id, now)
             incident = f"drift:{rt.name}"
-            opened = verdict.open_incident and self.store.open_incident(
-                conn, incident, "drift", rt.name, {"batch_id": ref.batch_id}
+            opened = verdict.open_incident and incidents.open_incident(
+                conn,
+                incident,
+                "drift",
+                rt.name,
+                {"batch_id": ref.batch_id},
+                alert=self._drift_alert(rt, ref, drift, verdict, report_str),
             )
-            for action in self._actions(conn, rt, ref, drift, verdict, run_id, opened, report_str):
-                self.store.enqueue(conn, action)
+            if verdict.resolve_incident:
+                incidents.resolve_incident(
+                    conn, incident, alert=self._drift_over_alert(rt, ref, verdict)
+                )
+            if run_id is not None and verdict.outcome == "triggered":
+                for action in self._trigger_actions(
+                    conn, rt, ref.batch_id, ref, drift, verdict, run_id
+                ):
+                    self.store.enqueue(conn, action)
             if verdict.triggers:
                 self.store.reset_streak(conn, rt.name)
             rt.source.commit(conn, ref)
@@ -555,67 +570,40 @@ class Pipeline:
             return rt.cfg.policy
         return rt.cfg.policy.model_copy(update={"dry_run": True})
 
-    def _actions(
+    def _drift_alert(
         self,
-        conn: Any,
         rt: ModelRuntime,
         ref: BatchRef,
         drift: engine.DriftResult,
         verdict: Verdict,
-        run_id: str | None,
-        opened: bool,
         report_path: str | None,
-    ) -> list[Action]:
-        features = [c.to_dict() | {"feature": name} for name, c in drift.columns.items()]
-        features.sort(key=lambda f: (not f["drifted"], -float(f["score"])))
-        batch = {"batch_id": ref.batch_id, "uri": ref.uri}
-        incident = f"drift:{rt.name}"
-        actions: list[Action] = []
-        if opened:
-            actions.append(
-                alert_action(
-                    "drift_persisting",
-                    key=f"{incident}:opened:{ref.batch_id}",
-                    model=rt.name,
-                    title=f"dataset drift in {verdict.streak} consecutive batches "
-                    f"({drift.n_drifted}/{drift.n_columns} features drifted)",
-                    severity="warning",
-                    details={
-                        "drift_share": drift.drift_share,
-                        "streak": verdict.streak,
-                        "reference_version": rt.reference.version,
-                        "decision": verdict.outcome,
-                        "decision_reason": verdict.reason,
-                    },
-                    features=features,
-                    batch=batch,
-                    report_path=report_path,
-                    incident=incident,
-                )
+    ) -> Action:
+        """The mail of a drift incident that opens, with its links."""
+        alert = actions.drift_opened(
+            rt.name,
+            ref,
+            drift,
+            verdict,
+            reference_version=rt.reference.version,
+            report_path=report_path,
+        )
+        if self.snapshots is not None:
+            alert.payload["evidently_url"] = self.snapshots.project_url()
+        if report_path is not None:
+            alert.payload["report_wait_until"] = (
+                time.time() + self.settings.alerts.report_wait_seconds
             )
-            if self.snapshots is not None:
-                actions[-1].payload["evidently_url"] = self.snapshots.project_url()
-            if report_path is not None:
-                actions[-1].payload["report_wait_until"] = (
-                    time.time() + self.settings.alerts.report_wait_seconds
-                )
-        if verdict.resolve_incident and self.store.resolve_incident(conn, incident):
-            actions.append(
-                alert_action(
-                    "drift_resolved",
-                    key=f"{incident}:resolved:{ref.batch_id}",
-                    model=rt.name,
-                    title=f"dataset drift over: {verdict.streak} drifted, "
-                    f"{rt.cfg.policy.resolve_after} clean batches in a row",
-                    severity="info",
-                    batch=batch,
-                    incident=incident,
-                    details={"reference_version": rt.reference.version},
-                )
-            )
-        if run_id is not None and verdict.outcome == "triggered":
-            actions += self._trigger_actions(conn, rt, ref.batch_id, ref, drift, verdict, run_id)
-        return actions
+        return alert
+
+    @staticmethod
+    def _drift_over_alert(rt: ModelRuntime, ref: BatchRef, verdict: Verdict) -> Action:
+        return actions.drift_over(
+            rt.name,
+            ref,
+            verdict,
+            resolve_after=rt.cfg.policy.resolve_after,
+            reference_version=rt.reference.version,
+        )
 
     def _trigger_actions(
         self,
@@ -628,48 +616,16 @@ class Pipeline:
         run_id: str,
     ) -> list[Action]:
         """The trigger and its mail: the same whichever signal fired."""
-        conf = self._conf(conn, rt, ref, drift, verdict)
-        dag_id = self.settings.dag_id(rt.name)
-        features: list[dict[str, Any]] = []
-        if drift is not None:
-            features = [c.to_dict() | {"feature": n} for n, c in drift.columns.items()]
-            features.sort(key=lambda f: (not f["drifted"], -float(f["score"])))
-        fired = next((r for r in verdict.readings if r.signal == verdict.signal), None)
-        details: dict[str, Any] = {
-            "reason": verdict.reason,
-            "reason_kind": verdict.reason_kind,
-            "signal": verdict.signal,
-        }
-        if drift is not None:
-            details["drift_share"] = drift.drift_share
-        if fired is not None:
-            details |= {f"{fired.signal}_{k}": v for k, v in (fired.numbers or {}).items()}
-            details |= {"signal_value": fired.value, "signal_threshold": fired.threshold}
-        what = (verdict.reason_kind or "retrain").replace("_", " ")
-        return [
-            Action(
-                kind="trigger",
-                key=run_id,
-                model=rt.name,
-                payload={
-                    "dag_id": dag_id,
-                    "run_id": run_id,
-                    "conf": conf,
-                    "note": f"watcher: {verdict.reason}",
-                },
-            ),
-            alert_action(
-                "retrain_triggered",
-                key=f"triggered:{run_id}",
-                model=rt.name,
-                title=f"retraining triggered ({dag_id}): {what}",
-                severity="info",
-                features=features[:10],
-                batch={"batch_id": point, "uri": ref.uri if ref else point},
-                run={"dag_id": dag_id, "run_id": run_id},
-                details=details,
-            ),
-        ]
+        return actions.retrain_trigger(
+            rt.name,
+            dag_id=self.settings.dag_id(rt.name),
+            run_id=run_id,
+            point=point,
+            ref=ref,
+            drift=drift,
+            verdict=verdict,
+            conf=self._conf(conn, rt, ref, drift, verdict),
+        )
 
     def _conf(
         self,
@@ -695,26 +651,9 @@ class Pipeline:
         else:
             data |= {"table": source.table, "labels_table": source.labels_table}
         fired = next((r for r in verdict.readings if r.signal == verdict.signal), None)
-        conf: dict[str, Any] = {
-            "model": rt.name,
-            "reason": verdict.reason,
-            # Which signal fired: drift_persisting | performance_degraded | max_age.
-            "reason_kind": verdict.reason_kind,
-            "signal": None if fired is None else fired.to_dict(),
-            "batches": [r["batch_id"] for r in reversed(rows)],
-            "window": {
-                "from": min((r["finished_at"] for r in rows), default=None),
-                "to": max((r["finished_at"] for r in rows), default=None),
-                "source_window": (
-                    [w.isoformat() for w in ref.window] if ref is not None and ref.window else None
-                ),
-            },
-            "drift": None,
-            "reference_version": rt.reference.version,
-            "data": data,
-        }
+        drifted: dict[str, Any] | None = None
         if drift is not None:
-            conf["drift"] = {
+            drifted = {
                 "drift_share": drift.drift_share,
                 "features": [
                     {
@@ -727,7 +666,23 @@ class Pipeline:
                     if c.drifted
                 ],
             }
-        return conf
+        return RetrainRequest(
+            model=rt.name,
+            reason=verdict.reason,
+            reason_kind=verdict.reason_kind,
+            signal=None if fired is None else fired.to_dict(),
+            batches=[r["batch_id"] for r in reversed(rows)],
+            window={
+                "from": min((r["finished_at"] for r in rows), default=None),
+                "to": max((r["finished_at"] for r in rows), default=None),
+                "source_window": (
+                    [w.isoformat() for w in ref.window] if ref is not None and ref.window else None
+                ),
+            },
+            drift=drifted,
+            reference_version=rt.reference.version,
+            data=data,
+        ).to_conf()
 
     def _export(
         self,

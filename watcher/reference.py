@@ -26,7 +26,7 @@ from watcher.config import ModelConfig, RegistryConfig, Settings
 from watcher.drift import engine
 from watcher.drift.quality import ReferenceProfile, profile_reference
 from watcher.errors import ReferenceDataError
-from watcher.retrain.data import read_table
+from watcher.fileio import read_table
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
-import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -41,6 +39,7 @@ import pandas as pd
 
 from watcher.config import MODEL_NAME
 from watcher.errors import ChecksumMismatch, RegistryError
+from watcher.fileio import safe_file_name, write_atomic, write_text_atomic
 from watcher.registry_backend import roll_back
 
 METADATA = "metadata.json"
@@ -163,10 +162,8 @@ def save_model(estimator: Any, path: Path) -> None:
     """Save with skops (no pickle), atomically."""
     import skops.io as sio
 
-    tmp = path.with_name(f".{path.name}.tmp")
     with _quiet_skops():
-        sio.dump(estimator, tmp)
-    os.replace(tmp, path)
+        write_atomic(path, lambda tmp: sio.dump(estimator, tmp))
 
 
 def load_trusted_model(path: Path) -> Any:
@@ -194,21 +191,6 @@ def load_trusted_model(path: Path) -> Any:
                 f"{path} cannot be loaded: {type(exc).__name__}: {exc}",
                 hint="restore the file, or roll back to another version",
             ) from exc
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write-temp-fsync-rename, so readers see the old or the new content, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -423,7 +405,7 @@ class ModelRegistry:
                     path=vroot / f"{number:04d}",
                 )
                 text = json.dumps(info.to_json(), indent=2, default=_json_default)
-                _write_atomic(tmp / METADATA, text)
+                write_text_atomic(tmp / METADATA, text, fsync=True)
                 try:
                     # Renaming onto an existing (non-empty) version fails: another writer won
                     # that number, so take the next one.
@@ -443,7 +425,7 @@ class ModelRegistry:
         info = self.verify(model, version)
         mdir = self._model_dir(model)
         previous = self.production_version(model)
-        _write_atomic(mdir / "PRODUCTION", info.version + "\n")
+        write_text_atomic(mdir / "PRODUCTION", info.version + "\n", fsync=True)
         entry = {
             "at": datetime.now(UTC).isoformat(),
             "version": info.version,
@@ -490,20 +472,17 @@ class ModelRegistry:
         """Keep a retraining run's decision (deployed or not, and why) next to the versions."""
         rdir = self._model_dir(model) / "runs"
         rdir.mkdir(parents=True, exist_ok=True)
-        path = rdir / f"{_safe_name(run_id)}.json"
-        _write_atomic(path, json.dumps(dict(record), indent=2, default=_json_default))
+        path = rdir / f"{safe_file_name(run_id)}.json"
+        write_text_atomic(
+            path, json.dumps(dict(record), indent=2, default=_json_default), fsync=True
+        )
         return path
 
     def run_record(self, model: str, run_id: str) -> dict[str, Any] | None:
         """What `record_run` stored for a run, or None."""
-        path = self._model_dir(model) / "runs" / f"{_safe_name(run_id)}.json"
+        path = self._model_dir(model) / "runs" / f"{safe_file_name(run_id)}.json"
         try:
             data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
         return data
-
-
-def _safe_name(text: str) -> str:
-    """A run id as a file name (run ids hold ':' and '+')."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)

@@ -4,14 +4,16 @@ Servers echo what they were sent (FastAPI's 422 `detail` repeats the request bod
 password included), so a secret can reach an exception message without watcher ever
 formatting it. Everything that leaves the process as text passes through one `Scrubber`
 built from the configuration: the log handler (`ScrubFilter`), error texts stored in the
-outbox (`StateStore.scrub`) and what `watcher status` prints. Mails have their own
-`Redactor`, fed with the same values.
+outbox (`StateStore.scrub`), what `watcher status` prints, the SMTP client's error texts
+and every value shown in a mail (`watcher.alerts.render`, which also hides URL passwords
+and the values of keys that name a secret).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,10 @@ if TYPE_CHECKING:
     from watcher.config import Settings
 
 REDACTED = "********"
+# Keys whose values are never shown, whatever a caller put in a payload.
+_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api_?key|credential", re.IGNORECASE)
+# user:password@ in URLs and DSNs.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
 
 
 def secret_values(settings: Settings) -> tuple[str, ...]:
@@ -29,9 +35,12 @@ def secret_values(settings: Settings) -> tuple[str, ...]:
 
 
 class Scrubber:
-    """Replaces each secret, and the escaped forms an echo may carry, with ********."""
+    """Replaces each secret, and the escaped forms an echo may carry, with ********; with
+    `urls`, the password of any ``scheme://user:password@`` too (mails show URLs and DSNs
+    from payloads, whose passwords watcher may not know)."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, secrets: Iterable[str], *, urls: bool = False) -> None:
+        self.urls = urls
         forms: set[str] = set()
         for secret in secrets:
             if not secret:
@@ -45,7 +54,14 @@ class Scrubber:
         for form in self._forms:
             if form in text:
                 text = text.replace(form, REDACTED)
+        if self.urls:
+            text = _URL_PASSWORD.sub(rf"\g<head>{REDACTED}@", text)
         return text
+
+    @staticmethod
+    def is_secret_key(key: str) -> bool:
+        """Does a payload key name a secret (password, token, api key...)?"""
+        return bool(_SECRET_KEY.search(key))
 
     def __bool__(self) -> bool:
         return bool(self._forms)

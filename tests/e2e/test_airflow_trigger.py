@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 from watcher.airflow import AirflowGateway, AirflowHealth, RunTracker, TriggerDispatcher
 from watcher.config import AirflowConfig, Settings
 from watcher.metrics import Metrics
+from watcher.periodic import run_periodically
 from watcher.state import Action, RunRecord, StateStore
-from watcher.workers import run_periodically
 
 pytestmark = pytest.mark.airflow
 

@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from support import DaemonProcess, wait_for
 
 from watcher.config import dump_toml
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 from watcher.registry_backend import open_registry
 from watcher.registry_mlflow import CHAMPION, MlflowRegistry
 from watcher.state import StateStore

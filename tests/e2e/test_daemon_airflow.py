@@ -39,7 +39,7 @@ from support import DaemonProcess, drop, frame, model_toml, wait_for, write_conf
 
 from watcher.config import Settings, load_config, toml_value
 from watcher.daemon import Daemon
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 from watcher.policy import run_id_for
 from watcher.state import Decision, RunRecord, StateStore
 

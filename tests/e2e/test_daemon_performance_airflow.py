@@ -26,7 +26,7 @@ from test_daemon_airflow import (
 )
 
 from watcher.config import dump_toml
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 from watcher.policy import run_id_for
 
 pytestmark = pytest.mark.airflow

@@ -178,7 +178,7 @@ def test_dag_run_deploys_version_2_and_mails_the_metrics(
 
     (mail,) = smtp_server.wait_for(1, timeout=30)
     message = mail.message
-    assert message["Subject"].startswith(f"[watcher] {MODEL}: version 2 deployed (mae ")
+    assert message["Subject"].startswith(f"[watcher] INFO {MODEL}: version 2 deployed (mae ")
     body = message.get_body(("html",)).get_content()
     for expected in ("champion (v1)", "challenger", "rmse", "r2"):
         assert expected in body
@@ -235,7 +235,7 @@ def test_a_task_that_fails_once_is_retried_and_the_run_succeeds(
     assert "does not exist" in retry_mail.message.get_body(("html",)).get_content()
     assert ws.registry.production_version(MODEL) == "2"
     subjects = [m["Subject"] for m in smtp_server.parsed()]
-    assert subjects[-1].startswith(f"[watcher] {MODEL}: version 2 deployed")
+    assert subjects[-1].startswith(f"[watcher] INFO {MODEL}: version 2 deployed")
     assert not any("failed" in s for s in subjects)
 
 

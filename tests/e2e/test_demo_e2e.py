@@ -104,9 +104,9 @@ def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     # Against the deployed version's reference, the batch that triggered it drifts less
     # than against version 1's: the new reference is the data the world has moved to.
     from watcher.config import load_config
+    from watcher.fileio import read_table
     from watcher.reference import prepare
     from watcher.registry import ModelRegistry
-    from watcher.retrain.data import read_table
 
     settings = load_config(workdir / "watcher.toml")
     cfg = settings.models["bikeshare"]

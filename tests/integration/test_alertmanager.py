@@ -31,7 +31,7 @@ import yaml
 from support import drop, frame, model_toml, wait_for, write_config
 from webhook_support import Receiver
 
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ from webhook_support import Receiver
 from watcher.alerts import alert_action
 from watcher.alerts.webhook import WebhookDispatcher, build_webhook_workers
 from watcher.config import Settings, load_config
+from watcher.dev.localservices import free_port
 from watcher.errors import ConfigError
-from watcher.localstack import free_port
 from watcher.metrics import Metrics
 from watcher.state import StateStore
 

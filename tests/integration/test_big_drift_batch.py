@@ -20,7 +20,7 @@ from fixtures_smtp import SmtpServer
 from support import DaemonProcess, drop, frame, wait_for, write_config
 
 from watcher.config import toml_value
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 from watcher.state import StateStore
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ from support import DaemonProcess, drop, frame, wait_for, write_config
 
 from watcher.alerts.compose import message_id
 from watcher.config import toml_value
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 from watcher.state import StateStore
 
 SCORED_TIMEOUT = 90.0  # start, two batches scored and an evidently report, on a busy CI

@@ -13,7 +13,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from support import NUMERIC, DaemonProcess, drop, frame, model_toml, wait_for
 
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 
 MODELS = 200
 # Series carrying model="<name>" once a model has scored a batch, with detail = "model".

@@ -13,7 +13,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from support import drop, frame, wait_for, write_config
 
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

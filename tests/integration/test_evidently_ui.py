@@ -20,7 +20,7 @@ from support import drop, frame, wait_for, write_config
 from watcher.alerts.compose import compose
 from watcher.config import Settings, load_config
 from watcher.daemon import Daemon
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 from watcher.state import OutboxItem, StateStore
 
 BATCHES = {"calm.parquet": 0.0, "drifted.parquet": 1.5}

@@ -27,7 +27,7 @@ from support import DaemonProcess, drop, frame, wait_for, write_config
 
 from watcher.config import load_config, toml_value
 from watcher.daemon import Daemon
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 from watcher.safetext import safe_id
 from watcher.state import StateStore
 

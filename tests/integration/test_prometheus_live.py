@@ -55,7 +55,7 @@ from dashboards_support import (
 )
 from support import drop, frame, wait_for, write_config
 
-from watcher.localstack import free_port
+from watcher.dev.localservices import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -242,7 +242,7 @@ def test_migrate_copies_a_file_registry_and_is_rerunnable(
 
 def test_mlflow_down_is_a_registry_error_saying_so(mlflow_server: MlflowServer) -> None:
     # A port nothing listens on: the same failure as a server that went down.
-    from watcher.localstack import free_port
+    from watcher.dev.localservices import free_port
 
     cfg = RegistryConfig(
         backend="mlflow",

@@ -40,12 +40,12 @@ from watcher.alerts.dispatcher import MailDispatcher
 from watcher.cli import app
 from watcher.config import ColumnsConfig, QualityConfig, Settings, dump_toml, load_config
 from watcher.daemon import Daemon
+from watcher.dev.localservices import free_port
 from watcher.drift.quality import check_batch, profile_reference
 from watcher.errors import BatchRejected, ConfigError, RegistryError, WatcherError
-from watcher.localstack import free_port
 from watcher.metrics import Metrics
 from watcher.registry import ModelRegistry
-from watcher.sources.sql import SqlSource
+from watcher.sources.sql.source import SqlSource
 from watcher.state import StateStore
 
 COLUMNS = {"numeric": NUMERIC, "categorical": ["c"], "prediction": "p"}

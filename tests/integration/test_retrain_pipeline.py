@@ -114,8 +114,9 @@ def test_run_all_deploys_a_better_model_once_per_run(
     assert errors["2"] < errors["1"]
 
     subject, html = steps.notification(ctx)
-    assert subject.startswith(f"[watcher] {MODEL}: version 2 deployed (mae ")
+    assert subject.startswith(f"[watcher] INFO {MODEL}: version 2 deployed (mae ")
     assert "champion (v1)" in html
+    assert "New model version deployed" in html  # the retrain_deployed alert, as every alert
 
 
 def test_a_tampered_champion_fails_the_evaluation(

@@ -23,10 +23,11 @@ from prometheus_client import CollectorRegistry
 from watcher.config import ColumnsConfig, Settings, SqlSourceConfig, load_config
 from watcher.daemon import Daemon
 from watcher.errors import BatchRejected, ConfigError, SourceError
+from watcher.incidents import SourceOutages
 from watcher.metrics import Metrics
 from watcher.sources.base import BatchRef
 from watcher.sources.labels import read_training_window
-from watcher.sources.sql import Progress, SqlSource
+from watcher.sources.sql.source import Progress, SqlSource
 from watcher.state import StateStore
 
 pytestmark = pytest.mark.postgres
@@ -76,7 +77,8 @@ def sql_cfg(db: PgDatabase, **overrides: Any) -> SqlSourceConfig:
 
 
 class Harness:
-    """A source plus what the pipeline does around it (claim, record, commit)."""
+    """A source plus what the daemon and the pipeline do around it (page about its outages;
+    claim, record, commit)."""
 
     def __init__(
         self,
@@ -91,9 +93,16 @@ class Harness:
         self.source = SqlSource(
             "bikes", sql_cfg(db, **overrides), columns, store, metrics, clock=clock
         )
+        self.outages = SourceOutages(store)
 
     def poll(self) -> list[BatchRef]:
-        return asyncio.run(self.source.poll())
+        try:
+            refs = asyncio.run(self.source.poll())
+        except SourceError:
+            self.outages.down("bikes", self.source)
+            raise
+        self.outages.up("bikes", self.source)
+        return refs
 
     def finish(self, ref: BatchRef) -> pd.DataFrame:
         assert self.store.claim_batch("bikes", ref.batch_id, ref.uri)
@@ -980,7 +989,7 @@ def test_daemon_performance_from_the_labels_table(
     tmp_path: Path,
 ) -> None:
     from watcher.config import ModelConfig
-    from watcher.performance import PerformanceTracker
+    from watcher.model_quality import PerformanceTracker
 
     two_days = days(bikeshare, 1, 2)
     prediction_log.log(two_days)

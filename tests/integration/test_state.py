@@ -324,3 +324,17 @@ def test_retention_worker_of_the_daemon_prunes(store: StateStore) -> None:
     worker = RetentionWorker(store, retention_days=30, interval_seconds=3600)
     asyncio.run(worker.run_once())
     assert len(store.decisions(MODEL)) == 1
+
+
+def test_a_closed_store_refuses_work_instead_of_reconnecting(store: StateStore) -> None:
+    """A scoring thread that a shutdown abandoned keeps running; when it reaches its final
+    transaction the store its daemon closed must refuse it (on PostgreSQL a closed
+    connection otherwise looks like a lost one and would be opened again)."""
+    from watcher.state import StateUnavailable
+
+    _score(store, "b1")
+    store.close()
+    with pytest.raises(StateUnavailable, match="is closed"):
+        store.claim_batch(MODEL, "b2", "/in/b2.parquet")
+    with pytest.raises(StateUnavailable, match="is closed"), store.transaction():
+        pass

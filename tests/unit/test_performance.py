@@ -10,7 +10,7 @@ import pytest
 
 from watcher.config import ColumnsConfig, DirectorySourceConfig, ModelConfig
 from watcher.metrics import Metrics
-from watcher.performance import PerformanceTracker
+from watcher.model_quality import PerformanceTracker
 from watcher.state import StateStore
 
 

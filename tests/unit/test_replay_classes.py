@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 
 from watcher.config import dump_toml, load_config
+from watcher.dev.replay import Replay
 from watcher.metrics import Metrics
-from watcher.performance import PerformanceTracker
+from watcher.model_quality import PerformanceTracker
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference import load_reference
-from watcher.replay import Replay
 from watcher.retrain.bootstrap import bootstrap
 from watcher.sources.directory import DirectorySource
 from watcher.state import StateStore

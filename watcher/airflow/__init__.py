@@ -1,7 +1,7 @@
 """Retraining through Airflow 3: deliver triggers, follow runs, watch Airflow's health.
 
 The daemon calls `build_airflow_workers` when ``airflow.enabled`` and runs each worker with
-`watcher.workers.run_periodically`. The three workers share one `AirflowGateway`, so a
+`watcher.periodic.run_periodically`. The three workers share one `AirflowGateway`, so a
 refused login is met once, backed off once and alerted once.
 """
 
@@ -19,8 +19,8 @@ from watcher.airflow.health import AirflowHealth, health_problems
 from watcher.airflow.tracker import OnRunEnd, OnRunSuccess, RunTracker
 from watcher.config import Settings
 from watcher.metrics import Metrics
+from watcher.periodic import PeriodicWorker
 from watcher.state import StateStore
-from watcher.workers import PeriodicWorker
 
 __all__ = [
     "AirflowGateway",

@@ -13,6 +13,7 @@ import random
 import time
 from typing import Any
 
+from watcher import incidents
 from watcher.airflow.gateway import AirflowGateway
 from watcher.alerts import alert_action
 from watcher.config import Settings
@@ -104,9 +105,9 @@ class TriggerDispatcher:
         # writes are no-ops the second time.
         self.store.add_run(run_id, model, dag_id, conf, result.state)
         self.store.mark_done(item.id)
-        if paused_incident(dag_id) in self._open_incidents():
+        if incidents.is_open(self.store, paused_incident(dag_id)):
             with self.store.transaction() as conn:
-                self.store.resolve_incident(conn, paused_incident(dag_id))
+                incidents.resolve_incident(conn, paused_incident(dag_id), alert=None)
         outcome = "duplicate" if result.duplicate else "delivered"
         self.metrics.retrain_triggers.labels(model=model, outcome=outcome).inc()
         log.info(
@@ -144,7 +145,22 @@ class TriggerDispatcher:
         )
         with self.store.transaction() as conn:
             incident = paused_incident(dag_id)
-            if self.store.open_incident(conn, incident, "dag_paused", model, {"dag_id": dag_id}):
+            if incidents.open_incident(
+                conn,
+                incident,
+                "dag_paused",
+                model,
+                {"dag_id": dag_id},
+                alert=alert_action(
+                    "dag_paused",
+                    key=f"dag_paused:{dag_id}:{run_id}",
+                    model=model,
+                    title=f"Retraining DAG {dag_id} is paused",
+                    severity="warning",
+                    details={"dag_id": dag_id, "run_id": run_id, "reason": reason},
+                    incident=incident,
+                ),
+            ):
                 self.store.record_decision(
                     conn,
                     model=model,
@@ -152,18 +168,6 @@ class TriggerDispatcher:
                     outcome="dag_paused",
                     reason=reason,
                     run_id=run_id,
-                )
-                self.store.enqueue(
-                    conn,
-                    alert_action(
-                        "dag_paused",
-                        key=f"dag_paused:{dag_id}:{run_id}",
-                        model=model,
-                        title=f"Retraining DAG {dag_id} is paused",
-                        severity="warning",
-                        details={"dag_id": dag_id, "run_id": run_id, "reason": reason},
-                        incident=incident,
-                    ),
                 )
         log.warning("%s", reason)
         # Look again soon: someone may unpause it any minute, and a look is one cheap GET.
@@ -229,33 +233,29 @@ class TriggerDispatcher:
         """One alert per episode of refused logins, whichever worker met it; resolved on the
         next successful login."""
         error = self.gateway.login_error
-        is_open = LOGIN_INCIDENT in self._open_incidents()
+        is_open = incidents.is_open(self.store, LOGIN_INCIDENT)
         if error is None:
             if is_open and self.gateway.logged_in:
                 with self.store.transaction() as conn:
-                    self.store.resolve_incident(conn, LOGIN_INCIDENT)
+                    incidents.resolve_incident(conn, LOGIN_INCIDENT, alert=None)
             return
         if is_open:
             return
+        details = {"url": self.gateway.config.url, "status": error.status, "message": str(error)}
         with self.store.transaction() as conn:
-            details = {
-                "url": self.gateway.config.url,
-                "status": error.status,
-                "message": str(error),
-            }
-            if self.store.open_incident(conn, LOGIN_INCIDENT, "trigger_refused", None, details):
-                self.store.enqueue(
-                    conn,
-                    alert_action(
-                        "trigger_refused",
-                        key=f"{LOGIN_INCIDENT}:{time.time():.0f}",
-                        model=None,
-                        title="Airflow refuses watcher's login; retrain triggers are on hold",
-                        severity="critical",
-                        details=details,
-                        incident=LOGIN_INCIDENT,
-                    ),
-                )
-
-    def _open_incidents(self) -> set[str]:
-        return {str(i["key"]) for i in self.store.open_incidents()}
+            incidents.open_incident(
+                conn,
+                LOGIN_INCIDENT,
+                "trigger_refused",
+                None,
+                details,
+                alert=alert_action(
+                    "trigger_refused",
+                    key=f"{LOGIN_INCIDENT}:{time.time():.0f}",
+                    model=None,
+                    title="Airflow refuses watcher's login; retrain triggers are on hold",
+                    severity="critical",
+                    details=details,
+                    incident=LOGIN_INCIDENT,
+                ),
+            )

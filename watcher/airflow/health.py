@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from watcher import incidents
 from watcher.airflow.gateway import AirflowGateway
 from watcher.alerts import alert_action
 from watcher.config import Settings
@@ -86,49 +87,47 @@ class AirflowHealth:
         down_for = now - self.down_since
         if down_for < self.settings.airflow.unreachable_alert_after_seconds:
             return
-        if self._incident_open():
+        if incidents.is_open(self.store, UNREACHABLE_INCIDENT):
             return
         url = self.settings.airflow.url
         details = {"url": url, "problems": self.problems, "down_since": self.down_since}
         with self.store.transaction() as conn:
-            if self.store.open_incident(
-                conn, UNREACHABLE_INCIDENT, "airflow_unreachable", None, details
-            ):
-                self.store.enqueue(
-                    conn,
-                    alert_action(
-                        "airflow_unreachable",
-                        key=f"airflow_unreachable:{self.down_since:.0f}",
-                        model=None,
-                        title=f"Airflow at {url} is down for {down_for / 60:.0f} min; "
-                        "retrain triggers wait in the outbox",
-                        severity="critical",
-                        details=details,
-                        incident=UNREACHABLE_INCIDENT,
-                    ),
-                )
+            incidents.open_incident(
+                conn,
+                UNREACHABLE_INCIDENT,
+                "airflow_unreachable",
+                None,
+                details,
+                alert=alert_action(
+                    "airflow_unreachable",
+                    key=f"airflow_unreachable:{self.down_since:.0f}",
+                    model=None,
+                    title=f"Airflow at {url} is down for {down_for / 60:.0f} min; "
+                    "retrain triggers wait in the outbox",
+                    severity="critical",
+                    details=details,
+                    incident=UNREACHABLE_INCIDENT,
+                ),
+            )
 
     def _up(self) -> None:
         if self.down_since is not None:
             log.info("Airflow at %s is up again", self.settings.airflow.url)
         self.down_since = None
-        if not self._incident_open():
+        if not incidents.is_open(self.store, UNREACHABLE_INCIDENT):
             return
         url = self.settings.airflow.url
         with self.store.transaction() as conn:
-            if self.store.resolve_incident(conn, UNREACHABLE_INCIDENT):
-                self.store.enqueue(
-                    conn,
-                    alert_action(
-                        "airflow_recovered",
-                        key=f"airflow_recovered:{time.time():.0f}",
-                        model=None,
-                        title=f"Airflow at {url} is reachable again",
-                        severity="info",
-                        details={"url": url},
-                        incident=UNREACHABLE_INCIDENT,
-                    ),
-                )
-
-    def _incident_open(self) -> bool:
-        return any(i["key"] == UNREACHABLE_INCIDENT for i in self.store.open_incidents())
+            incidents.resolve_incident(
+                conn,
+                UNREACHABLE_INCIDENT,
+                alert=alert_action(
+                    "airflow_recovered",
+                    key=f"airflow_recovered:{time.time():.0f}",
+                    model=None,
+                    title=f"Airflow at {url} is reachable again",
+                    severity="info",
+                    details={"url": url},
+                    incident=UNREACHABLE_INCIDENT,
+                ),
+            )

@@ -2,14 +2,15 @@
 
 The payload is the one `watcher.alerts.alert_action` builds; `watcher.alerts.kinds` says
 what each kind says and which ``details`` keys it reads. Every value shown goes through a
-`Redactor`, so configured passwords never reach a mail. A digest (kind ``digest``, built by
-the dispatcher) lists its ``members`` instead of one alert.
+`Scrubber` (`watcher.secrets`), so configured passwords never reach a mail. A digest (kind
+``digest``, built by the dispatcher) lists its ``members`` instead of one alert.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from pathlib import Path
@@ -31,7 +32,6 @@ from watcher.alerts.render import (
     Block,
     Links,
     Para,
-    Redactor,
     Table,
     format_number,
     format_time,
@@ -41,8 +41,8 @@ from watcher.alerts.render import (
     to_text,
 )
 from watcher.config import Settings
-from watcher.secrets import secret_values
-from watcher.state import OutboxItem
+from watcher.secrets import Scrubber, secret_values
+from watcher.state import Action, OutboxItem
 
 
 def message_id(key: str, sender: str) -> str:
@@ -78,7 +78,7 @@ def airflow_link(settings: Settings, dag_id: str | None, run_id: str | None = No
 
 def compose(item: OutboxItem, settings: Settings, recipients: list[str]) -> EmailMessage:
     """The mail for an outbox item of kind "alert" (a single alert or a digest)."""
-    redact = Redactor(secret_values(settings))
+    redact = Scrubber(secret_values(settings), urls=True)
     payload = item.payload
     if payload.get("alert") == "digest":
         headline, blocks = _digest_blocks(payload, settings, redact)
@@ -117,13 +117,23 @@ def compose(item: OutboxItem, settings: Settings, recipients: list[str]) -> Emai
     return msg
 
 
+def render(action: Action, settings: Settings) -> tuple[str, str]:
+    """Subject and HTML body of an alert that is mailed now rather than through the outbox
+    (the retraining DAG's end-of-run mail): the same renderer as every other alert."""
+    item = OutboxItem(0, action.kind, action.key, action.model, action.payload, 0, time.time())
+    msg = compose(item, settings, [])
+    body = msg.get_body(("html",))
+    assert body is not None  # compose always adds the HTML part
+    return str(msg["Subject"]), str(body.get_content())
+
+
 def _one_line(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _alert_blocks(
-    item: OutboxItem, settings: Settings, redact: Redactor
+    item: OutboxItem, settings: Settings, redact: Scrubber
 ) -> tuple[str, list[Block], tuple[str, bytes] | None]:
     p = item.payload
     kind = str(p.get("alert"))
@@ -222,7 +232,7 @@ def _report_name(model: str | None, batch: dict[str, Any]) -> str:
 
 
 def _kv_rows(
-    data: dict[str, Any], redact: Redactor, labels: dict[str, str]
+    data: dict[str, Any], redact: Scrubber, labels: dict[str, str]
 ) -> list[tuple[str, ...]]:
     skip = {"champion", "challenger", "primary_metric"} if labels else set()
     keys = [k for k in labels if k in data] + [k for k in data if k not in labels]
@@ -231,7 +241,7 @@ def _kv_rows(
     ]
 
 
-def _comparison(details: dict[str, Any], redact: Redactor) -> Table | None:
+def _comparison(details: dict[str, Any], redact: Scrubber) -> Table | None:
     champion, challenger = details.get("champion"), details.get("challenger")
     if not isinstance(champion, dict) and not isinstance(challenger, dict):
         return None
@@ -248,7 +258,14 @@ def _comparison(details: dict[str, Any], redact: Redactor) -> Table | None:
         if str(metric).lower() in LOWER_IS_BETTER:
             name += ", lower is better"
         rows.append((redact(name), _num(old), _num(new), change))
-    return Table("Champion vs challenger", rows, ("metric", "champion", "challenger", "change"))
+    previous = details.get("previous_version")
+    champ = "champion" if previous is None else f"champion ({_version(previous)})"
+    return Table("Champion vs challenger", rows, ("metric", champ, "challenger", "change"))
+
+
+def _version(value: Any) -> str:
+    text = str(value)
+    return text if text.startswith("v") else f"v{text}"
 
 
 def _num(value: Any) -> str:
@@ -259,7 +276,7 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-def _features(features: list[dict[str, Any]], redact: Redactor) -> Table | None:
+def _features(features: list[dict[str, Any]], redact: Scrubber) -> Table | None:
     if not features:
         return None
     drifted = [f for f in features if f.get("drifted", True)]
@@ -277,7 +294,7 @@ def _features(features: list[dict[str, Any]], redact: Redactor) -> Table | None:
 
 
 def _digest_blocks(
-    payload: dict[str, Any], settings: Settings, redact: Redactor
+    payload: dict[str, Any], settings: Settings, redact: Scrubber
 ) -> tuple[str, list[Block]]:
     members: list[dict[str, Any]] = list(payload.get("members") or [])
     members.sort(

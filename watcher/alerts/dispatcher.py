@@ -59,13 +59,13 @@ from watcher.alerts import Severity, alert_action
 from watcher.alerts.compose import compose
 from watcher.alerts.kinds import KINDS, SEVERITY_ORDER
 from watcher.alerts.render import format_duration, label
-from watcher.alerts.smtp import MessageRefused, SmtpSender, redact
+from watcher.alerts.smtp import MessageRefused, SmtpSender
 from watcher.config import Settings
 from watcher.errors import MailError
 from watcher.metrics import Metrics
-from watcher.secrets import secret_values
+from watcher.periodic import PeriodicWorker
+from watcher.secrets import Scrubber, secret_values
 from watcher.state import DB_ERRORS, Action, OutboxItem, StateStore
-from watcher.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class MailDispatcher:
         self.backoff_max = backoff_max_seconds
         self.clock = clock
         self.sender = SmtpSender(settings.smtp)
-        self._secrets = secret_values(settings)
+        self._scrub = Scrubber(secret_values(settings))
         # When single mails went out recently: a burst counts them against the threshold.
         self._sent_at: deque[float] = deque()
         # While no mail is due, the server is probed this often so watcher_smtp_up is true.
@@ -139,7 +139,7 @@ class MailDispatcher:
         try:
             await self.sender.probe()
         except MailError as exc:
-            self._set_up(False, redact(str(exc), self._secrets))
+            self._set_up(False, self._scrub(str(exc)))
         else:
             self._set_up(True)
 
@@ -325,7 +325,7 @@ class MailDispatcher:
             self._dead(item, kind, str(exc))
             return True
         except MailError as exc:
-            self._set_up(False, redact(str(exc), self._secrets))
+            self._set_up(False, self._scrub(str(exc)))
             self._failed_round(item, kind, exc)
             return False
 
@@ -387,7 +387,7 @@ class MailDispatcher:
 
     def _failed_round(self, item: OutboxItem, kind: str, exc: MailError) -> None:
         rounds = item.attempts + 1
-        error = redact(str(exc), self._secrets)
+        error = self._scrub(str(exc))
         if rounds >= self.settings.smtp.max_delivery_rounds:
             self._dead(item, kind, f"gave up after {rounds} delivery rounds: {error}")
             return
@@ -408,7 +408,7 @@ class MailDispatcher:
         )
 
     def _dead(self, item: OutboxItem, kind: str, error: str) -> None:
-        error = redact(error, self._secrets)
+        error = self._scrub(error)
         self.store.mark_dead(item.id, error)
         self.metrics.dead_letters.labels("alert").inc()
         self.metrics.alerts.labels(kind, "dead").inc()

@@ -6,24 +6,31 @@ The payload is the one `watcher.alerts.alert_action` builds: ``alert`` (the kind
 headline, the advice and which ``details`` keys it usually carries:
 
 =====================  ==========================================================================
-kind                   details keys read (all optional)
+kind                   details keys sent (by whom)
 =====================  ==========================================================================
-drift_persisting       streak, drift_share, drifted_features, decision, reason
-drift_resolved         clean_batches, opened_at, duration_seconds
-retrain_triggered      dag_id, reason, dry_run
-retrain_deployed       version, previous_version, primary_metric, champion, challenger
-retrain_not_deployed   reason (the gate's), version, primary_metric, champion, challenger, margin
-retrain_failed         state, failed_task, error
-trigger_refused        dag_id, status, error
-dag_paused             dag_id, unpaused
-airflow_unreachable    down_since, down_seconds, error
-airflow_recovered      down_since, down_seconds
-source_down            down_seconds, table, dsn (password redacted), error, what_to_do
-source_silent          last_batch_at, silent_seconds
-source_recovered       silent_seconds
-batch_rejected         reason, check
-label_file_rejected    file, reason
-reminder               reminder, incident_kind, opened_at, open_seconds, last_notified_at
+drift_persisting       drift_share, streak, reference_version, decision, decision_reason
+                       (pipeline; with features, batch, report_path)
+drift_resolved         reference_version (pipeline; with batch)
+retrain_triggered      reason, reason_kind, signal, drift_share, signal_value, signal_threshold,
+                       ``<signal>_<number>`` of the reading (pipeline; with run, batch, features)
+retrain_deployed       reason, version, previous_version, primary_metric, margin, champion,
+                       challenger, run_folder (the DAG's notify task; with run)
+retrain_not_deployed   reason (the gate's), previous_version, primary_metric, margin, champion,
+                       challenger, run_folder (the DAG's notify task; with run)
+retrain_failed         reason (run tracker; with run: run_id, dag_id, state, url)
+trigger_refused        dag_id, run_id, status, message (dispatcher); url, status, message
+                       (refused login)
+dag_paused             dag_id, run_id, reason (dispatcher)
+airflow_unreachable    url, problems, down_since (health probe)
+airflow_recovered      url (health probe)
+source_down            path, error, what_to_do (folder); down_since, down_seconds, table, dsn
+                       (password redacted), error, what_to_do (sql) (daemon, `watcher.incidents`)
+source_silent          silent_seconds, limit_seconds (daemon)
+source_recovered       down_seconds (sql, when the outage began in this process), else none
+batch_rejected         check, reason, what_to_do (pipeline; with batch)
+label_file_rejected    file, reason (model quality)
+reminder               the incident's own details, then reminder, incident_kind, opened_at,
+                       open_seconds, last_notified_at (mail dispatcher)
 =====================  ==========================================================================
 
 ``champion`` and ``challenger`` are ``{metric: value}`` dicts, shown side by side. Any other

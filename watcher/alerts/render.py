@@ -9,36 +9,15 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-REDACTED = "********"
-# Keys whose values are never shown, whatever a caller put in a payload.
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api_?key|credential", re.IGNORECASE)
-# user:password@ in URLs and DSNs.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
+from watcher.secrets import REDACTED, Scrubber
 
 _SEVERITY_COLOURS = {"critical": "#c0392b", "warning": "#d68910", "info": "#2471a3"}
-
-
-class Redactor:
-    """Scrubs known secret values and URL passwords out of anything shown in a mail."""
-
-    def __init__(self, secrets: tuple[str, ...]) -> None:
-        # Longest first, so a secret containing another is replaced whole.
-        self.secrets = tuple(sorted((s for s in secrets if s), key=len, reverse=True))
-
-    def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}@", text)
-
-    def is_secret_key(self, key: str) -> bool:
-        return bool(_SECRET_KEY.search(key))
 
 
 @dataclass(frozen=True)
@@ -87,7 +66,7 @@ def format_number(value: float) -> str:
     return f"{value:.3e}"
 
 
-def format_value(key: str, value: Any, redact: Redactor) -> str:
+def format_value(key: str, value: Any, redact: Scrubber) -> str:
     """One value as people read it; the key hints at the unit (`*_at`, `*_seconds`, `*share`)."""
     if redact.is_secret_key(key) and value not in (None, ""):
         return REDACTED
@@ -108,7 +87,7 @@ def format_value(key: str, value: Any, redact: Redactor) -> str:
     return redact(str(value))
 
 
-def _mask(value: Any, redact: Redactor) -> Any:
+def _mask(value: Any, redact: Scrubber) -> Any:
     if isinstance(value, dict):
         return {
             k: REDACTED if redact.is_secret_key(str(k)) else _mask(v, redact)

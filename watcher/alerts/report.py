@@ -6,7 +6,6 @@ so the pipeline calls this only for a batch that raises a drift alert, never per
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from evidently.presets import DataDriftPreset
 
 from watcher.config import ColumnsConfig, DriftConfig
 from watcher.drift import catalog
+from watcher.fileio import write_atomic
 
 
 def drift_snapshot(
@@ -98,9 +98,6 @@ def write_drift_report(
     report."""
     snapshot = drift_snapshot(reference, current, columns, drift=drift)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        snapshot.save_html(str(tmp))
-    os.replace(tmp, path)
-    return path
+        return write_atomic(path, lambda tmp: snapshot.save_html(str(tmp)))

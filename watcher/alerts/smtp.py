@@ -28,10 +28,9 @@ import aiosmtplib
 
 from watcher.config import SmtpConfig
 from watcher.errors import MailError
+from watcher.secrets import Scrubber
 
 log = logging.getLogger(__name__)
-
-_REDACTED = "********"
 
 
 class MessageRefused(MailError):
@@ -40,14 +39,6 @@ class MessageRefused(MailError):
     def __init__(self, message: str, *, code: int | None = None, hint: str = "") -> None:
         super().__init__(message, transient=False, hint=hint)
         self.code = code
-
-
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """`text` with every secret value replaced, for logs and stored error texts."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, _REDACTED)
-    return text
 
 
 def tls_context(config: SmtpConfig) -> ssl.SSLContext:
@@ -66,9 +57,8 @@ class SmtpSender:
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
-        self._secrets = tuple(
-            s for s in (config.password.get_secret_value() if config.password else "",) if s
-        )
+        # Its password out of error texts (logs and stored errors scrub again, with all).
+        self._redact = Scrubber([config.password.get_secret_value() if config.password else ""])
         self._tls = tls_context(config) if config.security != "none" else None
 
     def _options(self) -> dict[str, Any]:
@@ -135,9 +125,6 @@ class SmtpSender:
                 hint="check that the server runs and smtp.host/port are right",
             )
         raise exc  # anything else is a bug: let it crash loudly
-
-    def _redact(self, text: str) -> str:
-        return redact(text, self._secrets)
 
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.port}"

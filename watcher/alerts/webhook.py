@@ -37,8 +37,8 @@ from watcher import __version__
 from watcher.config import Settings, WebhookConfig
 from watcher.errors import WatcherError
 from watcher.metrics import Metrics
+from watcher.periodic import PeriodicWorker
 from watcher.state import Action, OutboxItem, StateStore
-from watcher.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
 

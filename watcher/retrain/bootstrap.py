@@ -20,6 +20,7 @@ import pandas as pd
 
 from watcher.config import Settings, load_config
 from watcher.errors import WatcherError
+from watcher.fileio import read_table, write_json_atomic, write_parquet_atomic
 from watcher.registry import VersionInfo
 from watcher.retrain import data as data_mod
 from watcher.retrain import steps
@@ -82,8 +83,8 @@ def bootstrap(
 
     rows = first_rows(frame, settings.models[model].columns.timestamp, weeks=weeks, until=until)
     rows = rows.assign(**{data_mod.ORIGIN: "base"})
-    steps._write_parquet(ctx.path("data.parquet"), rows)
-    steps._write_json(
+    write_parquet_atomic(ctx.path("data.parquet"), rows)
+    write_json_atomic(
         ctx.path("ingest.json"),
         data_mod.IngestSummary(base_rows=len(rows), labelled_rows=len(rows)).to_dict(),
     )
@@ -95,7 +96,7 @@ def bootstrap(
 
 def read_dataset(path: Path, dataset: Literal["table", "bikeshare"]) -> pd.DataFrame:
     """A training table; 'bikeshare' derives `ts` and `id` from the raw Bikeshare columns."""
-    frame = data_mod.read_table(path)
+    frame = read_table(path)
     return prepare_bikeshare(frame) if dataset == "bikeshare" else frame
 
 

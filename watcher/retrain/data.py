@@ -27,20 +27,12 @@ from watcher.config import (
     SqlSourceConfig,
 )
 from watcher.errors import SourceError, TrainingDataError
+from watcher.fileio import read_label_file, read_table
 
 log = logging.getLogger(__name__)
 
 ORIGIN = "_origin"  # provenance of each row: "production" or "base"; dropped before training
 _TABLE_SUFFIXES = (".parquet", ".csv")
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV or Parquet file as a frame."""
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
-    raise SourceError(f"{path} is neither .csv nor .parquet", hint="write tables as CSV or Parquet")
 
 
 def _tables_in(path: Path, patterns: Sequence[str] = ("*.parquet", "*.csv")) -> list[Path]:
@@ -70,18 +62,12 @@ def batch_files(cfg: DirectorySourceConfig, uris: Sequence[str] = ()) -> list[Pa
 
 
 def read_labels(path: Path | None, columns: ColumnsConfig) -> pd.DataFrame | None:
-    """Label files (id + target), newest file winning for an id seen twice."""
+    """Label files (id + target), newest file winning for an id seen twice. A file that
+    cannot be used fails the read (LabelFileError): a run does not train on part of its
+    labels. (The daemon sets such a file aside instead, `watcher.model_quality`.)"""
     if path is None or columns.id is None or columns.target is None:
         return None
-    frames = []
-    for file in _tables_in(path):
-        frame = read_table(file)
-        if columns.id not in frame.columns or columns.target not in frame.columns:
-            raise SourceError(
-                f"label file {file} lacks column {columns.id!r} or {columns.target!r}",
-                hint="label files hold the id column and the target column",
-            )
-        frames.append(frame[[columns.id, columns.target]])
+    frames = [read_label_file(file, columns.id, columns.target) for file in _tables_in(path)]
     if not frames:
         return None
     labels = pd.concat(frames, ignore_index=True)
@@ -160,7 +146,7 @@ def _newest_sql_timestamp(src: SqlSourceConfig) -> datetime | None:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from watcher.sources.sqlconn import make_engine, quote_ident, quote_table
+    from watcher.sources.sql.connection import make_engine, quote_ident, quote_table
 
     engine = make_engine(src, "watcher:training")
     try:

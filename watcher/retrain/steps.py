@@ -20,15 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import tempfile
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +32,7 @@ import pandas as pd
 
 from watcher.config import ModelConfig, RetrainConfig, Settings
 from watcher.errors import ChecksumMismatch, RegistryError, TrainingDataError
+from watcher.fileio import safe_file_name, write_json_atomic, write_parquet_atomic
 from watcher.registry import VersionInfo, load_trusted_model, save_model
 from watcher.registry_backend import Registry, open_registry
 from watcher.retrain import data as data_mod
@@ -53,10 +50,6 @@ from watcher.retrain.selection import SelectionResult, select_features
 from watcher.retrain.tuning import make_pipeline, tune
 
 log = logging.getLogger(__name__)
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 @dataclass(frozen=True)
@@ -77,7 +70,7 @@ class RunContext:
 
     @property
     def run_dir(self) -> Path:
-        path = self.settings.daemon.state_dir / "retrain" / self.model / _safe(self.run_id)
+        path = self.settings.daemon.state_dir / "retrain" / self.model / safe_file_name(self.run_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -94,14 +87,6 @@ def _threads(ctx: RunContext) -> AbstractContextManager[None]:
     return limited_threads(ctx.cfg.threads)
 
 
-def _write_json(path: Path, payload: Any) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -110,13 +95,6 @@ def _read_json(path: Path) -> Any:
             f"{path.name} is missing from the run folder {path.parent}",
             hint="the step that writes it did not finish; rerun the run from the start",
         ) from exc
-
-
-def _write_parquet(path: Path, frame: pd.DataFrame) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
 
 
 # ---- the steps ----------------------------------------------------------------------
@@ -141,8 +119,8 @@ def ingest(
         summary.base_rows,
         summary.labelled_rows,
     )
-    _write_parquet(out, frame)
-    _write_json(ctx.path("ingest.json"), summary.to_dict())
+    write_parquet_atomic(out, frame)
+    write_json_atomic(ctx.path("ingest.json"), summary.to_dict())
     return out
 
 
@@ -152,8 +130,8 @@ def validate(ctx: RunContext) -> Path:
     valid, report = validation.validate(frame, ctx.model_cfg.columns, ctx.cfg, model=ctx.model)
     for warning in report.warnings:
         log.warning("validate: %s", warning)
-    _write_parquet(ctx.path("validated.parquet"), valid)
-    _write_json(ctx.path("validation.json"), report.to_dict())
+    write_parquet_atomic(ctx.path("validated.parquet"), valid)
+    write_json_atomic(ctx.path("validation.json"), report.to_dict())
     return ctx.path("validated.parquet")
 
 
@@ -165,9 +143,9 @@ def engineer(ctx: RunContext) -> Path:
     cols = [*report.numeric, *report.categorical]
     prep = build_preprocessor(ctx.cfg, report.numeric, report.categorical)
     prep.fit(train[cols], train[ctx.model_cfg.columns.target])
-    _write_parquet(ctx.path("train.parquet"), train)
-    _write_parquet(ctx.path("holdout.parquet"), holdout)
-    _write_json(
+    write_parquet_atomic(ctx.path("train.parquet"), train)
+    write_parquet_atomic(ctx.path("holdout.parquet"), holdout)
+    write_json_atomic(
         ctx.path("features.json"),
         {
             "numeric": report.numeric,
@@ -196,7 +174,7 @@ def select(ctx: RunContext) -> Path:
         result = select_features(
             train, train[target], spec["numeric"], spec["categorical"], ctx.cfg
         )
-        _write_json(ctx.path("selection.json"), result.to_dict())
+        write_json_atomic(ctx.path("selection.json"), result.to_dict())
         return ctx.path("selection.json")
 
 
@@ -224,7 +202,7 @@ def train(ctx: RunContext) -> Path:
             final = make_pipeline(ctx.cfg, numeric, categorical, result.family, result.params)
             final.fit(everything[selection.features], everything[target])
             save_model(final, ctx.path("final.skops"))
-        _write_json(
+        write_json_atomic(
             ctx.path("training.json"),
             {
                 "family": result.family,
@@ -277,7 +255,7 @@ def evaluate(ctx: RunContext) -> Path:
                     result["champion_problem"] = str(exc)
                 else:
                     result["champion"] = score(champion, rows[info.features], rows[target], task)
-        _write_json(ctx.path("evaluation.json"), result)
+        write_json_atomic(ctx.path("evaluation.json"), result)
         return ctx.path("evaluation.json")
 
 
@@ -293,7 +271,7 @@ def gate(ctx: RunContext, *, margin: float | None = None) -> Decision:
         champion_problem=ev["champion_problem"],
     )
     log.info("gate: %s: %s", "deploy" if decision.deploy else "keep champion", decision.reason)
-    _write_json(ctx.path("decision.json"), decision.to_dict())
+    write_json_atomic(ctx.path("decision.json"), decision.to_dict())
     return decision
 
 
@@ -363,7 +341,7 @@ def deploy(ctx: RunContext) -> VersionInfo | None:
     registry.record_run(
         ctx.model, ctx.run_id, {"deployed": True, "version": info.version, **decision.to_dict()}
     )
-    _write_json(ctx.path("deployed.json"), {"version": info.version, "pruned": removed})
+    write_json_atomic(ctx.path("deployed.json"), {"version": info.version, "pruned": removed})
     return info
 
 
@@ -378,35 +356,39 @@ def _window(reference: pd.DataFrame, ctx: RunContext) -> tuple[datetime, datetim
 
 
 def notification(ctx: RunContext) -> tuple[str, str]:
-    """Subject and HTML body of the end-of-run mail: the decision and both models' metrics."""
+    """Subject and HTML body of the end-of-run mail: the decision and both models' metrics,
+    as the alert `retrain_deployed` or `retrain_not_deployed`, rendered like every alert."""
+    from watcher.alerts import alert_action
+    from watcher.alerts.compose import render
+
     decision = Decision.from_dict(_read_json(ctx.path("decision.json")))
     deployed_path = ctx.path("deployed.json")
     deployed = _read_json(deployed_path) if deployed_path.exists() else None
     metric = decision.metric
     new = decision.challenger.get(metric)
     old = (decision.champion or {}).get(metric)
+    title = f"version {deployed['version']} deployed" if deployed else "retrained, not deployed"
+    details: dict[str, Any] = {"reason": decision.reason}
     if deployed:
-        subject = f"[watcher] {ctx.model}: version {deployed['version']} deployed"
-    else:
-        subject = f"[watcher] {ctx.model}: retrained, not deployed"
-    subject += f" ({metric} {_fmt(new)} vs {_fmt(old)})"
-    names = sorted(set(decision.challenger) | set(decision.champion or {}))
-    rows = "".join(
-        f"<tr><td>{escape(n)}</td><td>{_fmt(decision.challenger.get(n))}</td>"
-        f"<td>{_fmt((decision.champion or {}).get(n))}</td></tr>"
-        for n in names
+        details["version"] = str(deployed["version"])
+    details |= {
+        "previous_version": decision.champion_version,
+        "primary_metric": metric,
+        "margin": decision.margin,
+        "champion": decision.champion or {},
+        "challenger": decision.challenger,
+        "run_folder": str(ctx.run_dir),
+    }
+    alert = alert_action(
+        "retrain_deployed" if deployed else "retrain_not_deployed",
+        key=f"retrain_ended:{ctx.run_id}",
+        model=ctx.model,
+        title=f"{title} ({metric} {_fmt(new)} vs {_fmt(old)})",
+        severity="info" if deployed else "warning",
+        details=details,
+        run={"dag_id": ctx.settings.dag_id(ctx.model), "run_id": ctx.run_id},
     )
-    champ = f"v{decision.champion_version}" if decision.champion_version else "none"
-    outcome = f"version {deployed['version']} is in production" if deployed else "not deployed"
-    html = (
-        f"<h3>Retraining of {escape(ctx.model)}: {escape(outcome)}</h3>"
-        f"<p>{escape(decision.reason)}</p>"
-        f"<table border='1' cellpadding='4'><tr><th>metric (holdout)</th>"
-        f"<th>challenger</th><th>champion ({escape(champ)})</th></tr>{rows}</table>"
-        f"<p>Primary metric: {escape(metric)}, margin {decision.margin:.1%}. "
-        f"Run: {escape(ctx.run_id)}; files in {escape(str(ctx.run_dir))}.</p>"
-    )
-    return subject, html
+    return render(alert, ctx.settings)
 
 
 def _fmt(value: float | None) -> str:

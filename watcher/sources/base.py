@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -20,6 +20,16 @@ class BatchRef:
     batch_id: str  # unique per model and stable across restarts: the ledger key
     uri: str  # where the data is (a path, or table + window), shown to people
     window: tuple[datetime, datetime] | None = None
+
+
+@dataclass(frozen=True)
+class Outage:
+    """What a source says about its own outage or recovery; the daemon pages with it
+    (`watcher.incidents`), the source never does."""
+
+    title: str
+    details: dict[str, Any] = field(default_factory=dict)
+    since: float = 0.0  # when the outage began (Unix time): one alert per outage
 
 
 class Source(Protocol):
@@ -49,6 +59,15 @@ class Source(Protocol):
 
     def commit(self, conn: StateConn, ref: BatchRef) -> None:
         """Record progress (e.g. a watermark) inside the transaction that finishes the batch."""
+        ...
+
+    def outage(self) -> Outage | None:
+        """The outage to page about, after a poll or a load raised SourceError; None while
+        the source is up or its outage is too young to page about."""
+        ...
+
+    def recovery(self) -> Outage:
+        """What the "source recovered" alert says (its `since` is unused)."""
         ...
 
     async def close(self) -> None: ...

@@ -64,7 +64,7 @@ from watcher.config import DirectorySourceConfig
 from watcher.errors import BatchRejected, SourceError
 from watcher.metrics import Metrics
 from watcher.safetext import cut_bytes, escape, is_clean, safe_id, sample_names
-from watcher.sources.base import BatchRef
+from watcher.sources.base import BatchRef, Outage
 from watcher.state import BatchRecord, StateConn, StateStore
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class DirectorySource:
         # Names whose last event was a rename into the folder: complete, no settle needed.
         self._renamed: set[str] = set()
         self._watch_task: asyncio.Task[None] | None = None
+        self._outage: Outage | None = None  # set by a poll that failed, cleared by one that worked
 
     def start_watching(self, wake: asyncio.Event) -> bool:
         """Watch the folder with inotify and set `wake` when a batch may be complete.
@@ -164,7 +165,24 @@ class DirectorySource:
             inotify.close()
 
     async def poll(self) -> list[BatchRef]:
-        return await asyncio.to_thread(self._poll)
+        try:
+            refs = await asyncio.to_thread(self._poll)
+        except SourceError as exc:
+            # A folder that vanished (unmounted share) is worth a page at once.
+            self._outage = Outage(
+                title=f"incoming folder unavailable: {exc.message}",
+                details={"path": str(self.incoming), "error": exc.message, "what_to_do": exc.hint},
+                since=time.time(),
+            )
+            raise
+        self._outage = None
+        return refs
+
+    def outage(self) -> Outage | None:
+        return self._outage
+
+    def recovery(self) -> Outage:
+        return Outage(title="the incoming folder is back")
 
     def _poll(self) -> list[BatchRef]:
         if not self.incoming.is_dir():

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from watcher.config import ColumnsConfig, SqlSourceConfig
 from watcher.errors import SourceError
-from watcher.sources.sqlconn import (
+from watcher.sources.sql.connection import (
     Column,
     build_url,
     db_message,
@@ -31,7 +31,7 @@ from watcher.sources.sqlconn import (
     table_columns,
     unreachable,
 )
-from watcher.sources.sqlread import plan_read, read_range
+from watcher.sources.sql.reader import plan_read, read_range
 
 
 def load_labels(

@@ -48,6 +48,7 @@ class StoreCore:
         self.path = target.path
         self._connect_timeout = connect_timeout
         self._lock = threading.RLock()
+        self._closed = False
         self._scrub: Callable[[str], str] = _identity
         try:
             self._conn = self._connect()
@@ -80,7 +81,14 @@ class StoreCore:
 
     def _live(self) -> StateConn:
         """The connection, opened again when PostgreSQL dropped it (a server restart, a
-        terminated backend): the failed call raised; the next one reconnects."""
+        terminated backend): the failed call raised; the next one reconnects. Never after
+        `close`: a scoring thread that a shutdown abandoned must not reconnect and commit
+        behind the back of the daemon that stopped (or of the one that replaced it)."""
+        if self._closed:
+            raise StateUnavailable(
+                f"the state store {self.target.where} is closed",
+                hint="the daemon stopped; the batch is scored again at the next start",
+            )
         if not self._conn.usable:
             self._conn = self._connect()
         return self._conn
@@ -103,6 +111,7 @@ class StoreCore:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._conn.close()
 
     @contextmanager

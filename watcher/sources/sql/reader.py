@@ -21,8 +21,8 @@ import pandas as pd
 from sqlalchemy import Connection, text
 
 from watcher.config import ColumnsConfig, SqlSourceConfig
-from watcher.sources.sqlarrow import arrow_batches, available, conform
-from watcher.sources.sqlconn import (
+from watcher.sources.sql.columnar import arrow_batches, available, conform
+from watcher.sources.sql.connection import (
     Column,
     check_schema,
     close_cursor,
@@ -202,7 +202,7 @@ def read_range(
 
     `rows` of the result counts every row streamed, so within one transaction it is the
     window's row count in the same snapshot as the rows. `columnar` reads a capped range
-    of at least ARROW_MIN_ROWS rows into Arrow with ADBC (`sqlarrow`); otherwise (and
+    of at least ARROW_MIN_ROWS rows into Arrow with ADBC (`columnar`); otherwise (and
     without the ADBC driver) rows come through a server-side cursor, as before
     (`benchmarks/bench_sql_memory.py` compares the two).
     """

@@ -1,4 +1,4 @@
-"""The production model's performance, once labels arrive.
+"""Model quality (not speed): the production model's loss once labels arrive.
 
 Directory sources: predictions are kept (id + prediction + the version whose reference
 scored the batch, a small Parquet file per batch) when a batch is scored; label files
@@ -39,7 +39,8 @@ import pandas as pd
 
 from watcher.alerts import alert_action
 from watcher.config import ModelConfig
-from watcher.errors import SourceError, WatcherError
+from watcher.errors import SourceError
+from watcher.fileio import LabelFileError, read_label_file, write_parquet_atomic
 from watcher.metrics import Metrics
 from watcher.retrain.evaluation import classification_metrics, regression_metrics
 from watcher.signals import loss_of
@@ -47,10 +48,6 @@ from watcher.sources.base import Source
 from watcher.state import LabelPeriod, StateConn, StateStore
 
 log = logging.getLogger(__name__)
-
-
-class LabelFileError(WatcherError):
-    """A label file cannot be used; it is set aside with this reason."""
 
 
 def performance_metric(cfg: ModelConfig) -> str:
@@ -90,7 +87,7 @@ class PerformanceTracker:
         self.labels_path = src.labels_path if src.kind == "directory" else None
         self.enabled = bool(cols.id and cols.prediction and cols.target and self.labels_path)
         if src.kind == "sql":  # SQLAlchemy (the `sql` extra) only matters for sql sources
-            from watcher.sources.sql import SqlSource
+            from watcher.sources.sql.source import SqlSource
 
         self.sql = (
             source
@@ -121,9 +118,7 @@ class PerformanceTracker:
             columns={cols.id: "id", cols.prediction: "prediction"}
         )
         kept["version"] = version
-        tmp = self.dir / f".{safe}.parquet.tmp"
-        kept.to_parquet(tmp, index=False)
-        tmp.replace(self.dir / f"{safe}.parquet")
+        write_parquet_atomic(self.dir / f"{safe}.parquet", kept)
 
     def check_labels(self) -> dict[str, float] | None:
         """Read labels not seen before, record their periods; the metrics on them.
@@ -263,26 +258,8 @@ class PerformanceTracker:
         id_col, target = self.cfg.columns.id, self.cfg.columns.target
         assert id_col is not None
         assert target is not None
-        if path.stat().st_size == 0:
-            raise LabelFileError(f"{path.name} is empty (0 bytes)")
-        try:
-            if path.suffix == ".parquet":
-                df = pd.read_parquet(path)
-            else:
-                df = pd.read_csv(path, encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise LabelFileError(
-                f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})"
-            ) from exc
-        except Exception as exc:  # pandas and pyarrow raise many types for damaged files
-            kind = "Parquet" if path.suffix == ".parquet" else "CSV"
-            raise LabelFileError(
-                f"{path.name} is not a readable {kind} file: {type(exc).__name__}: {str(exc)[:200]}"
-            ) from exc
-        missing = [c for c in (id_col, target) if c not in df.columns]
-        if missing:
-            raise LabelFileError(f"{path.name} lacks column(s) {missing}")
-        out = df[[id_col, target]].rename(columns={id_col: "id", target: "label"})
+        df = read_label_file(path, id_col, target)
+        out = df.rename(columns={id_col: "id", target: "label"})
         if self.cfg.retrain.task == "regression":
             numbers = pd.to_numeric(out["label"], errors="coerce")
             bad = out["label"].notna() & numbers.isna()

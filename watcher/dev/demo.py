@@ -3,7 +3,7 @@
 Starts, in a project-local work folder: an SMTP sink that saves every mail as a .eml file,
 Airflow 3 standalone (SQLite, LocalExecutor) with `retrain_dags/` as its DAGs, the watcher
 daemon, and Prometheus when its binary is installed. Then it replays the data week by
-week (`watcher.replay`), shows what happens live, prints a summary and stops everything
+week (`watcher.dev.replay`), shows what happens live, prints a summary and stops everything
 (also on Ctrl-C), unless asked to keep the services running for a look.
 """
 
@@ -26,7 +26,7 @@ from rich.live import Live
 from rich.table import Table
 
 from watcher.config import Settings, dump_toml, load_config
-from watcher.localstack import (
+from watcher.dev.localservices import (
     AIRFLOW_PASSWORD,
     AIRFLOW_USER,
     MailSink,
@@ -37,10 +37,10 @@ from watcher.localstack import (
     start_prometheus,
     wait_for_dag,
 )
+from watcher.dev.replay import PeriodResult, Replay, monthly_mae
 from watcher.registry import ModelRegistry
-from watcher.replay import PeriodResult, Replay, monthly_mae
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # watcher/dev/demo.py -> the repository
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Background work the daemon owns: outbox dispatchers, the run tracker, health probes.
+"""The periodic loop of background work the daemon owns: outbox dispatchers, the run tracker,
+health probes.
 
 Each worker does one round of work per `run_once`; the daemon runs it every
 `interval_seconds` as a named task, logs (never swallows silently) what a round raised,

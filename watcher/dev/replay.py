@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ import pandas as pd
 
 from watcher.config import ModelConfig, Settings
 from watcher.errors import WatcherError
+from watcher.fileio import write_parquet_atomic
 from watcher.reference import reference_tag
 from watcher.registry_backend import open_registry
 from watcher.state import Decision, open_state
@@ -149,9 +149,9 @@ class Replay:
             served = chunk.drop(columns=[cols.target]).copy()
             served[cols.prediction] = predict(estimator, chunk)
             name = f"{self.model}-{start:%Y-%m-%d}.parquet"
-            _write_atomically(served, self.incoming / name)
+            write_parquet_atomic(self.incoming / name, served)
             if pending_labels is not None:  # last period's labels arrive now
-                _write_atomically(pending_labels[1], self.labels / pending_labels[0])
+                write_parquet_atomic(self.labels / pending_labels[0], pending_labels[1])
             delivered = pending_labels[0] if pending_labels is not None else None
             pending_labels = (f"labels-{start:%Y-%m-%d}.parquet", chunk[[cols.id, cols.target]])
             y = chunk[cols.target].to_numpy()
@@ -172,7 +172,7 @@ class Replay:
                 on_period(result)
             time.sleep(max(0.0, period_seconds - (time.monotonic() - began)))
         if pending_labels is not None:
-            _write_atomically(pending_labels[1], self.labels / pending_labels[0])
+            write_parquet_atomic(self.labels / pending_labels[0], pending_labels[1])
         return results
 
     def _follow(
@@ -258,12 +258,6 @@ class Replay:
         version = self.registry.production_version(self.model)
         in_use = self.store.reference_version(self.model)
         return version is not None and in_use == reference_tag(version)
-
-
-def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.rename(path)
 
 
 def monthly_mae(results: list[PeriodResult]) -> pd.DataFrame:

@@ -49,14 +49,14 @@ Connection loss
     Retried briefly with backoff (stamina; connection errors only), then SourceError:
     ``watcher_source_up`` drops to 0, `down_since` is set, and the daemon tries again next
     round from the watermark. Down for ``down_alert_after_seconds`` (schema problems
-    included), one alert goes out per outage (incident ``source:<model>:down``), and a
-    ``source_recovered`` one when the source answers again. The DSN in messages and
+    included), `outage` says so and the daemon sends one alert per outage (incident
+    ``source:<model>:down``, `watcher.incidents`), and a ``source_recovered`` one when the
+    source answers again; the source itself never sends mail. The DSN in messages and
     alerts has its password replaced by ``***``.
 
 Size: one `SqlSource` whose sections (polling, late rows, reading, up/down) share the
-per-window progress and watermark; connections, reads and window arithmetic already live in
-`sqlconn`, `sqlread`, `sqlarrow` and `sqlwindows` (the renovation gathers them in
-`sources/sql/`).
+per-window progress and watermark; connections, reads and window arithmetic live beside it in
+this package: `connection`, `reader`, `columnar` and `windows`.
 """
 
 from __future__ import annotations
@@ -73,13 +73,12 @@ import pandas as pd
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from watcher.alerts import alert_action
 from watcher.config import ColumnsConfig, SqlSourceConfig
 from watcher.errors import ConfigError, SourceError
 from watcher.metrics import Metrics
-from watcher.sources.base import BatchRef
+from watcher.sources.base import BatchRef, Outage
 from watcher.sources.labels import load_labels
-from watcher.sources.sqlconn import (
+from watcher.sources.sql.connection import (
     build_url,
     db_message,
     is_transient,
@@ -92,8 +91,8 @@ from watcher.sources.sqlconn import (
     table_columns,
     unreachable,
 )
-from watcher.sources.sqlread import RangeRead, plan_read, read_range
-from watcher.sources.sqlwindows import (
+from watcher.sources.sql.reader import RangeRead, plan_read, read_range
+from watcher.sources.sql.windows import (
     REV,
     Progress,
     Windows,
@@ -149,13 +148,14 @@ class SqlSource:
         self.windows = Windows(origin, cfg.window_seconds)
         self.key = f"sql:{model}"
         self.down_since: float | None = None  # when the current outage began (Unix time)
-        self._up_checked = False
+        self._down_error: SourceError | None = None  # what the current outage's last error said
+        self._was_down_since: float | None = None  # the start of the outage that just ended
         self._table = quote_table(cfg.table)
         self._ts = quote_ident(cfg.timestamp_column)
         self._rows_read: dict[str, int] = {}  # batch id -> rows in the window when loaded
         self._last_check = -math.inf
         self._types: dict[str, str] = {}
-        self.columnar = True  # big windows into Arrow (sqlarrow); False: rows, the old path
+        self.columnar = True  # big windows into Arrow (sql.columnar); False: rows, the old path
 
     # ---- Source protocol ------------------------------------------------------------------
 
@@ -543,19 +543,28 @@ class SqlSource:
 
     # ---- up and down ----------------------------------------------------------------------
 
-    @property
-    def _incident(self) -> str:
-        return f"source:{self.model}:down"
-
     def _mark_down(self, exc: SourceError) -> None:
-        """source_up=0; past `down_alert_after_seconds`, one alert per outage (an incident)."""
+        """source_up=0, and the outage's start and cause, for `outage`."""
         self.metrics.source_up.labels(self.model).set(0)
-        now = time.time()
         if self.down_since is None:
-            self.down_since = now
-        down_for = now - self.down_since
+            self.down_since = time.time()
+        self._down_error = exc
+
+    def _mark_up(self) -> None:
+        self.metrics.source_up.labels(self.model).set(1)
+        if self.down_since is not None:
+            self._was_down_since = self.down_since
+        self.down_since = None
+
+    def outage(self) -> Outage | None:
+        """Past `down_alert_after_seconds` (schema problems included), the outage to page
+        about: one alert per outage, keyed by its start."""
+        exc = self._down_error
+        if self.down_since is None or exc is None:
+            return None
+        down_for = time.time() - self.down_since
         if down_for < self.cfg.down_alert_after_seconds:
-            return
+            return None
         details = {
             "down_since": self.down_since,
             "down_seconds": round(down_for),
@@ -564,43 +573,19 @@ class SqlSource:
             "error": exc.message,
             "what_to_do": exc.hint,
         }
-        with self.store.transaction() as conn:
-            if StateStore.open_incident(conn, self._incident, "source_down", self.model, details):
-                StateStore.enqueue(
-                    conn,
-                    alert_action(
-                        "source_down",
-                        key=f"{self._incident}:{self.down_since:.0f}",
-                        model=self.model,
-                        title=f"sql source {self.cfg.table} down for {down_for / 60:.0f} min: "
-                        f"{exc.message}"[:300],
-                        severity="critical",
-                        details=details,
-                        incident=self._incident,
-                    ),
-                )
+        return Outage(
+            title=f"sql source {self.cfg.table} down for {down_for / 60:.0f} min: {exc.message}",
+            details=details,
+            since=self.down_since,
+        )
 
-    def _mark_up(self) -> None:
-        self.metrics.source_up.labels(self.model).set(1)
+    def recovery(self) -> Outage:
         # After a restart the outage start is unknown here, but its incident may be open.
-        if self.down_since is None and self._up_checked:
-            return
-        since, self.down_since, self._up_checked = self.down_since, None, True
-        with self.store.transaction() as conn:
-            if StateStore.resolve_incident(conn, self._incident):
-                StateStore.enqueue(
-                    conn,
-                    alert_action(
-                        "source_recovered",
-                        key=f"{self._incident}:recovered:{time.time():.0f}",
-                        model=self.model,
-                        title=f"sql source {self.cfg.table} answers again",
-                        severity="info",
-                        details={} if since is None else {"down_seconds": time.time() - since},
-                        incident=self._incident,
-                    ),
-                )
-                log.info("%s: source %s answers again", self.model, self.cfg.table)
+        since, self._was_down_since = self._was_down_since, None
+        return Outage(
+            title=f"sql source {self.cfg.table} answers again",
+            details={} if since is None else {"down_seconds": time.time() - since},
+        )
 
 
 __all__ = ["MAX_WINDOWS_PER_POLL", "Progress", "SqlSource", "Windows", "split_revision"]
