@@ -66,7 +66,7 @@ from watcher.config import ColumnsConfig, QualityConfig, dump_toml, load_config
 from watcher.drift import catalog, engine, stattests
 from watcher.drift.quality import check_batch, profile_reference
 from watcher.metrics import Health, Metrics, MetricsServer
-from watcher.performance import PerformanceTracker
+from watcher.model_quality import PerformanceTracker
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference import load_reference
 from watcher.sources.base import BatchRef
