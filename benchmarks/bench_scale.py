@@ -400,7 +400,7 @@ def export(m: Metrics, name: str, quality: Any, drift: engine.DriftResult) -> No
         m.feature_drifted.labels(name, col).set(int(c.drifted))
     for col, share in quality.missing_share.items() if per_feature else ():
         m.missing_values_ratio.labels(name, col).set(share)
-    m.retrain_triggers.labels(name, "triggered").inc(0)
+    m.retrain_decisions.labels(name, "triggered").inc(0)
     # The rest of a scored model's series in the daemon
     # (tests/integration/test_daemon_many_models.py counts them): its source, the noise line,
     # the drift signal. The bench has no prediction column: the prediction drift gauge gets

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,38 +102,3 @@ def drop(incoming: Path, name: str, df: pd.DataFrame) -> Path:
         df.to_csv(tmp, index=False)
     tmp.rename(final)
     return final
-
-
-class DaemonProcess:
-    """`watcher run` as a subprocess in a process group of its own, output to `log`."""
-
-    def __init__(self, cfg: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        with log.open("ab") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "watcher", "run", "--config", str(cfg)],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                start_new_session=True,
-            )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL for the whole group: no shutdown code runs, like a power cut."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        """SIGTERM and wait; SIGKILL if it does not exit in time."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise

@@ -91,6 +91,9 @@ class DaemonConfig(_Section):
     # Below 10 ms an idle daemon busy-loops; above an hour nothing is watched.
     poll_interval_seconds: float = Field(5.0, ge=0.01, le=3600)
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
+    # How long each background worker (dispatchers, run tracker, retention) may take to end
+    # its round at shutdown before it is cancelled; its work stays in the outbox.
+    background_shutdown_timeout_seconds: float = Field(5.0, gt=0)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -1,8 +1,17 @@
 """Every Prometheus metric watcher exports, on an injected registry, plus the HTTP endpoint.
 
 Names follow Prometheus conventions (base units, `_total` for counters); the list is the
-one in README.md's "Metrics" section. Tests build a fresh `CollectorRegistry` per daemon
-and read values back with `registry.get_sample_value(...)`.
+README's metrics table. Tests build a fresh `CollectorRegistry` per daemon and read values
+back with `registry.get_sample_value(...)`.
+
+A series written from more than one place has one writer here, a method named for what
+happened (`batch_scored`, `retrain_decided`, `trigger_delivered`, `source_polled`, ...):
+the places that know the event call it, and what a series means is decided once.
+
+Size: over 400 lines because every series is declared here next to its one writer, so
+one file answers "what does watcher export, and who writes it"; the HTTP endpoint
+(`Health`, `MetricsServer`) is the part to move into a module of its own, left to the
+exposition work (issue 18) that is changing it now.
 """
 
 from __future__ import annotations
@@ -10,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,6 +38,10 @@ from prometheus_client import (
 from watcher import __version__
 from watcher.errors import WatcherError
 from watcher.metrics_models import ModelFamilies, scrape
+
+if TYPE_CHECKING:
+    from watcher.drift.engine import DriftResult
+    from watcher.drift.quality import QualityReport
 
 # Stage times seen (benchmarks/bench_latency.py): 10k rows take 5-250 ms per stage, 1M rows
 # 0.5-10 s. Eight bounds resolve the 100 ms batch-to-metric target, big batches and the
@@ -163,9 +176,16 @@ class Metrics:
             "watcher_last_batch_timestamp_seconds",
             "Unix time the last batch was scored.",
         )
-        self.retrain_triggers = c(
-            "watcher_retrain_triggers",
-            "Retrain decisions, by outcome.",
+        self.retrain_decisions = c(
+            "watcher_retrain_decisions",
+            "The retrain policy's decisions, by outcome (triggered, dry_run, streak_building, "
+            "cooldown, ...): one per scored batch and per new labelled period.",
+            ("model", "outcome"),
+        )
+        self.retrain_deliveries = c(
+            "watcher_retrain_deliveries",
+            "Retrain triggers delivered to Airflow, by outcome (delivered, duplicate: the run "
+            "existed already; failed: refused for good, a dead letter).",
             ("model", "outcome"),
         )
         self.retrain_runs = Gauge(
@@ -285,8 +305,8 @@ class Metrics:
             return
         for outcome in ("rejected", "failed"):
             self.batches.labels(model, outcome)
-        for outcome in ("triggered", "failed"):
-            self.retrain_triggers.labels(model, outcome)
+        self.retrain_decisions.labels(model, "triggered")
+        self.retrain_deliveries.labels(model, "failed")
         self.dag_paused.labels(model)
         for kind in ("label_file", "registry", "source", "name_reused", "internal"):
             self.problems.labels(model, kind)
@@ -313,6 +333,94 @@ class Metrics:
         self._feature_tests[(model, feature)] = stattest
         self.feature_drift_score.labels(model, feature, stattest).set(score)
         self.feature_drift_threshold.labels(model, feature, stattest).set(threshold)
+
+    # ---- one writer per series: what happened ----------------------------------------------
+
+    def batch_scored(
+        self,
+        model: str,
+        quality: QualityReport,
+        drift: DriftResult,
+        *,
+        streak: int,
+        per_feature: bool,
+    ) -> None:
+        """A batch was scored and committed: its outcome, size, drift and quality."""
+        self.batches.labels(model, "scored").inc()
+        self.batch_rows.labels(model).set(quality.rows)
+        self.last_batch_timestamp.labels(model).set(time.time())
+        self.dataset_drift_ratio.labels(model).set(drift.drift_share)
+        self.dataset_drifted.labels(model).set(int(drift.dataset_drift))
+        self.drifted_features.labels(model).set(drift.n_drifted)
+        self.drift_streak_now(model, streak)
+        for col, c in drift.columns.items() if per_feature else ():
+            self.set_feature_drift(model, col, c.stattest, c.score, c.threshold)
+            self.feature_drifted.labels(model, col).set(int(c.drifted))
+        if drift.prediction is not None:
+            self.prediction_drift_score.labels(model).set(drift.prediction.score)
+        for test, _ in drift.failures.values():
+            self.drift_test_failures.labels(model, test).inc()
+        for col, share in quality.missing_share.items() if per_feature else ():
+            self.missing_values_ratio.labels(model, col).set(share)
+        for v in quality.violations:
+            self.quality_violation(model, v.check)
+
+    def drift_streak_now(self, model: str, streak: int) -> None:
+        """The model's drift streak (after a batch, or read back at a reference switch)."""
+        self.drift_streak.labels(model).set(streak)
+
+    def quality_violation(self, model: str, check: str) -> None:
+        """A data quality check failed (in a batch, or a sql source's NULL timestamps)."""
+        self.quality_violations.labels(model, check).inc()
+
+    def batch_set_aside(self, model: str, outcome: str, check: str | None = None) -> None:
+        """A batch ended `rejected` (by `check`) or `failed`."""
+        self.batches.labels(model, outcome).inc()
+        if outcome == "rejected" and check is not None:
+            self.batches_rejected.labels(model, check).inc()
+
+    def retrain_decided(self, model: str, outcome: str) -> None:
+        """The policy decided (at a batch or at new labels): triggered, dry_run, ..."""
+        self.retrain_decisions.labels(model, outcome).inc()
+
+    def trigger_delivered(self, model: str, outcome: str) -> None:
+        """A trigger left the outbox: delivered, duplicate (the run existed) or failed."""
+        self.retrain_deliveries.labels(model, outcome).inc()
+
+    def source_polled(self, model: str, *, up: bool) -> None:
+        """The model's source answered its poll (or is assumed to, at start), or not."""
+        self.source_up.labels(model).set(1 if up else 0)
+
+    def problem(self, model: str, kind: str, count: int = 1) -> None:
+        """A failure contained without stopping the daemon (see `watcher_problems_total`)."""
+        self.problems.labels(model, kind).inc(count)
+
+    def dead_letter(self, kind: str) -> None:
+        """An outbox action (trigger, alert, webhook) was given up on for good."""
+        self.dead_letters.labels(kind).inc()
+
+    def alert_mailed(self, kind: str, outcome: str, count: int = 1) -> None:
+        """An alert mail's delivery: sent, retry, dead, digested, redelivered."""
+        self.alerts.labels(kind, outcome).inc(count)
+
+    def webhook_posted(self, hook: str, outcome: str, count: int = 1) -> None:
+        """An alert post to a webhook: sent, retry, dead, digested."""
+        self.webhooks.labels(hook, outcome).inc(count)
+
+    def init_webhook(self, hook: str) -> None:
+        """Export a webhook's outcome counters at 0 before its first post."""
+        for outcome in ("sent", "retry", "dead", "digested"):
+            self.webhooks.labels(hook, outcome)
+        self.dead_letters.labels("webhook")
+
+    def snapshot_sent(self, model: str, outcome: str) -> None:
+        """A batch sent to the Evidently UI workspace: added, failed, dropped."""
+        self.evidently_snapshots.labels(model, outcome).inc()
+
+    def outbox_pending_now(self, counts: Mapping[str, int]) -> None:
+        """The outbox's pending actions by kind, as the store counted them just now."""
+        for kind, n in counts.items():
+            self.outbox_pending.labels(kind).set(n)
 
     def count_retry(self, details: Any) -> None:
         """A stamina on-retry hook (`stamina.instrumentation.RetryDetails`)."""

@@ -199,7 +199,7 @@ class PerformanceTracker:
                 labels = self._read_label_file(path)
             except LabelFileError as exc:
                 read.rejected[path.name] = str(exc)
-                self.metrics.problems.labels(self.model, "label_file").inc()
+                self.metrics.problem(self.model, "label_file")
                 log.warning(
                     "%s: label file %s set aside, its labels are not used: %s",
                     self.model,

@@ -266,9 +266,7 @@ class Pipeline:
         except Exception:  # committed: the batch stays rejected whatever happens to the file
             log.exception("could not set %s/%s aside", rt.name, ref.batch_id)
             where = None
-        self.metrics.batches.labels(rt.name, status).inc()
-        if status == "rejected":
-            self.metrics.batches_rejected.labels(rt.name, exc.check).inc()
+        self.metrics.batch_set_aside(rt.name, status, exc.check)
         log.warning(
             "%s %s/%s (%s): %s; set aside at %s",
             status,
@@ -397,11 +395,8 @@ class Pipeline:
         time, writes a model's drift history and drift incident."""
         with self.store.transaction() as conn:
             flags = self.store.drift_flags_since_reset(conn, rt.name, rt.cfg.policy.consecutive)
-            is_open = conn.execute(
-                "SELECT 1 FROM incidents WHERE key = ? AND resolved_at IS NULL",
-                (f"drift:{rt.name}",),
-            ).fetchone()
-        return is_open is None and opens_incident(1 + streak_of(flags), rt.cfg.policy)
+            is_open = self.store.incident_is_open(conn, f"drift:{rt.name}")
+        return not is_open and opens_incident(1 + streak_of(flags), rt.cfg.policy)
 
     # ---- the policy's inputs and the second decision point --------------------------------
 
@@ -538,7 +533,7 @@ class Pipeline:
                     self.store.enqueue(conn, action)
             if verdict.triggers:
                 self.store.reset_streak(conn, rt.name)
-        self.metrics.retrain_triggers.labels(rt.name, verdict.outcome).inc()
+        self.metrics.retrain_decided(rt.name, verdict.outcome)
         self.export_signals(rt, verdict)
         self._log_periods(rt, changed, verdict)
         return verdict
@@ -636,11 +631,7 @@ class Pipeline:
         verdict: Verdict,
     ) -> dict[str, Any]:
         """What the retraining DAG is told: which model, why, and where the data is."""
-        rows = conn.execute(
-            "SELECT batch_id, uri, finished_at FROM batches WHERE model = ? AND status = 'scored' "
-            "ORDER BY seq DESC LIMIT ?",
-            (rt.name, verdict.streak),
-        ).fetchall()
+        rows = self.store.last_scored(conn, rt.name, verdict.streak)
         source = rt.cfg.source
         data: dict[str, Any] = {"source_kind": source.kind}
         if source.kind == "directory":
@@ -691,26 +682,14 @@ class Pipeline:
         drift: engine.DriftResult,
         verdict: Verdict,
     ) -> None:
-        m, name = self.metrics, rt.name
-        m.batches.labels(name, "scored").inc()
-        m.batch_rows.labels(name).set(quality.rows)
-        m.last_batch_timestamp.labels(name).set(time.time())
-        m.dataset_drift_ratio.labels(name).set(drift.drift_share)
-        m.dataset_drifted.labels(name).set(int(drift.dataset_drift))
-        m.drifted_features.labels(name).set(drift.n_drifted)
-        m.drift_streak.labels(name).set(0 if verdict.triggers else verdict.streak)
-        per_feature = self.settings.metrics.detail == "feature"
-        for col, c in drift.columns.items() if per_feature else ():
-            m.set_feature_drift(name, col, c.stattest, c.score, c.threshold)
-            m.feature_drifted.labels(name, col).set(int(c.drifted))
-        if drift.prediction is not None:
-            m.prediction_drift_score.labels(name).set(drift.prediction.score)
-        for col, (test, why) in drift.failures.items():
-            m.drift_test_failures.labels(name, test).inc()
-            log.warning("%s: column %r not scored: %s", name, col, why)
-        for col, share in quality.missing_share.items() if per_feature else ():
-            m.missing_values_ratio.labels(name, col).set(share)
-        for v in quality.violations:
-            m.quality_violations.labels(name, v.check).inc()
-        m.retrain_triggers.labels(name, verdict.outcome).inc()
+        self.metrics.batch_scored(
+            rt.name,
+            quality,
+            drift,
+            streak=0 if verdict.triggers else verdict.streak,
+            per_feature=self.settings.metrics.detail == "feature",
+        )
+        for col, (_, why) in drift.failures.items():
+            log.warning("%s: column %r not scored: %s", rt.name, col, why)
+        self.metrics.retrain_decided(rt.name, verdict.outcome)
         self.export_signals(rt, verdict)

@@ -166,10 +166,15 @@ def build() -> Board:
             "Retrain decisions in the time range",
             [
                 Q(
-                    events_in_range("watcher_retrain_triggers_total", "model, outcome"),
+                    events_in_range("watcher_retrain_decisions_total", "model, outcome"),
                     "{{model}} {{outcome}}",
                     instant=True,
-                )
+                ),
+                Q(
+                    events_in_range("watcher_retrain_deliveries_total", "model, outcome"),
+                    "{{model}} trigger {{outcome}}",
+                    instant=True,
+                ),
             ],
             minimum=0,
             w=8,

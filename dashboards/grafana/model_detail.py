@@ -29,7 +29,7 @@ def build() -> Board:
     board.variable("model", "Model", "watcher_batches_total")
     board.annotation(
         "Retrain triggered",
-        f'sum by (model) (increase(watcher_retrain_triggers_total{{{M},outcome="triggered"}}[2m]))'
+        f'sum by (model) (increase(watcher_retrain_decisions_total{{{M},outcome="triggered"}}[2m]))'
         " > 0",
         "blue",
         "Retrain triggered",
@@ -246,10 +246,15 @@ def build() -> Board:
             "Retrain decisions in the time range",
             [
                 Q(
-                    events_in_range(f"watcher_retrain_triggers_total{{{M}}}", "outcome"),
+                    events_in_range(f"watcher_retrain_decisions_total{{{M}}}", "outcome"),
                     "{{outcome}}",
                     instant=True,
-                )
+                ),
+                Q(
+                    events_in_range(f"watcher_retrain_deliveries_total{{{M}}}", "outcome"),
+                    "trigger {{outcome}}",
+                    instant=True,
+                ),
             ],
             minimum=0,
             w=8,

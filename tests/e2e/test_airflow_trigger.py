@@ -132,7 +132,7 @@ def test_trigger_is_delivered_and_tracked_to_success(
 
     [item] = rig.outbox("trigger")
     assert item["status"] == "done", item
-    assert rig.sample("watcher_retrain_triggers_total", model=MODEL, outcome="delivered") == 1
+    assert rig.sample("watcher_retrain_deliveries_total", model=MODEL, outcome="delivered") == 1
     assert rig.sample("watcher_outbox_pending", kind="trigger") == 0
     runs = airflow_server.runs_with_conf("retrain_test", "marker", m)
     assert [r["dag_run_id"] for r in runs] == [action.key]
@@ -170,7 +170,7 @@ def test_second_delivery_of_the_same_trigger_is_one_run(
 
     [item] = rig.outbox("trigger")
     assert item["status"] == "done"
-    assert rig.sample("watcher_retrain_triggers_total", model=MODEL, outcome="duplicate") == 1
+    assert rig.sample("watcher_retrain_deliveries_total", model=MODEL, outcome="duplicate") == 1
     assert rig.run(action.key) is not None
     # The same batches replayed into a fresh state store produce the same run id again.
     replay = rig_factory()
@@ -307,7 +307,7 @@ def test_unknown_dag_is_a_dead_letter_with_the_server_message(rig_factory: Any) 
     assert alert["payload"]["details"]["status"] == 404
     assert alert["payload"]["details"]["run_id"] == action.key
     assert rig.sample("watcher_dead_letters_total", kind="trigger") == 1
-    assert rig.sample("watcher_retrain_triggers_total", model=MODEL, outcome="failed") == 1
+    assert rig.sample("watcher_retrain_deliveries_total", model=MODEL, outcome="failed") == 1
 
 
 def test_health_probe_reads_each_component(airflow_server: AirflowServer, rig_factory: Any) -> None:

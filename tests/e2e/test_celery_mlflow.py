@@ -31,8 +31,9 @@ from fixtures_celery import CeleryAirflow
 from fixtures_mlflow import MlflowServer
 from fixtures_retrain import MODEL, smtp_connection
 from fixtures_smtp import SmtpServer
+from harness import DaemonProcess
 from mlflow.tracking import MlflowClient
-from support import DaemonProcess, wait_for
+from support import wait_for
 
 from watcher.config import dump_toml
 from watcher.dev.localservices import free_port

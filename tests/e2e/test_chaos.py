@@ -31,7 +31,8 @@ import pandas as pd
 import pytest
 from fixtures_airflow import AirflowServer
 from fixtures_smtp import SmtpServer
-from support import DaemonProcess, drop, frame, wait_for, write_config
+from harness import DaemonProcess
+from support import drop, frame, wait_for, write_config
 
 from watcher.alerts.compose import message_id
 from watcher.config import toml_value

@@ -11,7 +11,6 @@ and runs are counted by that tag, never by the total number of runs of a DAG.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -19,7 +18,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,12 +31,11 @@ from typing import Any
 import pandas as pd
 import pytest
 from fixtures_airflow import AirflowServer
-from prometheus_client import CollectorRegistry
+from harness import DaemonProcess, DaemonThread
 from prometheus_client.parser import text_string_to_metric_families
-from support import DaemonProcess, drop, frame, model_toml, wait_for, write_config
+from support import drop, frame, model_toml, wait_for, write_config
 
-from watcher.config import Settings, load_config, toml_value
-from watcher.daemon import Daemon
+from watcher.config import load_config, toml_value
 from watcher.dev.localservices import free_port
 from watcher.policy import run_id_for
 from watcher.state import Decision, RunRecord, StateStore
@@ -152,54 +149,11 @@ def watcher_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-class DaemonThread:
-    """The daemon in this process, on an event loop in a thread, with its own registry."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.registry = CollectorRegistry()
-        self.daemon: Daemon | None = None
-        self.error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="test-daemon", daemon=True)
-        self._thread.start()
-        if not self._started.wait(30):
-            raise AssertionError("the in-process daemon did not start")
-
-    def _main(self) -> None:
-        async def go() -> None:
-            self._loop = asyncio.get_running_loop()
-            self.daemon = Daemon(self.settings, self.registry)
-            self._started.set()
-            await self.daemon.run()
-
-        try:
-            asyncio.run(go())
-        except BaseException as exc:  # reported by stop(), not lost in the thread
-            self.error = exc
-        finally:
-            self._started.set()
-
-    def sample(self, name: str, **labels: str) -> float | None:
-        return self.registry.get_sample_value(name, labels)
-
-    def stop(self) -> None:
-        if self._loop is not None and self.daemon is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self.daemon.request_stop)
-        self._thread.join(60)
-        assert not self._thread.is_alive(), "the in-process daemon did not stop"
-        if self.error is not None:
-            raise AssertionError(f"the in-process daemon failed: {self.error!r}")
-
-
 @contextmanager
 def daemon_thread(cfg: Path) -> Iterator[DaemonThread]:
-    d = DaemonThread(load_config(cfg))
-    try:
+    """The daemon in this process, on an event loop in a thread, with its own registry."""
+    with DaemonThread(load_config(cfg)) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @contextmanager
@@ -338,10 +292,10 @@ def test_two_drifted_batches_trigger_one_run_that_succeeds(
 
     # Metrics, scraped over HTTP.
     v = t.metrics
-    assert sample(v, "watcher_retrain_triggers_total", model="m", outcome="triggered") == 1
-    assert sample(v, "watcher_retrain_triggers_total", model="m", outcome="streak_building") == 1
-    assert sample(v, "watcher_retrain_triggers_total", model="m", outcome="delivered") == 1
-    assert sample(v, "watcher_retrain_triggers_total", model="m", outcome="failed") == 0
+    assert sample(v, "watcher_retrain_decisions_total", model="m", outcome="triggered") == 1
+    assert sample(v, "watcher_retrain_decisions_total", model="m", outcome="streak_building") == 1
+    assert sample(v, "watcher_retrain_deliveries_total", model="m", outcome="delivered") == 1
+    assert sample(v, "watcher_retrain_deliveries_total", model="m", outcome="failed") == 0
     assert sample(v, "watcher_retrain_runs", model="m", state="success") == 1
     assert sample(v, "watcher_retrain_runs", model="m", state="running") == 0
     assert sample(v, "watcher_retrain_runs", model="m", state="queued") == 0
@@ -394,7 +348,9 @@ def test_replayed_batches_and_redelivery_still_make_one_run(
     conn.close()
     wait_for(
         lambda: (
-            sample(scrape(t.port), "watcher_retrain_triggers_total", model="m", outcome="duplicate")
+            sample(
+                scrape(t.port), "watcher_retrain_deliveries_total", model="m", outcome="duplicate"
+            )
             == 1
         ),
         30,
@@ -402,7 +358,7 @@ def test_replayed_batches_and_redelivery_still_make_one_run(
     )
     v = scrape(t.port)
     assert sample(v, "watcher_batches_total", model="m", outcome="scored") == 2
-    assert sample(v, "watcher_retrain_triggers_total", model="m", outcome="triggered") == 1
+    assert sample(v, "watcher_retrain_decisions_total", model="m", outcome="triggered") == 1
     assert len(db_decisions(t.state_dir)) == 2
     [trigger] = db_triggers(t.state_dir)
     assert trigger["status"] == "done"
@@ -422,10 +378,13 @@ def test_replayed_batches_and_redelivery_still_make_one_run(
             interval=0.3,
             what="the replayed trigger delivered and its run tracked",
         )
-        assert replay.sample("watcher_retrain_triggers_total", model="m", outcome="triggered") == 1
-        assert replay.sample("watcher_retrain_triggers_total", model="m", outcome="duplicate") == 1
+        assert replay.sample("watcher_retrain_decisions_total", model="m", outcome="triggered") == 1
         assert (
-            replay.sample("watcher_retrain_triggers_total", model="m", outcome="delivered") is None
+            replay.sample("watcher_retrain_deliveries_total", model="m", outcome="duplicate") == 1
+        )
+        assert (
+            replay.sample("watcher_retrain_deliveries_total", model="m", outcome="delivered")
+            is None
         )
     assert [d.run_id for d in db_decisions(other / "state") if d.outcome == "triggered"] == [
         t.run_id
@@ -653,7 +612,13 @@ def policy_run(
             )
             metrics = {
                 n: {
-                    o: d.sample("watcher_retrain_triggers_total", model=n, outcome=o)
+                    o: d.sample(
+                        "watcher_retrain_deliveries_total"
+                        if o == "delivered"
+                        else "watcher_retrain_decisions_total",
+                        model=n,
+                        outcome=o,
+                    )
                     for o in (*outcomes, "delivered")
                 }
                 for n in POLICY_MODELS

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from fixtures_airflow import AirflowServer
+from harness import DaemonProcess
 from performance_support import config, labelled
-from support import DaemonProcess, drop, wait_for
+from support import drop, wait_for
 from test_daemon_airflow import (
     DAG,
     RUN_TIMEOUT,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from fixtures_airflow import AirflowServer
 from fixtures_smtp import SmtpServer
-from support import DaemonProcess, drop, frame, wait_for, write_config
+from harness import DaemonProcess
+from support import drop, frame, wait_for, write_config
 
 from watcher.config import toml_value
 from watcher.policy import run_id_for

@@ -151,7 +151,7 @@ def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     assert samples[("watcher_batches_total", (("model", "bikeshare"), ("outcome", "scored")))] == 10
     assert samples[("watcher_model_info", (("model", "bikeshare"), ("version", reference)))] == 1
     assert samples[
-        ("watcher_retrain_triggers_total", (("model", "bikeshare"), ("outcome", "triggered")))
+        ("watcher_retrain_decisions_total", (("model", "bikeshare"), ("outcome", "triggered")))
     ] == len(triggered)
     assert ("watcher_model_performance", (("metric", "mae"), ("model", "bikeshare"))) in samples
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DaemonProcess, drop, frame, wait_for, write_config
+from harness import DaemonProcess
+from support import drop, frame, wait_for, write_config
 from webhook_support import Receiver
 
 from watcher.alerts import alert_action

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from fixtures_smtp import SmtpServer
-from support import DaemonProcess, drop, frame, wait_for, write_config
+from harness import DaemonProcess
+from support import drop, frame, wait_for, write_config
 
 from watcher.config import toml_value
 from watcher.dev.localservices import free_port

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from harness import watcher_cli
 from support import frame, write_config
 
 from watcher.config import load_config
@@ -15,13 +15,7 @@ from watcher.state import StateStore
 
 
 def watcher(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "watcher", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    return watcher_cli(*args, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from harness import watcher_cli
 from sklearn.linear_model import LinearRegression
 from support import frame, write_config
 
@@ -16,13 +16,7 @@ from watcher.registry import ModelRegistry
 
 
 def watcher(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "watcher", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    return watcher_cli(*args, timeout=120)
 
 
 def test_version_names_the_release_and_the_distribution() -> None:

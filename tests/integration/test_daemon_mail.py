@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from fixtures_smtp import SmtpServer
+from harness import DaemonProcess
 from prometheus_client.parser import text_string_to_metric_families
-from support import DaemonProcess, drop, frame, wait_for, write_config
+from support import drop, frame, wait_for, write_config
 
 from watcher.alerts.compose import message_id
 from watcher.config import toml_value

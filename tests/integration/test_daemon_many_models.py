@@ -10,8 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from harness import DaemonProcess
 from prometheus_client.parser import text_string_to_metric_families
-from support import NUMERIC, DaemonProcess, drop, frame, model_toml, wait_for
+from support import NUMERIC, drop, frame, model_toml, wait_for
 
 from watcher.dev.localservices import free_port
 

@@ -3,13 +3,12 @@ and a restart that scores nothing twice."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+from harness import DaemonProcess
 from prometheus_client.parser import text_string_to_metric_families
 from support import drop, frame, wait_for, write_config
 
@@ -42,33 +41,12 @@ def http_status(port: int, path: str) -> int:
         return 0  # not listening yet
 
 
-def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "watcher", "run", "--config", str(cfg)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 def test_run_scrape_sigterm_restart(tmp_path: Path) -> None:
     port = free_port()
     cfg = write_config(tmp_path, metrics_port=port)
     incoming = tmp_path / "incoming"
     log = tmp_path / "daemon.log"
-    proc = start(cfg, log)
+    proc = DaemonProcess(cfg, log)
     try:
         wait_for(lambda: http_status(port, "/readyz") == 200, 60, what="/readyz")
         assert http_status(port, "/healthz") == 200
@@ -96,17 +74,16 @@ def test_run_scrape_sigterm_restart(tmp_path: Path) -> None:
         assert (get(v, "watcher_last_batch_timestamp_seconds", model="m") or 0) > 0
         assert get(v, "watcher_build_info", version=__import__("watcher").__version__) == 1
         assert any(k[0] == "watcher_model_info" and v[k] == 1 for k in v)
-        assert stop(proc) == 0
+        assert proc.stop() == 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()
     text = log.read_text()
     assert "stopped" in text
 
     # Restart: the same files (even copied back into incoming/) are not scored again.
     (incoming / "processed" / "b1.parquet").rename(incoming / "b1.parquet")
     drop(incoming, "b4.parquet", frame(300, seed=13))
-    proc = start(cfg, log)
+    proc = DaemonProcess(cfg, log)
     try:
         wait_for(lambda: http_status(port, "/readyz") == 200, 60, what="/readyz after restart")
         wait_for(
@@ -123,10 +100,9 @@ def test_run_scrape_sigterm_restart(tmp_path: Path) -> None:
         )
         v = scrape(port)
         assert get(v, "watcher_batches_total", model="m", outcome="scored") == 1  # only b4
-        assert stop(proc) == 0
+        assert proc.stop() == 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()
     from watcher.state import StateStore
 
     store = StateStore(tmp_path / "state" / "state.db")
@@ -134,3 +110,47 @@ def test_run_scrape_sigterm_restart(tmp_path: Path) -> None:
         assert sorted(store.processed_ids("m")) == ["b1.parquet", "b2.csv", "b3.csv", "b4.parquet"]
     finally:
         store.close()
+
+
+def _status_of(tmp: Path, batch: str) -> str | None:
+    from watcher.state import StateStore
+
+    store = StateStore(tmp / "state" / "state.db")
+    try:
+        return store.batch_status("m", batch)
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "code", "status"), [(signal.SIGTERM, 0, "scored"), (signal.SIGINT, 1, "claimed")]
+)
+def test_only_a_second_sigint_forces_an_exit_a_second_sigterm_waits(
+    tmp_path: Path, sig: signal.Signals, code: int, status: str
+) -> None:
+    """Two SIGTERMs while a big batch is scored: the batch still finishes and the daemon
+    stops cleanly (exit 0). Two SIGINTs: the second exits at once (exit 1), the batch
+    left claimed to be scored at the next start."""
+    cfg = write_config(tmp_path, metrics_port=free_port(), poll=0.2)
+    log = tmp_path / "daemon.log"
+    proc = DaemonProcess(cfg, log)
+    try:
+        wait_for(lambda: "watching 1 model" in log.read_text(), 60, what="daemon ready")
+        drop(tmp_path / "incoming", "big.parquet", frame(600_000, seed=7, shift=2.0))
+        wait_for(lambda: _status_of(tmp_path, "big.parquet") == "claimed", 60, 0.05, "claimed")
+        proc.signal(sig)
+        wait_for(lambda: "stop requested" in log.read_text(), 10, 0.02, "the first signal")
+        assert proc.alive(), "the daemon exited before the batch in flight was done"
+        proc.signal(sig)
+        assert proc.proc.wait(120) == code
+    finally:
+        proc.kill()
+    text = log.read_text()
+    if sig == signal.SIGTERM:
+        assert text.count("stop requested") == 2  # the second was a request, not a kill
+        assert "stopped" in text
+    else:
+        assert "second interrupt: exiting now" in text
+        assert "stopped" not in text
+    assert _status_of(tmp_path, "big.parquet") == status

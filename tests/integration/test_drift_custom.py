@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from evidently.legacy.core import ColumnType
+from harness import run_daemon
 from prometheus_client import CollectorRegistry
-from support import drop, frame, wait_for, write_config
+from support import drop, frame, write_config
 
 from watcher.config import load_config
-from watcher.daemon import Daemon
 from watcher.drift import engine
 from watcher.drift.engine import ColumnSpec
 from watcher.errors import ConfigError
@@ -166,20 +166,16 @@ def test_daemon_counts_a_broken_test_and_goes_on(tmp_path: Path) -> None:
         drop(tmp_path / "incoming", f"b{i}.parquet", frame(200, seed=10 + i))
     registry = CollectorRegistry()
 
+    def scored() -> bool:
+        store = StateStore(settings.daemon.state_dir / "state.db")
+        try:
+            return all(store.batch_status("m", f"b{i}.parquet") == "scored" for i in (0, 1))
+        finally:
+            store.close()
+
     async def run() -> None:
-        daemon = Daemon(settings, registry)
-        task = asyncio.create_task(daemon.run())
-
-        def scored() -> bool:
-            store = StateStore(settings.daemon.state_dir / "state.db")
-            try:
-                return all(store.batch_status("m", f"b{i}.parquet") == "scored" for i in (0, 1))
-            finally:
-                store.close()
-
-        await asyncio.to_thread(wait_for, scored, 60, 0.2, "both batches scored")
-        daemon.request_stop()
-        await asyncio.wait_for(task, 30)
+        async with run_daemon(settings, registry) as daemon:
+            await daemon.until(scored, 60, "both batches scored")
 
     asyncio.run(run())
     failures = registry.get_sample_value(

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import run_daemon
 from prometheus_client import CollectorRegistry
 from support import drop, frame, wait_for, write_config
 
 from watcher.alerts.compose import compose
 from watcher.config import Settings, load_config
-from watcher.daemon import Daemon
 from watcher.dev.localservices import free_port
 from watcher.state import OutboxItem, StateStore
 
@@ -51,13 +51,8 @@ def _run_daemon(settings: Settings, tmp_path: Path, snapshots: int) -> Collector
         )
 
     async def run() -> None:
-        daemon = Daemon(settings, registry)
-        task = asyncio.create_task(daemon.run())
-        await asyncio.to_thread(
-            wait_for, lambda: attempts() >= snapshots, 120, 0.2, "snapshot attempts"
-        )
-        daemon.request_stop()
-        await asyncio.wait_for(task, 30)
+        async with run_daemon(settings, registry) as daemon:
+            await daemon.until(lambda: attempts() >= snapshots, 120, "snapshot attempts")
 
     asyncio.run(run())
     store = StateStore(settings.daemon.state_dir / "state.db")
@@ -191,6 +186,6 @@ def test_unreachable_workspace_loses_no_batch(tmp_path: Path) -> None:
     registry = _run_daemon(settings, tmp_path, snapshots=2)
     assert _outcome(registry, "failed") == 2
     assert _outcome(registry, "added") == 0
-    assert registry.get_sample_value(
-        "watcher_batches_total", {"model": "m", "outcome": "scored"}
-    ) == 2
+    assert (
+        registry.get_sample_value("watcher_batches_total", {"model": "m", "outcome": "scored"}) == 2
+    )

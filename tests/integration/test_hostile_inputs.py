@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fixtures_smtp import SmtpServer
-from support import DaemonProcess, drop, frame, wait_for, write_config
+from harness import DaemonProcess, started_daemon
+from support import drop, frame, wait_for, write_config
 
 from watcher.config import load_config, toml_value
-from watcher.daemon import Daemon
 from watcher.dev.localservices import free_port
 from watcher.safetext import safe_id
 from watcher.state import StateStore
@@ -265,9 +265,7 @@ def test_file_vanishing_between_listing_and_reading(tmp_path: Path) -> None:
     drop(incoming, "vanish.csv", frame(200, seed=6))
 
     async def scenario() -> tuple[str, str | None, str | None]:
-        daemon = Daemon(settings)
-        await daemon.startup()
-        try:
+        async with started_daemon(settings) as daemon:
             rt = daemon.models["m"]
             refs = await wait_for_refs(rt.source)
             (incoming / "vanish.csv").unlink()  # gone after the listing, before the read
@@ -277,8 +275,6 @@ def test_file_vanishing_between_listing_and_reading(tmp_path: Path) -> None:
                 daemon.store.batch_status("m", "vanish.csv"),
                 daemon.store.batch_reason("m", "vanish.csv"),
             )
-        finally:
-            await daemon.shutdown()
 
     outcome, status, reason = asyncio.run(scenario())
     assert outcome == "rejected"
@@ -309,9 +305,7 @@ def test_an_unexpected_error_ends_the_batch_failed_and_a_restart_leaves_it(
         raise ZeroDivisionError("a bug in a check")
 
     async def first() -> tuple[str, float | None]:
-        daemon = Daemon(settings)
-        await daemon.startup()
-        try:
+        async with started_daemon(settings) as daemon:
             rt = daemon.models["m"]
             refs = await wait_for_refs(rt.source)
             with monkeypatch.context() as m:
@@ -321,8 +315,6 @@ def test_an_unexpected_error_ends_the_batch_failed_and_a_restart_leaves_it(
                 "watcher_batches_total", {"model": "m", "outcome": "failed"}
             )
             return outcome.status, failed
-        finally:
-            await daemon.shutdown()
 
     status, failed = asyncio.run(first())
     assert (status, failed) == ("failed", 1)
@@ -342,14 +334,10 @@ def test_an_unexpected_error_ends_the_batch_failed_and_a_restart_leaves_it(
     (incoming / "quarantine" / "bug.csv").rename(incoming / "bug.csv")
 
     async def second() -> int:
-        daemon = Daemon(settings)
-        await daemon.startup()
-        try:
+        async with started_daemon(settings) as daemon:
             refs = await daemon.models["m"].source.poll()
             refs += await daemon.models["m"].source.poll()
             return len(refs)
-        finally:
-            await daemon.shutdown()
 
     assert asyncio.run(second()) == 0
     assert not (incoming / "bug.csv").exists()
@@ -374,16 +362,12 @@ def test_symlinks_inside_the_folder_are_read_only_when_configured(tmp_path: Path
     (incoming / "via-dots.csv").symlink_to(Path("..") / "outside" / "secret.csv")
 
     async def run() -> dict[str, str]:
-        daemon = Daemon(settings)
-        await daemon.startup()
-        try:
+        async with started_daemon(settings) as daemon:
             rt = daemon.models["m"]
             out = {}
             for ref in await wait_for_refs(rt.source):
                 out[ref.batch_id] = daemon.pipeline.process(rt, ref).status  # type: ignore[attr-defined]
             return out
-        finally:
-            await daemon.shutdown()
 
     outcomes = asyncio.run(run())
     assert outcomes == {

@@ -10,11 +10,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from harness import run_daemon
 from prometheus_client import CollectorRegistry, generate_latest
 from support import drop, frame, write_config
 
 from watcher.config import load_config
-from watcher.daemon import Daemon
 from watcher.metrics import Health, Metrics, MetricsServer
 from watcher.state import StateStore
 
@@ -30,18 +30,12 @@ def test_promtool_check_metrics_is_silent_on_a_real_daemon(
     registry = CollectorRegistry()
 
     async def run() -> None:
-        daemon = Daemon(settings, registry)
-        task = asyncio.create_task(daemon.run())
         store = StateStore(settings.daemon.state_dir / "state.db")
         try:
-            for _ in range(300):
-                if len(store.processed_ids("m")) == 3:
-                    break
-                await asyncio.sleep(0.1)
+            async with run_daemon(settings, registry) as daemon:
+                await daemon.until(lambda: len(store.processed_ids("m")) == 3, 30, "3 batches")
         finally:
             store.close()
-        daemon.request_stop()
-        await asyncio.wait_for(task, 30)
 
     asyncio.run(run())
     text = generate_latest(registry)

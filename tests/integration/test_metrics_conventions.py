@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import stamina
+from harness import run_daemon
 from prometheus_client import CollectorRegistry, generate_latest
 from support import drop, frame, write_config
 
 from watcher.config import load_config
-from watcher.daemon import Daemon
 from watcher.metrics import Health, Metrics, MetricsServer
 from watcher.state import StateStore
 
@@ -102,27 +102,23 @@ def test_a_stattest_flip_of_a_real_daemon_leaves_no_stale_series(tmp_path: Path)
         return out
 
     async def run() -> dict[str, dict[str, float]]:
-        daemon = Daemon(settings, registry)
-        task = asyncio.create_task(daemon.run())
         store = StateStore(settings.daemon.state_dir / "state.db")
         seen: dict[str, dict[str, float]] = {}
         try:
-            for n, name in enumerate(("few.parquet", "continuous.parquet"), start=1):
-                batch = frame(300, seed=10 + n)
-                rng2 = np.random.default_rng(n)
-                batch["a"] = (
-                    rng2.integers(0, 3, 300).astype(float) if n == 1 else rng2.uniform(0, 2, 300)
-                )
-                drop(incoming, name, batch)
-                for _ in range(300):
-                    if len(store.processed_ids("m")) == n:
-                        break
-                    await asyncio.sleep(0.1)
-                seen[name] = series_of_a()
+            async with run_daemon(settings, registry) as daemon:
+                for n, name in enumerate(("few.parquet", "continuous.parquet"), start=1):
+                    batch = frame(300, seed=10 + n)
+                    rng2 = np.random.default_rng(n)
+                    batch["a"] = (
+                        rng2.integers(0, 3, 300).astype(float)
+                        if n == 1
+                        else rng2.uniform(0, 2, 300)
+                    )
+                    drop(incoming, name, batch)
+                    await daemon.until(lambda n=n: len(store.processed_ids("m")) == n, 30, name)
+                    seen[name] = series_of_a()
         finally:
             store.close()
-            daemon.request_stop()
-            await asyncio.wait_for(task, 30)
         return seen
 
     seen = asyncio.run(run())
@@ -147,7 +143,6 @@ def test_a_stattest_flip_of_a_real_daemon_leaves_no_stale_series(tmp_path: Path)
 def test_stamina_retries_are_counted_on_the_daemons_registry(tmp_path: Path) -> None:
     settings = load_config(write_config(tmp_path))
     registry = CollectorRegistry()
-    daemon = Daemon(settings, registry)
     calls = 0
 
     @stamina.retry(on=ConnectionError, attempts=3, wait_initial=0, wait_max=0, wait_jitter=0)
@@ -159,14 +154,8 @@ def test_stamina_retries_are_counted_on_the_daemons_registry(tmp_path: Path) -> 
         return "ok"
 
     async def run() -> None:
-        task = asyncio.create_task(daemon.run())
-        for _ in range(100):
-            if daemon.health.ready:
-                break
-            await asyncio.sleep(0.05)
-        assert flaky() == "ok"
-        daemon.request_stop()
-        await asyncio.wait_for(task, 30)
+        async with run_daemon(settings, registry):
+            assert flaky() == "ok"
 
     asyncio.run(run())
     samples = [

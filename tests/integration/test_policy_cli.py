@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from harness import watcher_cli
 from performance_support import config, make_loop
 
 from watcher.config import load_config
@@ -35,14 +34,7 @@ def write(
 
 
 def watcher(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "watcher", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "300"},
-    )
+    return watcher_cli(*args, timeout=120, env={"COLUMNS": "300"})
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fixtures_mlflow import MlflowServer
+from harness import watcher_cli
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import Ridge
 
@@ -270,7 +271,6 @@ def test_cli_models_rollback_and_migrate_on_mlflow(
     runs them, against the MLflow backend."""
     import json
     import subprocess
-    import sys
 
     from watcher.config import dump_toml
 
@@ -295,13 +295,7 @@ def test_cli_models_rollback_and_migrate_on_mlflow(
     )
 
     def watcher(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "watcher", *args, "--config", str(config)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
+        return watcher_cli(*args, "--config", str(config))
 
     done = watcher("migrate-registry", "--from", str(tmp_path / "registry"))
     assert done.returncode == 0, done.stderr

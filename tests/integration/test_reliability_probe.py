@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 from fixtures_postgres import PgDatabase
 from fixtures_smtp import SmtpServer
+from harness import DaemonThread
 from prometheus_client import CollectorRegistry
 from support import NUMERIC, drop, frame, wait_for
 from typer.testing import CliRunner
@@ -85,59 +86,8 @@ def config(tmp: Path, models: dict[str, dict[str, Any]], **sections: Any) -> Pat
     return path
 
 
-class Running:
+class Running(DaemonThread):
     """A `Daemon` running in a thread with its own event loop (signals stay with pytest)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.registry = CollectorRegistry()
-        self.daemon: Daemon | None = None
-        self.error: BaseException | None = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._main, name="daemon-under-test", daemon=True)
-
-    def _main(self) -> None:
-        async def main() -> int:
-            self.daemon = Daemon(self.settings, self.registry)
-            return await self.daemon.run()
-
-        try:
-            self._loop.run_until_complete(main())
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self._loop.close()
-
-    def __enter__(self) -> Running:
-        self._thread.start()
-        wait_for(
-            lambda: (
-                self.error is not None or (self.daemon is not None and self.daemon.health.ready)
-            ),
-            what="daemon startup",
-        )
-        if self.error is not None:
-            raise self.error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self._thread.is_alive() and self.daemon is not None:
-            self._loop.call_soon_threadsafe(self.daemon.request_stop)
-            self._thread.join(30)
-        assert not self._thread.is_alive(), "the daemon did not stop"
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and self.error is None
-
-    @property
-    def port(self) -> int:
-        assert self.daemon is not None
-        assert self.daemon._server is not None
-        return self.daemon._server.port
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(name, labels)

@@ -18,10 +18,10 @@ import pandas as pd
 import psycopg
 import pytest
 from fixtures_postgres import CATEGORICAL, NUMERIC, PgDatabase, PredictionLog, day
+from harness import run_daemon
 from prometheus_client import CollectorRegistry
 
 from watcher.config import ColumnsConfig, Settings, SqlSourceConfig, load_config
-from watcher.daemon import Daemon
 from watcher.errors import BatchRejected, ConfigError, SourceError
 from watcher.incidents import SourceOutages
 from watcher.metrics import Metrics
@@ -622,7 +622,6 @@ def test_connections_killed_between_and_during_reads_are_recovered(
     )
 
 
-
 def test_columnar_read_gives_the_frame_the_row_reader_gives(
     prediction_log: PredictionLog, pg_db: PgDatabase, harness: Callable[..., Harness]
 ) -> None:
@@ -651,7 +650,6 @@ def test_columnar_read_gives_the_frame_the_row_reader_gives(
     assert (columnar["weathersit"] == "\\N").any()
     assert columnar["bikers"].notna().any()
     pd.testing.assert_frame_equal(columnar, rows)
-
 
 
 def test_connection_killed_during_a_columnar_read_is_retried(
@@ -816,24 +814,21 @@ class DaemonRun:
         phases: list[tuple[Callable[[], None] | None, Done]] = [(None, done), *then]
 
         async def main() -> None:
-            daemon = Daemon(self.settings, self.registry)
-            task = asyncio.create_task(daemon.run())
             store = StateStore(self.settings.daemon.state_dir / "state.db")
             try:
-                deadline = time.monotonic() + timeout
-                for action, condition in phases:
-                    if action is not None:
-                        await asyncio.to_thread(action)
-                    while not condition(store, self.registry):
-                        assert not task.done(), f"the daemon stopped: {task.exception()!r}"
-                        assert time.monotonic() < deadline, "timed out waiting for the daemon"
-                        if meanwhile is not None:
-                            await asyncio.to_thread(meanwhile)
-                        await asyncio.sleep(0.1)
+                async with run_daemon(self.settings, self.registry) as daemon:
+                    deadline = time.monotonic() + timeout
+                    for action, condition in phases:
+                        if action is not None:
+                            await asyncio.to_thread(action)
+                        while not condition(store, self.registry):
+                            assert daemon.alive, f"the daemon stopped: {daemon.task.exception()!r}"
+                            assert time.monotonic() < deadline, "timed out waiting for the daemon"
+                            if meanwhile is not None:
+                                await asyncio.to_thread(meanwhile)
+                            await asyncio.sleep(0.1)
             finally:
                 store.close()
-                daemon.request_stop()
-                await asyncio.wait_for(task, 30)
 
         asyncio.run(main())
 

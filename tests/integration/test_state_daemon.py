@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from fixtures_state import StateBackend
-from support import DaemonProcess, drop, frame, write_config
+from harness import DaemonProcess
+from support import drop, frame, write_config
 
 from watcher.state import StateStore
 

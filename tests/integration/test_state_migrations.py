@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 from fixtures_state import StateBackend
+from harness import watcher_cli
 
 from watcher.config import load_config
 from watcher.errors import ConfigError
@@ -97,13 +97,7 @@ def test_auto_migrate_off_refuses_until_watcher_migrate(tmp_path: Path) -> None:
     assert _dump(path) == before  # refused, untouched
 
     def watcher(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "watcher", *args, "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return watcher_cli(*args, "--config", str(config), timeout=120)
 
     check = watcher("migrate", "--check")
     assert check.returncode == 1, check.stderr
@@ -209,13 +203,7 @@ def test_an_unreachable_postgres_state_is_a_clear_error(tmp_path: Path) -> None:
         'dsn = "postgresql://postgres@127.0.0.1:22999/watcher"\nconnect_timeout_seconds = 2\n'
     )
     for command in (["status"], ["run"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "watcher", *command, "--config", str(cfg)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = watcher_cli(*command, "--config", str(cfg), timeout=120)
         assert done.returncode == 2, done.stderr
         assert "cannot open the state database postgresql://postgres@127.0.0.1:22999" in (
             done.stderr

@@ -4,13 +4,17 @@ abandoned safely and scored at the next start."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from pathlib import Path
 
+import pytest
+from harness import run_daemon
 from prometheus_client import CollectorRegistry
 from support import drop, frame, write_config
 
+from watcher.background import Background
 from watcher.config import load_config
 from watcher.daemon import Daemon
 from watcher.state import StateStore
@@ -56,18 +60,82 @@ def test_stop_abandons_a_slow_batch_in_bounded_time_and_restart_scores_it(tmp_pa
     release.set()  # the abandoned thread may now finish; its result goes nowhere
 
     async def second_run() -> None:
-        daemon = Daemon(settings, CollectorRegistry())
-        task = asyncio.create_task(daemon.run())
         check = StateStore(settings.daemon.state_dir / "state.db")
         try:
-            for _ in range(300):
-                if check.batch_status("m", "slow.parquet") == "scored":
-                    break
-                await asyncio.sleep(0.1)
-            assert check.batch_status("m", "slow.parquet") == "scored"
+            async with run_daemon(settings) as daemon:
+                await daemon.until(
+                    lambda: check.batch_status("m", "slow.parquet") == "scored", 30, "rescored"
+                )
         finally:
             check.close()
-        daemon.request_stop()
-        await asyncio.wait_for(task, 30)
 
     asyncio.run(second_run())
+
+
+def test_only_a_second_sigint_forces_an_exit(tmp_path: Path) -> None:
+    """A supervisor repeating SIGTERM asks politely twice; a person pressing Ctrl-C twice
+    means it."""
+    settings = load_config(write_config(tmp_path, extra_top=""))
+    daemon = Daemon(settings, CollectorRegistry())
+    exits: list[int] = []
+    daemon._force_exit = exits.append
+    try:
+        daemon.request_stop(signal.SIGTERM)
+        daemon.request_stop(signal.SIGTERM)
+        daemon.request_stop(signal.SIGTERM)
+        assert daemon.stop.is_set()
+        assert exits == []
+        daemon.request_stop(signal.SIGINT)
+        assert exits == []  # the first Ctrl-C is a stop request like SIGTERM
+        daemon.request_stop(signal.SIGINT)
+        assert exits == [1]
+    finally:
+        daemon.store.close()
+
+
+def test_a_background_worker_that_will_not_stop_is_cancelled_with_a_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each worker gets `background_shutdown_timeout_seconds` to end its round, then is
+    cancelled with a message that says why (and its close() still runs)."""
+    cancelled: list[str | None] = []
+    closed: list[str] = []
+
+    class Stuck:
+        name = "stuck-worker"
+        interval_seconds = 0.01
+
+        async def run_once(self) -> None:
+            try:
+                await asyncio.sleep(3600)  # a round that ignores the stop request
+            except asyncio.CancelledError as exc:
+                cancelled.append(exc.args[0] if exc.args else None)
+                raise
+
+        async def close(self) -> None:
+            closed.append(self.name)
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        background = Background([Stuck()])
+        background.start(stop)
+        await asyncio.sleep(0.05)
+        stop.set()
+        t0 = time.monotonic()
+        await background.close(0.3)
+        return time.monotonic() - t0
+
+    with caplog.at_level("WARNING"):
+        took = asyncio.run(scenario())
+    assert 0.25 <= took < 3.0
+    assert cancelled == ["watcher is shutting down; stuck-worker did not stop in 0.3s"]
+    assert closed == ["stuck-worker"]
+    assert "cancelling background task stuck-worker" in caplog.text
+
+
+def test_the_background_shutdown_timeout_is_configured() -> None:
+    from watcher.config import DaemonConfig
+
+    assert DaemonConfig().background_shutdown_timeout_seconds == 5.0
+    with pytest.raises(ValueError, match="greater than 0"):
+        DaemonConfig(background_shutdown_timeout_seconds=0)

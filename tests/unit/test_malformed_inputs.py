@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from harness import run_daemon
 from prometheus_client import CollectorRegistry
 from support import drop, frame, write_config
 
 from watcher.config import load_config
-from watcher.daemon import Daemon
 from watcher.state import StateStore
 
 
@@ -106,17 +106,15 @@ def processed(
     registry = CollectorRegistry()
 
     async def run() -> None:
-        daemon = Daemon(settings, registry)
-        task = asyncio.create_task(daemon.run())
         store = StateStore(settings.daemon.state_dir / "state.db")
-        for _ in range(600):
-            if len(store.processed_ids("m")) >= len(cases):
-                break
-            await asyncio.sleep(0.1)
-        store.close()
-        assert not task.done(), "the daemon died on bad input"
-        daemon.request_stop()
-        await asyncio.wait_for(task, 30)
+        try:
+            async with run_daemon(settings, registry) as daemon:
+                # `until` fails at once should the daemon die on bad input.
+                await daemon.until(
+                    lambda: len(store.processed_ids("m")) >= len(cases), 60, "every case"
+                )
+        finally:
+            store.close()
 
     asyncio.run(run())
     return tmp, cases, registry

@@ -9,7 +9,6 @@ between two writes repeats an idempotent step rather than losing one.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ from watcher.alerts import alert_action
 from watcher.config import Settings
 from watcher.errors import AirflowError, AirflowLoginError
 from watcher.metrics import Metrics
-from watcher.state import OutboxItem, StateStore
+from watcher.state import OutboxItem, StateStore, backoff
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +64,7 @@ class TriggerDispatcher:
                 # the same retries. They stay due and go first in the next round.
                 break
         self._sync_login_incident()
-        self.metrics.outbox_pending.labels(kind="trigger").set(
-            self.store.pending_counts()["trigger"]
-        )
+        self.metrics.outbox_pending_now({"trigger": self.store.pending_counts()["trigger"]})
 
     async def close(self) -> None:
         self.gateway.close()
@@ -109,7 +106,7 @@ class TriggerDispatcher:
             with self.store.transaction() as conn:
                 incidents.resolve_incident(conn, paused_incident(dag_id), alert=None)
         outcome = "duplicate" if result.duplicate else "delivered"
-        self.metrics.retrain_triggers.labels(model=model, outcome=outcome).inc()
+        self.metrics.trigger_delivered(model, outcome)
         log.info(
             "retrain trigger %s for %s %s (run state %s)", run_id, dag_id, outcome, result.state
         )
@@ -190,8 +187,7 @@ class TriggerDispatcher:
     ) -> None:
         """Leave the trigger pending; try again after a jittered, growing delay."""
         cap = self.backoff_max if cap is None else min(cap, self.backoff_max)
-        delay = min(cap, self.backoff_base * 2 ** min(item.attempts, 20))
-        delay = max(at_least, delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not crypto
+        delay = max(at_least, backoff(item.attempts + 1, self.backoff_base, cap))
         self.store.reschedule(item.id, time.time() + delay, str(exc))
         log.warning("trigger %s not delivered (%s); next try in %.0fs", item.key, exc, delay)
 
@@ -225,8 +221,8 @@ class TriggerDispatcher:
                 ),
             )
         self.store.mark_dead(item.id, message)
-        self.metrics.dead_letters.labels(kind="trigger").inc()
-        self.metrics.retrain_triggers.labels(model=model, outcome="failed").inc()
+        self.metrics.dead_letter("trigger")
+        self.metrics.trigger_delivered(model, "failed")
         log.error("trigger %s refused for good: %s", run_id, message)
 
     def _sync_login_incident(self) -> None:

@@ -34,6 +34,7 @@ from airflow_client.client import (
 from watcher import __version__
 from watcher.config import AirflowConfig
 from watcher.errors import AirflowError, AirflowLoginError
+from watcher.state import backoff
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,9 @@ class AirflowGateway:
     """Authenticated, retrying access to one Airflow api-server. Safe to share between tasks.
 
     A refused login is remembered: until `login_backoff` has passed (doubling per refusal up
-    to `login_backoff_max`), every call fails at once with the same `AirflowLoginError`
-    instead of asking the server again, so no worker can spin on a wrong password.
+    to `login_backoff_max`: `watcher.state.backoff`, not jittered), every call fails at
+    once with the same `AirflowLoginError` instead of asking the server again, so no
+    worker can spin on a wrong password.
     """
 
     def __init__(
@@ -219,7 +221,9 @@ class AirflowGateway:
 
     def _refuse(self, status: int | None, detail: str) -> NoReturn:
         self._login_refusals += 1
-        wait = min(self._login_backoff_max, self._login_backoff * 2 ** (self._login_refusals - 1))
+        wait = backoff(
+            self._login_refusals, self._login_backoff, self._login_backoff_max, jitter=False
+        )
         self._login_blocked_until = time.monotonic() + wait
         self._conf.access_token = None
         self._refusal = detail

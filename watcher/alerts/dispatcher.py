@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -65,7 +64,7 @@ from watcher.errors import MailError
 from watcher.metrics import Metrics
 from watcher.periodic import PeriodicWorker
 from watcher.secrets import Scrubber, secret_values
-from watcher.state import DB_ERRORS, Action, OutboxItem, StateStore
+from watcher.state import DB_ERRORS, Action, OutboxItem, StateStore, backoff
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,7 @@ class MailDispatcher:
                 break  # the server is down or misconfigured: the rest waits for a later round
         if now - self._last_contact >= self.probe_interval:
             await self._probe()
-        self.metrics.outbox_pending.labels("alert").set(self.store.pending_counts()["alert"])
+        self.metrics.outbox_pending_now({"alert": self.store.pending_counts()["alert"]})
 
     async def close(self) -> None:
         return  # one SMTP connection per mail: nothing stays open between rounds
@@ -261,7 +260,7 @@ class MailDispatcher:
             StateStore.enqueue(conn, Action("alert", key, None, payload), not_before=now)
             StateStore.complete_actions(conn, [m.id for m in members])
         for m in members:
-            self.metrics.alerts.labels(str(m.payload.get("alert")), "digested").inc()
+            self.metrics.alert_mailed(str(m.payload.get("alert")), "digested")
         log.info("folded %d alerts for %s into digest %s", len(members), ", ".join(recipients), key)
         item = next(i for i in self.store.due_actions("alert", now, limit=1000) if i.key == key)
         return item
@@ -295,7 +294,7 @@ class MailDispatcher:
             return True
 
         if item.sending_at is not None:
-            self.metrics.alerts.labels(kind, "redelivered").inc()
+            self.metrics.alert_mailed(kind, "redelivered")
             log.warning(
                 "alert %s was being mailed when watcher stopped; sending it again with the "
                 "same Message-ID (a mail client shows one copy)",
@@ -337,7 +336,7 @@ class MailDispatcher:
             self._unrecorded[item.id] = item
             self._state_failed(item, exc, sent=True)
             return False
-        self.metrics.alerts.labels(kind, "sent").inc()
+        self.metrics.alert_mailed(kind, "sent")
         if kind != "digest":
             self._sent_at.append(now)
         members = item.payload.get("members") or [{"payload": item.payload}]
@@ -354,7 +353,7 @@ class MailDispatcher:
         return True
 
     def _state_failed(self, item: OutboxItem, exc: Exception, *, sent: bool) -> None:
-        self.metrics.problems.labels(item.model or "", "state_write").inc()
+        self.metrics.problem(item.model or "", "state_write")
         if self._state_broken and not sent:
             return  # said already; /readyz and watcher_state_writable keep saying it
         self._state_broken = True
@@ -391,11 +390,9 @@ class MailDispatcher:
         if rounds >= self.settings.smtp.max_delivery_rounds:
             self._dead(item, kind, f"gave up after {rounds} delivery rounds: {error}")
             return
-        delay = min(self.backoff_max, self.backoff_initial * 2 ** (rounds - 1))
-        # Jitter spreads retries of many daemons (or many mails) after one outage; not crypto.
-        delay *= random.uniform(0.5, 1.0)  # noqa: S311
+        delay = backoff(rounds, self.backoff_initial, self.backoff_max)
         self.store.reschedule(item.id, self.clock() + delay, error)
-        self.metrics.alerts.labels(kind, "retry").inc()
+        self.metrics.alert_mailed(kind, "retry")
         log.warning(
             "could not mail %s %s (round %d of %d), next try in %.0fs: %s",
             kind,
@@ -410,8 +407,8 @@ class MailDispatcher:
     def _dead(self, item: OutboxItem, kind: str, error: str) -> None:
         error = self._scrub(error)
         self.store.mark_dead(item.id, error)
-        self.metrics.dead_letters.labels("alert").inc()
-        self.metrics.alerts.labels(kind, "dead").inc()
+        self.metrics.dead_letter("alert")
+        self.metrics.alert_mailed(kind, "dead")
         log.error(
             "alert %s (%s) parked as a dead letter: %s; it will not be mailed "
             "(the outbox keeps it with status 'dead')",
@@ -436,7 +433,7 @@ def build_mail_workers(
     settings: Settings, store: StateStore, metrics: Metrics
 ) -> list[PeriodicWorker]:
     """The workers that deliver alert mails; the daemon starts them when smtp.enabled."""
-    metrics.outbox_pending.labels("alert").set(store.pending_counts()["alert"])
+    metrics.outbox_pending_now({"alert": store.pending_counts()["alert"]})
     return [
         MailDispatcher(
             settings,

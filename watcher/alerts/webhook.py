@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from watcher.config import Settings, WebhookConfig
 from watcher.errors import WatcherError
 from watcher.metrics import Metrics
 from watcher.periodic import PeriodicWorker
-from watcher.state import Action, OutboxItem, StateStore
+from watcher.state import Action, OutboxItem, StateStore, backoff
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +143,7 @@ class WebhookDispatcher:
         self._client: httpx.AsyncClient | None = None
         self._sent_at: dict[str, deque[float]] = {name: deque() for name in settings.webhooks}
         for name in settings.webhooks:
-            for outcome in ("sent", "retry", "dead", "digested"):
-                metrics.webhooks.labels(name, outcome)
-        metrics.dead_letters.labels("webhook")
+            metrics.init_webhook(name)
 
     async def run_once(self) -> None:
         now = self.clock()
@@ -166,7 +163,7 @@ class WebhookDispatcher:
                 if not await self._deliver(item):
                     down.add(hook)  # this receiver is down: its other posts wait
         self._client = None
-        self.metrics.outbox_pending.labels("webhook").set(self.store.pending_counts()["webhook"])
+        self.metrics.outbox_pending_now({"webhook": self.store.pending_counts()["webhook"]})
 
     async def close(self) -> None:
         return  # one client per round: nothing stays open between rounds
@@ -236,7 +233,7 @@ class WebhookDispatcher:
         with self.store.transaction() as conn:
             StateStore.enqueue(conn, Action("webhook", key, None, payload), not_before=now)
             StateStore.complete_actions(conn, [m.id for m in members])
-        self.metrics.webhooks.labels(hook, "digested").inc(len(members))
+        self.metrics.webhook_posted(hook, "digested", len(members))
         log.info("folded %d alerts for webhook %s into digest %s", len(members), hook, key)
         return next(i for i in self.store.due_actions("webhook", now, limit=1000) if i.key == key)
 
@@ -281,7 +278,7 @@ class WebhookDispatcher:
             self._dead(item, hook, f"the receiver refused it: {exc}")
             return True
         self.store.mark_done(item.id)
-        self.metrics.webhooks.labels(hook, "sent").inc()
+        self.metrics.webhook_posted(hook, "sent")
         if "members" not in item.payload:
             self._sent_at.setdefault(hook, deque()).append(self.clock())
         log.info("posted %s to webhook %s", item.key, hook, extra={"model": item.model})
@@ -294,11 +291,9 @@ class WebhookDispatcher:
         if rounds >= cfg.max_delivery_rounds:
             self._dead(item, hook, f"gave up after {rounds} delivery rounds: {exc}")
             return
-        delay = min(cfg.retry_backoff_max_seconds, cfg.retry_backoff_seconds * 2 ** (rounds - 1))
-        # Jitter spreads the retries of many items after one outage; not crypto.
-        delay *= random.uniform(0.5, 1.0)  # noqa: S311
+        delay = backoff(rounds, cfg.retry_backoff_seconds, cfg.retry_backoff_max_seconds)
         self.store.reschedule(item.id, self.clock() + delay, str(exc))
-        self.metrics.webhooks.labels(hook, "retry").inc()
+        self.metrics.webhook_posted(hook, "retry")
         log.warning(
             "could not post %s to webhook %s (round %d of %d), next try in %.0fs: %s",
             item.key,
@@ -312,8 +307,8 @@ class WebhookDispatcher:
 
     def _dead(self, item: OutboxItem, hook: str, error: str) -> None:
         self.store.mark_dead(item.id, error)
-        self.metrics.dead_letters.labels("webhook").inc()
-        self.metrics.webhooks.labels(hook, "dead").inc()
+        self.metrics.dead_letter("webhook")
+        self.metrics.webhook_posted(hook, "dead")
         log.error(
             "webhook post %s parked as a dead letter: %s (the outbox keeps it with status "
             "'dead'; `watcher status` lists it)",
@@ -327,5 +322,5 @@ def build_webhook_workers(
     settings: Settings, store: StateStore, metrics: Metrics
 ) -> list[PeriodicWorker]:
     """The worker that posts alerts to webhooks; the daemon starts it when any is configured."""
-    metrics.outbox_pending.labels("webhook").set(store.pending_counts()["webhook"])
+    metrics.outbox_pending_now({"webhook": store.pending_counts()["webhook"]})
     return [WebhookDispatcher(settings, store, metrics)]

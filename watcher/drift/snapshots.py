@@ -77,7 +77,7 @@ class SnapshotPublisher:
             return None
         with self._lock:
             if self._pending >= self.cfg.max_pending:
-                self.metrics.evidently_snapshots.labels(model, "dropped").inc()
+                self.metrics.snapshot_sent(model, "dropped")
                 log.warning(
                     "evidently snapshot of %s/%s dropped: %d batches already wait for the "
                     "workspace %s",
@@ -132,7 +132,7 @@ class SnapshotPublisher:
             project_id = self._project(workspace)
             ref = workspace.add_run(project_id, snapshot)
         except Exception as exc:  # any failure here must not touch the scored batch
-            self.metrics.evidently_snapshots.labels(model, "failed").inc()
+            self.metrics.snapshot_sent(model, "failed")
             log.warning(
                 "evidently snapshot of %s/%s not added to %s: %s: %s",
                 model,
@@ -145,7 +145,7 @@ class SnapshotPublisher:
         finally:
             with self._lock:
                 self._pending -= 1
-        self.metrics.evidently_snapshots.labels(model, "added").inc()
+        self.metrics.snapshot_sent(model, "added")
         url = str(getattr(ref, "url", "") or "")
         log.info("evidently snapshot of %s/%s added: %s", model, batch_id, url or ref)
         return url

@@ -5,6 +5,7 @@ from watcher.state.db import DB_ERRORS, StateConn
 from watcher.state.leases import LeaseLost
 from watcher.state.lock import StateDirLock, StateLocked
 from watcher.state.migrate import StateSchemaError
+from watcher.state.outbox import backoff
 from watcher.state.records import (
     ACTIVE_RUN_STATES,
     Action,
@@ -37,5 +38,6 @@ __all__ = [
     "StateSchemaError",
     "StateStore",
     "StateUnavailable",
+    "backoff",
     "open_state",
 ]

@@ -149,6 +149,12 @@ class StoreCore:
         return rows[0]["value"] if rows else None
 
     @staticmethod
+    def watermark_in(conn: StateConn, key: str) -> str | None:
+        """The watermark as of the caller's transaction (a read-modify-write loses nothing)."""
+        row = conn.execute("SELECT value FROM watermarks WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
     def set_watermark(conn: StateConn, key: str, value: str) -> None:
         conn.execute(
             "INSERT INTO watermarks (key, value, updated_at) VALUES (?, ?, ?) "

@@ -114,6 +114,16 @@ class LedgerStore(StoreCore):
             raise LookupError(f"batch {model}/{batch_id} was never claimed")
         return int(row["seq"])
 
+    @staticmethod
+    def last_scored(conn: StateConn, model: str, limit: int) -> list[dict[str, Any]]:
+        """The model's `limit` last scored batches, newest first: id, uri, finished_at."""
+        rows = conn.execute(
+            "SELECT batch_id, uri, finished_at FROM batches WHERE model = ? AND status = 'scored' "
+            "ORDER BY seq DESC LIMIT ?",
+            (model, limit),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
     def recent_batches(self, model: str, limit: int = 20) -> list[BatchRecord]:
         rows = self._read(
             "SELECT * FROM batches WHERE model = ? AND status != 'claimed' "

@@ -5,6 +5,7 @@ the retrain runs the tracker follows, and incidents (alert dedup)."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from typing import Any
 
@@ -19,6 +20,19 @@ from watcher.state.records import (
     outbox_of,
     run_of,
 )
+
+
+def backoff(failures: int, base: float, cap: float, *, jitter: bool = True) -> float:
+    """Seconds to wait after `failures` failed attempts (1 for the first), for every
+    retry that waits (an outbox item's next delivery round, Airflow's login block).
+
+    `base` doubles per failure up to `cap`, then jittered down to half: many items (or
+    daemons) failing in one outage do not all come back in the same second, and the wait
+    is never above `cap`. Not crypto. `jitter=False` (Airflow's login block: one per
+    daemon, nothing to spread) keeps the wait exact, as the error message states it.
+    """
+    full = min(cap, base * 2.0 ** min(max(failures - 1, 0), 60))
+    return full * random.uniform(0.5, 1.0) if jitter else full  # noqa: S311
 
 
 class OutboxStore(StoreCore):
@@ -207,6 +221,14 @@ class OutboxStore(StoreCore):
             (key, kind, model, time.time(), conn.scrub(json.dumps(details))),
         )
         return True
+
+    @staticmethod
+    def incident_is_open(conn: StateConn, key: str) -> bool:
+        """Is the incident open, as of the caller's transaction?"""
+        row = conn.execute(
+            "SELECT 1 FROM incidents WHERE key = ? AND resolved_at IS NULL", (key,)
+        ).fetchone()
+        return row is not None
 
     @staticmethod
     def resolve_incident(conn: StateConn, key: str) -> bool:

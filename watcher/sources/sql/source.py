@@ -445,7 +445,7 @@ class SqlSource:
         if late:
             self.metrics.late_rows.labels(self.model).inc(sum(late.values()))
         if new_nulls:
-            self.metrics.quality_violations.labels(self.model, "null_timestamp").inc()
+            self.metrics.quality_violation(self.model, "null_timestamp")
             log.warning(
                 "%s: %d more row(s) of %s have a NULL %s (%d in all); they belong to no "
                 "window and are not scored. Fix the writer, or add NOT NULL to the column",
@@ -545,13 +545,13 @@ class SqlSource:
 
     def _mark_down(self, exc: SourceError) -> None:
         """source_up=0, and the outage's start and cause, for `outage`."""
-        self.metrics.source_up.labels(self.model).set(0)
+        self.metrics.source_polled(self.model, up=False)
         if self.down_since is None:
             self.down_since = time.time()
         self._down_error = exc
 
     def _mark_up(self) -> None:
-        self.metrics.source_up.labels(self.model).set(1)
+        self.metrics.source_polled(self.model, up=True)
         if self.down_since is not None:
             self._was_down_since = self.down_since
         self.down_since = None

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from watcher.state import StateStore
+
 if TYPE_CHECKING:
     from watcher.state.db import StateConn
 
@@ -111,8 +113,7 @@ def split_revision(batch_id: str) -> tuple[str, int]:
 
 def read_progress(conn: StateConn, key: str) -> Progress:
     """The progress as of the caller's transaction, so a read-modify-write loses nothing."""
-    row = conn.execute("SELECT value FROM watermarks WHERE key = ?", (key,)).fetchone()
-    return Progress.parse(None if row is None else str(row[0]))
+    return Progress.parse(StateStore.watermark_in(conn, key))
 
 
 def as_utc(value: Any) -> datetime:
