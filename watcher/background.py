@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from watcher.config import Settings
 from watcher.metrics import Metrics
-from watcher.state import RunRecord, StateStore
 from watcher.periodic import PeriodicWorker, run_periodically
+from watcher.state import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
 
