@@ -156,7 +156,9 @@ def training_rows(history: History, model_cfg: ModelConfig, after: int, delay: i
     rows.loc[rows["_period"] > after - delay, cols.target] = np.nan
     ts = rows[cols.timestamp]
     if cfg.window == "last_days":
-        rows = rows[(ts > ts.max() - pd.Timedelta(days=cfg.window_size)).to_numpy()]
+        labelled = rows[cols.target].notna().to_numpy()
+        span = pd.Timedelta(days=cfg.window_size)
+        rows = rows[data_mod.window_mask(ts, labelled, ts.max(), span).to_numpy()]
     elif cfg.window == "last_batches":
         rows = rows[(rows["_period"] > after - cfg.window_size).to_numpy()]
     rows = rows.drop(columns=["_period"]).assign(**{data_mod.ORIGIN: "production"})
