@@ -203,6 +203,20 @@ def test_gather_windows_by_days_and_by_batches(tmp_path: Path) -> None:
     assert by_batches["ts"].min() == frame["ts"].iloc[-96]
 
 
+def test_a_days_window_counts_back_from_the_newest_labelled_row(tmp_path: Path) -> None:
+    frame = synthetic(24 * 10)  # ten days, hourly, in five 2-day batches
+    _write_batches(tmp_path, frame, size=48)
+    (tmp_path / "labels" / "l4.csv").unlink()  # the newest batch waits for its labels
+
+    got, summary = data.gather(_model_cfg(tmp_path, window="last_days", window_size=3))
+
+    # 3 days of labelled rows (days 6-8) plus the 2 unlabelled days after them.
+    assert summary.labelled_rows == 72
+    assert len(got) == 72 + 48
+    assert got["ts"].min() == frame["ts"].iloc[-48 - 72]
+    assert summary.window_end == frame["ts"].max().isoformat()
+
+
 def test_gather_adds_base_training_data(tmp_path: Path) -> None:
     frame = synthetic()
     _write_batches(tmp_path, frame.iloc[100:])
