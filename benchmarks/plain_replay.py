@@ -61,7 +61,8 @@ def replay(name: str, *, anchor: str, encoding: str) -> tuple[str, dict[int, tup
         X = f[feats].astype({c: "category" for c in cols.categorical})
         kw["categorical_features"] = "from_dtype"
     y, per, ts = f[cols.target], f["_period"].to_numpy(), f[cols.timestamp]
-    n, skip, delay, metric = history.n_periods, history.skip, history.label_delay, cfg.primary_metric
+    n, skip, delay = history.n_periods, history.skip, history.label_delay
+    metric = cfg.primary_metric
     reg = cfg.task == "regression"
     est_cls = HistGradientBoostingRegressor if reg else HistGradientBoostingClassifier
 
@@ -113,7 +114,7 @@ def main() -> None:
         for a in ("newest row", "newest labelled row")
     }
     metric = next(iter(results.values()))[0]
-    head = f"| schedule | plain, window from newest row | plain, from newest labelled row |"
+    head = "| schedule | plain, window from newest row | plain, from newest labelled row |"
     print(f"{args.data} ({metric}, plain HistGradientBoosting defaults, {args.encoding})")
     print(head + (" pipeline (`watcher backtest`) |" if piped else ""))
     for k in (0, *SCHEDULES):

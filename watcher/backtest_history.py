@@ -139,6 +139,7 @@ class Training:
     final: Any = None  # what deploy registers (refit on every row when configured)
     features: list[str] = field(default_factory=list)
     holdout: pd.DataFrame | None = None
+    train: pd.DataFrame | None = None  # the rows the challenger was fitted on
     trained_until: pd.Timestamp | None = None  # newest row the final model saw
     reference: pd.DataFrame | None = None  # the next drift reference, with predictions
     importance: dict[str, float] = field(default_factory=dict)  # selection's scores
@@ -204,6 +205,7 @@ def run_training(
         final=final,
         features=selection.features,
         holdout=pd.read_parquet(ctx.path("holdout.parquet")),
+        train=pd.read_parquet(ctx.path("train.parquet")),
         trained_until=until,
         reference=reference,
         importance=selection.scores,
