@@ -206,12 +206,13 @@ def window_mask(
     7 weeks a model can learn from: on Bikeshare that cost 0.4-0.6 MAE on every schedule
     against a plain model trained on 8 labelled weeks (`benchmarks/plain_replay.py`).
     """
-    keep = ts <= end
+    keep: pd.Series = ts <= end
     if span is None:
         return keep
     known = ts[keep.to_numpy() & labelled]
     anchor = known.max() if len(known) else end
-    return keep & (ts > anchor - span)
+    inside: pd.Series = keep & (ts > anchor - span)
+    return inside
 
 
 def _window_span(cfg: RetrainConfig, window_seconds: float = 0.0) -> timedelta | None:
