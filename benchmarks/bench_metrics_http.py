@@ -4,7 +4,8 @@
 
 Fills a `Metrics` registry as a daemon watching MODELS models of FEATURES features each
 would (per-feature drift scores, thresholds, flags, missing ratios, stage histograms),
-serves it with watcher's `MetricsServer` (prometheus_client's own handler) and scrapes it
+serves it with watcher's `MetricsServer` (prometheus_client's negotiation, the model families from
+their rendered-text cache) and scrapes it
 over HTTP four ways: text / OpenMetrics, plain / gzip. Prints bytes on the wire, the
 compression ratio and the best-of-20 scrape time.
 """

@@ -41,6 +41,10 @@ FAST_RETRAIN = {"n_iter": 2, "cv_splits": 2, "time_budget_seconds": 60}
 def example_raw(**retrain: Any) -> dict[str, Any]:
     raw = tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
     raw["models"][MODEL]["retrain"].update(FAST_RETRAIN | retrain)
+    # The tests built on this config drive the daemon with drifted batches: they test the
+    # drift trigger path (the global default), not the example's performance + max_age
+    # policy (the demo's end-to-end test and `watcher backtest` cover that one).
+    raw["models"][MODEL]["policy"] = {"triggers": ["drift"], "consecutive": 2}
     return raw
 
 

@@ -2,9 +2,9 @@
 
 Which workers run follows the configuration: the Airflow dispatcher and run tracker, the
 mail and webhook dispatchers, the state retention pass. Each runs as a named task (see
-`watcher.periodic.run_periodically`); at shutdown each gets
-`daemon.background_shutdown_timeout_seconds` to end its round, and is then cancelled with
-a message that says why.
+`watcher.periodic.run_periodically`); at shutdown they get
+`daemon.background_shutdown_timeout_seconds`, all at once, to end their round; the rest
+are then cancelled with a message that says why.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ class Background:
             )
 
     async def close(self, grace_seconds: float) -> None:
-        """After `stop` was set: give every worker `grace_seconds` to end its round (a
-        mail being sent, a trigger being posted), cancel the rest, then close them all."""
+        """After `stop` was set: give the workers `grace_seconds`, all at once, to end their
+        round (a mail being sent, a trigger being posted), cancel the rest, then close them
+        all."""
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
             for task in pending:

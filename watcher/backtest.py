@@ -43,7 +43,13 @@ from watcher.drift.engine import PreparedReference
 from watcher.errors import BacktestError
 from watcher.policy import PolicyInput, decide
 from watcher.retrain.evaluation import Decision as GateDecision
-from watcher.retrain.evaluation import compared_rows, gate, limited_threads, score
+from watcher.retrain.evaluation import (
+    as_informed_as_champion,
+    compared_rows,
+    gate,
+    limited_threads,
+    score,
+)
 from watcher.signals import PeriodLoss, loss_of, performance_reading, weighted_drift_share
 
 SCHEDULES = (1, 2, 3, 4, 6, 8)
@@ -288,11 +294,15 @@ def _gate(run: Training, champion: Training, model_cfg: ModelConfig) -> GateDeci
     assert cols.target is not None
     rows, problem = compared_rows(run.holdout, cols.timestamp, champion.trained_until)
     y = rows[cols.target]
-    champ = None
+    champ, challenger = None, run.challenger
     if problem is None:
         champ = score(champion.final, rows[champion.features], y, cfg.task)
+        assert run.train is not None
+        challenger, _ = as_informed_as_champion(
+            run.challenger, run.train, run.holdout, rows, run.features, cols.target
+        )
     return gate(
-        score(run.challenger, rows[run.features], y, cfg.task),
+        score(challenger, rows[run.features], y, cfg.task),
         champ,
         metric=cfg.primary_metric,
         margin=cfg.margin,

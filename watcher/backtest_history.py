@@ -140,6 +140,7 @@ class Training:
     final: Any = None  # what deploy registers (refit on every row when configured)
     features: list[str] = field(default_factory=list)
     holdout: pd.DataFrame | None = None
+    train: pd.DataFrame | None = None  # the rows the challenger was fitted on
     trained_until: pd.Timestamp | None = None  # newest row the final model saw
     reference: pd.DataFrame | None = None  # the next drift reference, with predictions
     importance: dict[str, float] = field(default_factory=dict)  # selection's scores
@@ -157,7 +158,9 @@ def training_rows(history: History, model_cfg: ModelConfig, after: int, delay: i
     rows.loc[rows["_period"] > after - delay, cols.target] = np.nan
     ts = rows[cols.timestamp]
     if cfg.window == "last_days":
-        rows = rows[(ts > ts.max() - pd.Timedelta(days=cfg.window_size)).to_numpy()]
+        labelled = rows[cols.target].notna().to_numpy()
+        span = pd.Timedelta(days=cfg.window_size)
+        rows = rows[data_mod.window_mask(ts, labelled, ts.max(), span).to_numpy()]
     elif cfg.window == "last_batches":
         rows = rows[(rows["_period"] > after - cfg.window_size).to_numpy()]
     rows = rows.drop(columns=["_period"]).assign(**{data_mod.ORIGIN: "production"})
@@ -203,6 +206,7 @@ def run_training(
         final=final,
         features=selection.features,
         holdout=pd.read_parquet(ctx.path("holdout.parquet")),
+        train=pd.read_parquet(ctx.path("train.parquet")),
         trained_until=until,
         reference=reference,
         importance=selection.scores,

@@ -94,8 +94,9 @@ class DaemonConfig(_Section):
     # Models scored at once (each in its own thread): a slow model holds one worker, not
     # the others. The CPU work releases the GIL in numpy/scipy, so up to the core count helps.
     workers: int = Field(1, ge=1, le=64)
-    # How long each background worker (dispatchers, run tracker, retention) may take to end
-    # its round at shutdown before it is cancelled; its work stays in the outbox.
+    # How long the background workers (dispatchers, run tracker, retention), all at once,
+    # may take to end their round at shutdown before the rest are cancelled; what they had
+    # not delivered stays in the outbox.
     background_shutdown_timeout_seconds: float = Field(5.0, gt=0)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

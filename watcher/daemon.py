@@ -11,7 +11,7 @@ workers run by `watcher.background`.
 
 SIGTERM/SIGINT stop intake at once; a batch being scored gets `shutdown_timeout_seconds`
 to finish and is otherwise abandoned (its ledger claim makes the next start score it
-again), each background worker `background_shutdown_timeout_seconds`; a second SIGINT
+again), the background workers `background_shutdown_timeout_seconds`; a second SIGINT
 exits immediately (a second SIGTERM does not: a supervisor repeating its polite request
 must not turn it into a kill).
 """

@@ -7,9 +7,9 @@ is not are no-ops, and the alert passed along is queued only when the call chang
 something, in the caller's transaction: one mail per episode, however often the condition
 is seen, and never a mail without its incident (or the reverse) after a crash.
 
-Who decides that something is down says so (a source's `down_since`, the health probe);
-only the daemon, the pipeline and the Airflow workers call here, so nothing that reads data
-sends mail itself.
+Whatever sees something go down says so (a source through `Source.outage`, the health
+probe through its own state); only the daemon, the pipeline and the Airflow workers call
+here, so nothing that reads data sends mail itself.
 """
 
 from __future__ import annotations

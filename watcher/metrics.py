@@ -37,7 +37,7 @@ from prometheus_client import (
 
 from watcher import __version__
 from watcher.errors import WatcherError
-from watcher.metrics_models import ModelGauges
+from watcher.metrics_models import ModelFamilies, scrape
 
 if TYPE_CHECKING:
     from watcher.drift.engine import DriftResult
@@ -61,24 +61,24 @@ class Metrics:
         # Process CPU and memory for the operations dashboard.
         _ProcessCollector(registry=r)
 
-        # Gauges labelled by model: plain dicts under one collector (metrics_models).
-        self.model_gauges = ModelGauges(r)
-        g = self.model_gauges.gauge
+        # Gauges and counters labelled by model: plain dicts under one collector whose
+        # exposition text is kept rendered between scrapes (metrics_models).
+        self.model_families = ModelFamilies(r)
+        g = self.model_families.gauge
+        c = self.model_families.counter
 
         self.build_info = Info("watcher_build", "Version of the running watcher.", registry=r)
         self.build_info.info({"version": __version__})
 
-        self.batches = Counter(
+        self.batches = c(
             "watcher_batches",
             "Batches processed, by outcome (scored, rejected, failed).",
-            ["model", "outcome"],
-            registry=r,
+            ("model", "outcome"),
         )
-        self.batches_rejected = Counter(
+        self.batches_rejected = c(
             "watcher_batches_rejected",
             "Batches quarantined, by the check that rejected them.",
-            ["model", "reason"],
-            registry=r,
+            ("model", "reason"),
         )
         self.batch_rows = g(
             "watcher_batch_rows",
@@ -135,11 +135,10 @@ class Metrics:
             ["model", "feature"],
             registry=r,
         )
-        self.quality_violations = Counter(
+        self.quality_violations = c(
             "watcher_data_quality_violations",
             "Data quality checks that failed.",
-            ["model", "check"],
-            registry=r,
+            ("model", "check"),
         )
         self.trigger_signal_value = g(
             "watcher_trigger_signal_value",
@@ -177,19 +176,17 @@ class Metrics:
             "watcher_last_batch_timestamp_seconds",
             "Unix time the last batch was scored.",
         )
-        self.retrain_decisions = Counter(
+        self.retrain_decisions = c(
             "watcher_retrain_decisions",
             "The retrain policy's decisions, by outcome (triggered, dry_run, streak_building, "
             "cooldown, ...): one per scored batch and per new labelled period.",
-            ["model", "outcome"],
-            registry=r,
+            ("model", "outcome"),
         )
-        self.retrain_deliveries = Counter(
+        self.retrain_deliveries = c(
             "watcher_retrain_deliveries",
             "Retrain triggers delivered to Airflow, by outcome (delivered, duplicate: the run "
             "existed already; failed: refused for good, a dead letter).",
-            ["model", "outcome"],
-            registry=r,
+            ("model", "outcome"),
         )
         self.retrain_runs = Gauge(
             "watcher_retrain_runs",
@@ -237,25 +234,22 @@ class Metrics:
             "watcher_source_up",
             "1 when the model's source answered its last poll.",
         )
-        self.late_rows = Counter(
+        self.late_rows = c(
             "watcher_late_rows",
             "Rows that arrived after their window was scored.",
-            ["model"],
-            registry=r,
+            ("model",),
         )
-        self.sampled_rows = Counter(
+        self.sampled_rows = c(
             "watcher_sampled_out_rows",
             "Rows left out of a window by the per-window row cap.",
-            ["model"],
-            registry=r,
+            ("model",),
         )
-        self.problems = Counter(
+        self.problems = c(
             "watcher_problems",
             "Failures contained without stopping the daemon, by model and kind (label_file, "
             "registry, source, name_reused, state_write, internal): each is logged and the "
             "rest of the daemon keeps monitoring.",
-            ["model", "kind"],
-            registry=r,
+            ("model", "kind"),
         )
         self.state_writable = Gauge(
             "watcher_state_writable",
@@ -303,11 +297,10 @@ class Metrics:
             ["change"],
             registry=r,
         )
-        self.source_file_problems = Counter(
+        self.source_file_problems = c(
             "watcher_source_file_problems",
             "Files in a batch folder watcher would not read or could not move, by reason.",
-            ["model", "reason"],
-            registry=r,
+            ("model", "reason"),
         )
         # stamina's retries (Airflow calls, SMTP, SQL connections) on this registry, not on
         # the global one nobody serves: see `count_retry`. Same name and labels as stamina's.
@@ -317,23 +310,20 @@ class Metrics:
             ["callable", "retry_num", "error_type"],
             registry=r,
         )
-        self.dag_paused = Counter(
+        self.dag_paused = c(
             "watcher_dag_paused_detections",
             "Times a model's retrain DAG was found paused.",
-            ["model"],
-            registry=r,
+            ("model",),
         )
-        self.drift_test_failures = Counter(
+        self.drift_test_failures = c(
             "watcher_drift_test_failures",
             "Columns a stat test could not score (it raised or returned no finite score).",
-            ["model", "stattest"],
-            registry=r,
+            ("model", "stattest"),
         )
-        self.evidently_snapshots = Counter(
+        self.evidently_snapshots = c(
             "watcher_evidently_snapshots",
             "Batches sent to the Evidently UI workspace, by outcome (added, failed).",
-            ["model", "outcome"],
-            registry=r,
+            ("model", "outcome"),
         )
 
     def init_model(self, model: str, *, preset_events: bool = True) -> None:
@@ -537,8 +527,10 @@ def _readyz(health: Health) -> tuple[int, bytes]:
 class MetricsServer:
     """/metrics, /healthz and /readyz over HTTP in a thread of its own.
 
-    /metrics is prometheus_client's own handler: it negotiates the OpenMetrics format from
-    the `Accept` header and gzips when `Accept-Encoding` allows, like every other exporter.
+    /metrics negotiates as prometheus_client's own handler does (the OpenMetrics format from
+    the `Accept` header, gzip when `Accept-Encoding` allows); prometheus_client renders the
+    registry, the gauges labelled by model come from their rendered-text cache
+    (`watcher.metrics_models.scrape`).
     A thread keeps the endpoint answering even while a long scoring job holds the GIL in
     bursts, so Prometheus and container health checks never time out on a busy daemon.
     """
@@ -553,9 +545,21 @@ class MetricsServer:
             registry = metrics.registry
 
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 if path == "/metrics":
-                    super().do_GET()
+                    headers, body = scrape(
+                        metrics.registry,
+                        metrics.model_families,
+                        self.headers.get("Accept"),
+                        self.headers.get("Accept-Encoding"),
+                        query,
+                    )
+                    self.send_response(200)
+                    for header in headers:
+                        self.send_header(*header)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
                     return
                 probe = probes.get(path)
                 status, body = probe() if probe else (404, b"not found\n")

@@ -6,7 +6,6 @@ while the daemon goes on. The tests themselves are in tests/custom_stattests.py.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from evidently.legacy.core import ColumnType
-from harness import run_daemon
+from harness import run_daemon, watcher_cli
 from prometheus_client import CollectorRegistry
 from support import drop, frame, write_config
 
@@ -145,13 +144,12 @@ def test_check_config_loads_custom_tests(tmp_path: Path) -> None:
         "cat_threshold = 0.2\n"
         '[models.m.drift.columns.a]\nstattest = "custom_stattests:mean_shift"\n',
     )
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
-    run = [sys.executable, "-m", "watcher", "check-config"]
-    ok = subprocess.run([*run, str(good)], capture_output=True, text=True, env=env, timeout=120)
+    env = {"PYTHONPATH": str(TESTS_DIR)}
+    ok = watcher_cli("check-config", str(good), env=env, timeout=120)
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text(good.read_text().replace("custom_stattests:mean_shift", "custom_stattests:nope"))
-    out = subprocess.run([*run, str(bad)], capture_output=True, text=True, env=env, timeout=120)
+    out = watcher_cli("check-config", str(bad), env=env, timeout=120)
     assert out.returncode == 2
     assert "custom_stattests:nope" in out.stderr
     assert "has no 'nope'" in out.stderr

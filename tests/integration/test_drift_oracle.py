@@ -275,8 +275,6 @@ CASES = [
 ]
 
 
-
-
 def _every_test_frames(n_ref: int, n_cur: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Columns on which every test has a defined answer: one that drifts, one whose batch
     is the reference reshuffled (no drift, whatever the test), binary and few-valued ones.

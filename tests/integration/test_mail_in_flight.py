@@ -75,9 +75,7 @@ def test_a_mail_in_flight_at_a_crash_goes_again_first_alone_same_message_id(
         store.close()
 
 
-def test_a_mail_waits_for_its_report_then_links_it(
-    smtp_server: SmtpServer, tmp_path: Path
-) -> None:
+def test_a_mail_waits_for_its_report_then_links_it(smtp_server: SmtpServer, tmp_path: Path) -> None:
     settings = make_settings(smtp_server, tmp_path)
     store = StateStore(tmp_path / "state.db")
     report = tmp_path / "reports" / "bikes" / "b1.html"

@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 from fixtures_postgres import PgDatabase
 from fixtures_smtp import SmtpServer
-from harness import DaemonThread
+from harness import DaemonProcess, DaemonThread, watcher_cli
 from prometheus_client import CollectorRegistry
 from support import NUMERIC, drop, frame, wait_for
 from typer.testing import CliRunner
@@ -575,12 +575,8 @@ def test_d9_a_second_daemon_on_the_same_state_is_refused(tmp_path: Path) -> None
     cfg = config(tmp_path, {"m": model(tmp_path, "m")})
     settings = load_config(cfg)
     with Running(settings) as d:
-        done = subprocess.run(
-            [sys.executable, "-m", "watcher", "run", "--config", str(cfg)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "WATCHER_METRICS__PORT": str(free_port())},
+        done = watcher_cli(
+            "run", "--config", str(cfg), env={"WATCHER_METRICS__PORT": str(free_port())}
         )
         assert done.returncode == 2
         assert f"another watcher daemon (pid {os.getpid()})" in done.stderr
@@ -651,19 +647,12 @@ def test_d11_a_secret_echoed_by_a_server_reaches_no_log_state_or_status(tmp_path
             airflow={"enabled": True, "url": f"http://127.0.0.1:{server.server_port}"},
             daemon={"poll_interval_seconds": 0.2},
         )
-        env = {**os.environ, "WATCHER_AIRFLOW__PASSWORD": canary}
-        runner = CliRunner()
-        assert runner.invoke(app, ["trigger", "m", "--config", str(cfg)], env=env).exit_code == 0
+        env = {"WATCHER_AIRFLOW__PASSWORD": canary}
+        assert watcher_cli("trigger", "m", "--config", str(cfg), env=env).returncode == 0
         settings = load_config(cfg)
         log = tmp_path / "daemon.log"
         for fmt in ("text", "json"):
-            with log.open("ab") as fh:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "watcher", "run", "--config", str(cfg)],
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    env=env | {"WATCHER_DAEMON__LOG_FORMAT": fmt},
-                )
+            proc = DaemonProcess(cfg, log, env | {"WATCHER_DAEMON__LOG_FORMAT": fmt})
             try:
                 wait_for(
                     lambda: "refused the login" in log.read_text(errors="replace"),
@@ -675,16 +664,15 @@ def test_d11_a_secret_echoed_by_a_server_reaches_no_log_state_or_status(tmp_path
                     what="the error stored in the outbox",
                 )
             finally:
-                proc.terminate()
-                proc.wait(30)
+                proc.stop()
         text = log.read_text(errors="replace")
         assert "********" in text
         assert canary not in text
         for f in (settings.daemon.state_dir).iterdir():
             assert canary.encode() not in f.read_bytes(), f
-        result = runner.invoke(app, ["status", "--config", str(cfg)], env=env)
-        assert "last error" in result.output
-        assert canary not in result.output
+        result = watcher_cli("status", "--config", str(cfg), env=env)
+        assert "last error" in result.stdout
+        assert canary not in result.stdout + result.stderr
     finally:
         server.shutdown()
         server.server_close()

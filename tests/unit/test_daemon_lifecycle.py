@@ -14,7 +14,6 @@ from harness import run_daemon
 from prometheus_client import CollectorRegistry
 from support import drop, frame, write_config
 
-from watcher.background import Background
 from watcher.config import load_config
 from watcher.daemon import Daemon
 from watcher.state import StateStore
@@ -94,42 +93,51 @@ def test_only_a_second_sigint_forces_an_exit(tmp_path: Path) -> None:
 
 
 def test_a_background_worker_that_will_not_stop_is_cancelled_with_a_message(
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each worker gets `background_shutdown_timeout_seconds` to end its round, then is
-    cancelled with a message that says why (and its close() still runs)."""
-    cancelled: list[str | None] = []
+    """The workers get `background_shutdown_timeout_seconds` to end their round; one that
+    does not is cancelled with a message that says why (and its close() still runs), one
+    that does ends on its own."""
+    cancelled: dict[str, str | None] = {}
     closed: list[str] = []
 
-    class Stuck:
-        name = "stuck-worker"
+    class Worker:
         interval_seconds = 0.01
+
+        def __init__(self, name: str, round_seconds: float) -> None:
+            self.name = name
+            self.round_seconds = round_seconds
 
         async def run_once(self) -> None:
             try:
-                await asyncio.sleep(3600)  # a round that ignores the stop request
+                await asyncio.sleep(self.round_seconds)
             except asyncio.CancelledError as exc:
-                cancelled.append(exc.args[0] if exc.args else None)
+                cancelled[self.name] = exc.args[0] if exc.args else None
                 raise
 
         async def close(self) -> None:
             closed.append(self.name)
 
+    workers = [Worker("stuck-worker", 3600), Worker("quick-worker", 0.01)]
+    monkeypatch.setattr("watcher.daemon.build_workers", lambda *args: workers)
+    settings = load_config(write_config(tmp_path, extra_top="")).model_copy(deep=True)
+    settings.daemon.background_shutdown_timeout_seconds = 0.4
+
     async def scenario() -> float:
-        stop = asyncio.Event()
-        background = Background([Stuck()])
-        background.start(stop)
-        await asyncio.sleep(0.05)
-        stop.set()
-        t0 = time.monotonic()
-        await background.close(0.3)
-        return time.monotonic() - t0
+        async with run_daemon(settings) as running:
+            await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            running.daemon.request_stop()
+            await asyncio.wait_for(asyncio.shield(running.task), 10)
+            return time.monotonic() - t0
 
     with caplog.at_level("WARNING"):
         took = asyncio.run(scenario())
-    assert 0.25 <= took < 3.0
-    assert cancelled == ["watcher is shutting down; stuck-worker did not stop in 0.3s"]
-    assert closed == ["stuck-worker"]
+    assert 0.35 <= took < 3.0, took
+    assert cancelled == {
+        "stuck-worker": "watcher is shutting down; stuck-worker did not stop in 0.4s"
+    }
+    assert sorted(closed) == ["quick-worker", "stuck-worker"]
     assert "cancelling background task stuck-worker" in caplog.text
 
 

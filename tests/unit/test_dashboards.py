@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from watcher.metrics import Metrics
-from watcher.metrics_models import ModelGauge
+from watcher.metrics_models import ModelCounter, ModelGauge
 
 PROVISIONING = REPO / "dashboards" / "grafana" / "provisioning"
 BOARDS = {
@@ -185,6 +185,9 @@ def _declared_labels(metrics: Metrics) -> dict[str, set[str]]:
     for value in vars(metrics).values():
         if isinstance(value, ModelGauge):  # a gauge labelled by model, in a plain dict
             labels[value.name] = set(value.labelnames)
+            continue
+        if isinstance(value, ModelCounter):  # a counter labelled by model, likewise
+            labels[f"{value.name}_total"] = set(value.labelnames)
             continue
         if not isinstance(value, MetricWrapperBase):
             continue

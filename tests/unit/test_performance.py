@@ -19,9 +19,7 @@ def tracker(tmp_path: Path) -> tuple[PerformanceTracker, Metrics, StateStore, Pa
     labels = tmp_path / "labels"
     labels.mkdir()
     cfg = ModelConfig(
-        source=DirectorySourceConfig(
-            path=tmp_path / "in", labels_path=labels, settle_seconds=0
-        ),
+        source=DirectorySourceConfig(path=tmp_path / "in", labels_path=labels, settle_seconds=0),
         columns=ColumnsConfig(numeric=["x"], prediction="pred", target="y", id="id"),
     )
     store = StateStore(tmp_path / "state.db")

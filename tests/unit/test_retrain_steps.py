@@ -12,7 +12,13 @@ import pytest
 from watcher.config import ColumnsConfig, DirectorySourceConfig, ModelConfig, RetrainConfig
 from watcher.errors import SourceError, TrainingDataError
 from watcher.retrain import data, validation
-from watcher.retrain.evaluation import compared_rows, gate, score, split_holdout
+from watcher.retrain.evaluation import (
+    as_informed_as_champion,
+    compared_rows,
+    gate,
+    score,
+    split_holdout,
+)
 from watcher.retrain.features import CategoryText, OutlierClipper, build_preprocessor
 from watcher.retrain.selection import correlation_filter, select_features
 from watcher.retrain.tuning import make_pipeline, tune
@@ -203,6 +209,20 @@ def test_gather_windows_by_days_and_by_batches(tmp_path: Path) -> None:
     assert by_batches["ts"].min() == frame["ts"].iloc[-96]
 
 
+def test_a_days_window_counts_back_from_the_newest_labelled_row(tmp_path: Path) -> None:
+    frame = synthetic(24 * 10)  # ten days, hourly, in five 2-day batches
+    _write_batches(tmp_path, frame, size=48)
+    (tmp_path / "labels" / "l4.csv").unlink()  # the newest batch waits for its labels
+
+    got, summary = data.gather(_model_cfg(tmp_path, window="last_days", window_size=3))
+
+    # 3 days of labelled rows (days 6-8) plus the 2 unlabelled days after them.
+    assert summary.labelled_rows == 72
+    assert len(got) == 72 + 48
+    assert got["ts"].min() == frame["ts"].iloc[-48 - 72]
+    assert summary.window_end == frame["ts"].max().isoformat()
+
+
 def test_gather_adds_base_training_data(tmp_path: Path) -> None:
     frame = synthetic()
     _write_batches(tmp_path, frame.iloc[100:])
@@ -376,6 +396,29 @@ def test_the_champion_is_compared_only_on_rows_it_was_not_trained_on() -> None:
     rows, problem = compared_rows(holdout, None, ts[6])
     assert rows is holdout
     assert problem is None
+
+
+def test_the_challenger_is_refit_on_the_holdout_rows_the_champion_also_saw() -> None:
+    frame = synthetic(200)
+    train, holdout = split_holdout(frame, 0.2)
+    features = ["x1", "color"]
+    challenger = make_pipeline(cfg(), ["x1"], ["color"], "linear").fit(train[features], train["y"])
+    # The champion was trained up to the 30th holdout row: 10 rows remain to compare on.
+    compared, problem = compared_rows(holdout, "ts", holdout["ts"].iloc[29])
+    assert problem is None
+    assert len(compared) == 10
+
+    informed, refit_rows = as_informed_as_champion(
+        challenger, train, holdout, compared, features, "y"
+    )
+
+    assert refit_rows == 30
+    assert informed is not challenger
+    as_fitted = challenger.named_steps["model"].coef_
+    assert not np.allclose(informed.named_steps["model"].coef_, as_fitted)
+    # Nothing to add when the champion saw none of the holdout: the challenger as fitted.
+    same, none = as_informed_as_champion(challenger, train, holdout, holdout, features, "y")
+    assert (same, none) == (challenger, 0)
 
 
 def test_gate_for_higher_is_better_metrics() -> None:

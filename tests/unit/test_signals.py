@@ -63,6 +63,18 @@ def test_a_stationary_noisy_loss_does_not_fire(detector: str) -> None:
     assert alarms / 200 < 0.02, f"{detector}: {alarms} of 200 runs raised a false alarm"
 
 
+def test_the_examples_threshold_on_stationary_noise() -> None:
+    """The examples' CUSUM threshold 0.25 (with a 3-period `max_age` floor), same setting
+    as above: 7 of 200 runs of 50 periods raise a false alarm (3.5 %), none of them within
+    the first 3 periods, which is as old as the floor lets a model get."""
+    rng = np.random.default_rng(7)
+    cfg = PerformanceSignalConfig(detector="cusum", threshold=0.25)
+    alarms = [_first_alarm(list(30 * (1 + rng.normal(0, 0.1, 50))), 30.0, cfg) for _ in range(200)]
+    fired = [a for a in alarms if a is not None]
+    assert len(fired) / 200 < 0.05, f"{len(fired)} of 200 runs raised a false alarm"
+    assert all(a >= 3 for a in fired), fired
+
+
 def test_the_cost_detector_fires_on_a_step_and_rarely_on_noise() -> None:
     """`cost` sums the excess since deployment without tolerance or reset (the staleness
     cost) and fires when it reaches the retrain cost. Measured here: a +50 % step fires

@@ -39,6 +39,7 @@ from watcher.retrain import data as data_mod
 from watcher.retrain import validation
 from watcher.retrain.evaluation import (
     Decision,
+    as_informed_as_champion,
     compared_rows,
     limited_threads,
     score,
@@ -247,6 +248,12 @@ def evaluate(ctx: RunContext) -> Path:
             elif problem is not None:
                 result["champion_problem"] = problem
             else:
+                train_rows = pd.read_parquet(ctx.path("train.parquet"))
+                informed, refit_rows = as_informed_as_champion(
+                    challenger, train_rows, holdout, rows, selection.features, target
+                )
+                result["challenger_refit_rows"] = refit_rows
+                result["challenger"] = score(informed, rows[selection.features], rows[target], task)
                 try:
                     champion = ctx.registry.load_model(ctx.model, version)
                 except ChecksumMismatch:
