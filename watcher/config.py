@@ -91,6 +91,9 @@ class DaemonConfig(_Section):
     # Below 10 ms an idle daemon busy-loops; above an hour nothing is watched.
     poll_interval_seconds: float = Field(5.0, ge=0.01, le=3600)
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
+    # Models scored at once (each in its own thread): a slow model holds one worker, not
+    # the others. The CPU work releases the GIL in numpy/scipy, so up to the core count helps.
+    workers: int = Field(1, ge=1, le=64)
     # How long the background workers (dispatchers, run tracker, retention), all at once,
     # may take to end their round at shutdown before the rest are cancelled; what they had
     # not delivered stays in the outbox.

@@ -36,12 +36,13 @@ from watcher.model_quality import PerformanceTracker
 from watcher.model_round import ModelRound
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference_keeper import ReferenceKeeper
+from watcher.replicas import Replicas, on_duty_only
+from watcher.scheduling import ModelScheduler
 from watcher.secrets import Scrubber, secret_values
 from watcher.source_alerts import SourceAlerts
 from watcher.sources.directory import DirectorySource
 from watcher.sources.factory import build_source
 from watcher.state import RunRecord, StateDirLock, open_state
-from watcher.state.lock import DatabaseLock
 from watcher.threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,13 @@ class Daemon:
         self.store = open_state(settings)
         self.store.scrub = Scrubber(secret_values(settings))
         self.lock = StateDirLock(settings.daemon.state_dir)
-        target = self.store.target
-        self.db_lock = (
-            None
-            if target.path is not None
-            else DatabaseLock(target.conninfo, target.where, settings.state.connect_timeout_seconds)
-        )
+        # On PostgreSQL, replicas share the models (watcher.replicas); SQLite: one daemon.
+        self.replicas: Replicas | None = None
+        if self.store.target.path is None:
+            self.replicas = Replicas(self.store, settings.models, settings.state, self.metrics)
+        self.scheduler = ModelScheduler(settings.daemon.workers)
+        if self.replicas is not None:
+            self.replicas.busy = self.scheduler.busy
         self.pipeline = Pipeline(settings, self.store, self.metrics)
         self.references = ReferenceKeeper(settings, self.store, self.metrics)
         self.sources = SourceAlerts(settings, self.store, self.metrics)
@@ -102,9 +104,10 @@ class Daemon:
     async def startup(self) -> None:
         cfg = self.settings
         check_runtime(cfg)  # what `watcher check-config` checks, no more, no less
-        self.lock.acquire()  # before anything is claimed, mailed or bound
-        if self.db_lock is not None:
-            self.db_lock.acquire()
+        if self.replicas is None:
+            self.lock.acquire()  # before anything is claimed, mailed or bound
+        else:
+            self.replicas.start()  # leases before anything is scored
         self._watch_state_store()
         # stamina's own Prometheus hook counts on the global registry, which is never served.
         stamina.instrumentation.set_on_retry_hooks(
@@ -127,9 +130,10 @@ class Daemon:
                 source.start_watching(self._wake)
             self.metrics.init_model(name, preset_events=cfg.metrics.detail == "feature")
             self.metrics.source_polled(name, up=True)
-        self.background = Background(
-            build_workers(cfg, self.store, self.metrics, self.on_run_success, self.on_run_end)
-        )
+        workers = build_workers(cfg, self.store, self.metrics, self.on_run_success, self.on_run_end)
+        if self.replicas is not None:  # the fleet's duties on one replica at a time
+            workers = on_duty_only(workers, self.replicas)
+        self.background = Background(workers)
         self.background.start(self.stop)
         self.health.ready = True
         log.info("watching %d model(s): %s", len(self.models), ", ".join(self.models) or "-")
@@ -138,13 +142,18 @@ class Daemon:
         interval = self.settings.daemon.poll_interval_seconds
         while not self.stop.is_set():
             self.health.beat()
-            for rt in self.models.values():
-                if self.stop.is_set():
-                    break
-                await self.round.run(rt)
+            owned = self.models if self.replicas is None else self.replicas.owned_models()
+            await self.scheduler.round(owned, self._model_round, interval, self.health.beat)
             with contextlib.suppress(Exception):  # a metric only; the store may be failing
                 self.metrics.outbox_pending_now(self.store.pending_counts())
             await self._until_next_round(interval)
+        await self.scheduler.drain()
+
+    async def _model_round(self, name: str) -> None:
+        """One model's turn, run by the scheduler (concurrently up to `daemon.workers`)."""
+        if self.stop.is_set() or (self.replicas is not None and not self.replicas.owns(name)):
+            return
+        await self.round.run(self.models[name])
 
     async def shutdown(self) -> None:
         self.stop.set()
@@ -156,10 +165,10 @@ class Daemon:
         self.pipeline.close()
         if self._server is not None:
             self._server.stop()
+        if self.replicas is not None:
+            self.replicas.stop()  # the other replicas take the models over now
         self.store.close()
         self.lock.release()
-        if self.db_lock is not None:
-            self.db_lock.release()
         log.info("stopped")
 
     def request_stop(self, sig: signal.Signals = signal.SIGTERM) -> None:

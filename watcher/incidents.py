@@ -84,7 +84,7 @@ class SourceOutages:
         if outage is None:
             return False
         key = source_incident(model)
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=model) as conn:
             return open_incident(
                 conn,
                 key,
@@ -114,7 +114,7 @@ class SourceOutages:
             return False
         recovery = source.recovery()
         log.info("%s: %s", model, recovery.title)
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=model) as conn:
             return resolve_incident(
                 conn,
                 key,

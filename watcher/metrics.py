@@ -257,6 +257,46 @@ class Metrics:
             "read-only): outbox deliveries stop until it works again.",
             registry=r,
         )
+        # Replicas on a PostgreSQL state (watcher.replicas); a lone SQLite daemon has none.
+        self.models_owned = Gauge(
+            "watcher_models_owned",
+            "Models this replica owns (holds the lease of) and scores; sums to the fleet's "
+            "model count across replicas.",
+            registry=r,
+        )
+        self.model_owned = Gauge(
+            "watcher_model_owned",
+            "1 for each model this replica owns, 0 for the others: per-model series of a "
+            "replica that no longer owns the model are stale (the alert rules skip them).",
+            ["model"],
+            registry=r,
+        )
+        self.unowned = Gauge(
+            "watcher_models_without_owner",
+            "Models no live replica holds a lease on, as this replica reads the lease "
+            "table: nobody scores them (max across replicas).",
+            registry=r,
+        )
+        self.replicas_live = Gauge(
+            "watcher_replicas_live", "Replicas alive on this state database.", registry=r
+        )
+        self.replica_duties = Gauge(
+            "watcher_replica_duties",
+            "1 on the replica that runs the fleet-wide duties (run tracker, retention).",
+            registry=r,
+        )
+        self.writes_fenced = Counter(
+            "watcher_writes_fenced",
+            "Writes for a model refused because this replica had lost its lease (another "
+            "replica took the model over); the batch is scored by the new owner.",
+            registry=r,
+        )
+        self.lease_changes = Counter(
+            "watcher_lease_changes",
+            "Leases this replica acquired, lost (expired or taken over) or released.",
+            ["change"],
+            registry=r,
+        )
         self.source_file_problems = c(
             "watcher_source_file_problems",
             "Files in a batch folder watcher would not read or could not move, by reason.",

@@ -286,6 +286,15 @@ class ModelFamilies(Collector):
         self._add(counter)
         return counter
 
+    def forget(self, model: str) -> None:
+        """Drop every gauge series of `model` (a replica no longer owns it: the owner
+        exports them now, and a stale copy here would read as a second, frozen truth).
+        Counters stay: summed across replicas, a rate never reads them as current."""
+        for family in self._families:
+            if family.kind == "gauge":
+                for key in [k for k in list(family.values) if k[0] == model]:
+                    family.remove(*key)
+
     def collect(self) -> Iterator[Metric]:
         if getattr(self._left_out, "active", False):
             return

@@ -20,6 +20,7 @@ from watcher.metrics import Health, Metrics
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference_keeper import ReferenceKeeper
 from watcher.source_alerts import SourceAlerts
+from watcher.state import DB_ERRORS, LeaseLost
 from watcher.threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,17 @@ class ModelRound:
             except SourceError as exc:
                 log.warning("could not read %s/%s: %s; will retry", rt.name, ref.batch_id, exc)
                 self.sources.outages.down(rt.name, rt.source)
+                return
+            except LeaseLost:
+                return  # another replica owns the model now (counted and logged by the fence)
+            except DB_ERRORS as exc:
+                self.metrics.problem(rt.name, "state_write")
+                log.warning(
+                    "%s/%s: state database error: %s; scored again next round",
+                    rt.name,
+                    ref.batch_id,
+                    exc,
+                )
                 return
             except WatcherError as exc:
                 self.metrics.batch_set_aside(rt.name, "failed")

@@ -52,9 +52,14 @@ from watcher.signals import (
     weighted_drift_share,
 )
 from watcher.sources.base import BatchRef, Source
-from watcher.state import Action, LabelPeriod, StateStore
+from watcher.state import DB_ERRORS, Action, LabelPeriod, LeaseLost, StateStore
 
 log = logging.getLogger(__name__)
+
+# Not the batch's fault, so it stays claimed and is scored again: the source cannot be read
+# now, another replica owns the model (it scores the batch), the state database failed
+# (a restart, a terminated connection: its transaction was rolled back whole).
+_RETRY_LATER: tuple[type[Exception], ...] = (SourceError, LeaseLost, *DB_ERRORS)
 
 
 @dataclass
@@ -136,7 +141,7 @@ class Pipeline:
         rt.last_batch_at = time.time()
         try:
             return self._score(rt, ref)
-        except SourceError:
+        except _RETRY_LATER:
             raise
         except Exception as exc:
             return self._fail(rt, ref, exc)
@@ -234,7 +239,7 @@ class Pipeline:
         status: Literal["rejected", "failed"] = "rejected",
     ) -> BatchOutcome:
         reason = escape(str(exc), 2000)
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=rt.name) as conn:
             self.store.finish_batch(
                 conn,
                 model=rt.name,
@@ -298,7 +303,7 @@ class Pipeline:
         if drift.dataset_drift and self._opens_drift_incident(rt):
             report = report_path(self.settings.daemon.state_dir / "reports", rt.name, ref.batch_id)
         report_str = str(report) if report is not None else None
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=rt.name) as conn:
             self.store.finish_batch(
                 conn,
                 model=rt.name,
@@ -515,7 +520,7 @@ class Pipeline:
         read = rt.performance.read_labels()
         if read is None:
             return None
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=rt.name) as conn:
             changed = rt.performance.record(conn, read)
             if not changed:
                 return None

@@ -70,7 +70,7 @@ class SourceAlerts:
             return
         key = f"source:{rt.name}:silent"
         silent_for = time.time() - rt.last_batch_at
-        with self.store.transaction() as conn:
+        with self.store.transaction(model=rt.name) as conn:
             if silent_for > limit:
                 incidents.open_incident(
                     conn,

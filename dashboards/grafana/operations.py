@@ -51,7 +51,8 @@ def build() -> Board:
     board.add(
         stat_panel(
             "Outbox pending",
-            [Q("sum(watcher_outbox_pending)")],
+            # Every replica exports the count of the one shared outbox: max per kind.
+            [Q("sum(max by (kind) (watcher_outbox_pending))")],
             steps=[(None, "green"), (1, "orange"), (20, "red")],
         ),
         "How many retrain triggers and alert mails are waiting to be delivered?",
@@ -72,6 +73,37 @@ def build() -> Board:
             text_mode=BigValueTextMode.NAME,
         ),
         "Which watcher version is running?",
+    )
+
+    board.row("Replicas")
+    board.add(
+        stat_panel(
+            "Models without an owner",
+            [Q("max(watcher_models_without_owner)")],
+            steps=[(None, "green"), (1, "red")],
+            no_value="single daemon",
+        ),
+        "How many models does no live replica hold the lease of (nobody scores them), for "
+        "longer than [state] lease_seconds, which a fail-over takes at most?",
+    )
+    board.add(
+        stat_panel(
+            "Replicas up",
+            [Q(f"count(up{{{JOB}}} == 1)")],
+            steps=[(None, "red"), (1, "green")],
+        ),
+        "How many watcher processes does Prometheus scrape successfully?",
+    )
+    board.add(
+        timeseries(
+            "Models owned per replica",
+            [Q("watcher_models_owned", "{{instance}}")],
+            stack=True,
+            minimum=0,
+            w=12,
+        ),
+        "How are the models shared between the replicas, and when did they move "
+        "(a replica died, joined or left)?",
     )
 
     board.row("Batch latency")
@@ -108,7 +140,7 @@ def build() -> Board:
     board.add(
         timeseries(
             "Outbox pending by kind",
-            [Q("watcher_outbox_pending", "{{kind}}")],
+            [Q("max by (kind) (watcher_outbox_pending)", "{{kind}}")],
             minimum=0,
             w=8,
         ),

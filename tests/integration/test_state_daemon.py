@@ -89,47 +89,48 @@ def test_daemon_killed_and_restarted_scores_every_batch_once(
 
 
 @pytest.mark.postgres
-def test_a_second_daemon_on_one_postgres_state_is_refused(
+def test_a_second_replica_waits_and_takes_the_model_over_on_a_clean_stop(
     tmp_path: Path, state_pg_database: str
 ) -> None:
-    """Until replicas share the models, two daemons on one state database would both
-    score every batch: the second one (another host, another state_dir) exits 2."""
+    """Two `watcher run` on one PostgreSQL state (another state_dir each, as on two
+    hosts): the second starts, owns nothing while the first holds the only model, and
+    scores the next batches once the first stopped cleanly (its leases released at once,
+    not after `lease_seconds`)."""
     from fixtures_state import pg_backend
 
     backend = pg_backend(state_pg_database)
     first_dir, second_dir = tmp_path / "one", tmp_path / "two"
     first_dir.mkdir()
     second_dir.mkdir()
-    first = DaemonProcess(
-        write_config(first_dir, extra_top=_state_toml(backend)), first_dir / "daemon.log"
-    )
+    lease = _state_toml(backend) + "lease_seconds = 30\nheartbeat_seconds = 0.5\n"
+    first = DaemonProcess(write_config(first_dir, extra_top=lease), first_dir / "daemon.log")
+    second: DaemonProcess | None = None
+    store = backend.open()
     try:
-        store = backend.open()
-        try:
-            drop(first_dir / "incoming", "b.parquet", frame(300, seed=3))
-            assert _wait_scored(store, 1) == {"b.parquet"}, (first_dir / "daemon.log").read_text()
-        finally:
-            store.close()
-        second = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "watcher",
-                "run",
-                "--config",
-                str(write_config(second_dir, extra_top=_state_toml(backend))),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        drop(first_dir / "incoming", "b.parquet", frame(300, seed=3))
+        assert _wait_scored(store, 1) == {"b.parquet"}, (first_dir / "daemon.log").read_text()
+        cfg = write_config(second_dir, extra_top=lease)
+        # The second replica watches the first one's folder: the same model, shared.
+        cfg.write_text(
+            cfg.read_text().replace(str(second_dir / "incoming"), str(first_dir / "incoming"))
         )
-        assert second.returncode == 2, second.stderr
-        assert "another watcher daemon (watcher daemon pid" in second.stderr
-        assert f"pid {first.proc.pid}" in second.stderr
-        assert first.alive()
-    finally:
+        second = DaemonProcess(cfg, second_dir / "daemon.log")
+        time.sleep(3)
+        assert second.alive(), (second_dir / "daemon.log").read_text()
+        owner = store.owners()[MODEL][0]
+        assert f":{first.proc.pid}:" in owner
         assert first.stop() == 0
+        drop(first_dir / "incoming", "c.parquet", frame(300, seed=4))
+        assert _wait_scored(store, 2, timeout=20) == {"b.parquet", "c.parquet"}, (
+            second_dir / "daemon.log"
+        ).read_text()[-3000:]
+        assert f":{second.proc.pid}:" in store.owners()[MODEL][0]
+        assert second.stop() == 0
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+        store.close()
 
 
 @pytest.mark.postgres

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from watcher import incidents
 from watcher.airflow.gateway import AirflowGateway
@@ -64,6 +65,8 @@ class AirflowHealth:
         )
         self.down_since: float | None = None
         self.problems: list[str] = []
+        # With replicas: every one probes (its own watcher_airflow_up), the one on duty pages.
+        self.pages: Callable[[], bool] = lambda: True
 
     async def run_once(self) -> None:
         now = time.time()
@@ -72,6 +75,9 @@ class AirflowHealth:
         except AirflowError as exc:
             self.problems = [f"unreachable: {exc}"]
         self.metrics.airflow_up.set(0 if self.problems else 1)
+        if not self.pages():
+            self.down_since = None if not self.problems else (self.down_since or now)
+            return
         if self.problems:
             self._down(now)
         else:

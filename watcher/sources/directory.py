@@ -202,6 +202,7 @@ class DirectorySource:
                 hint="check that the folder exists, is mounted and readable by watcher",
             ) from exc
         candidates: list[tuple[int, str, Path]] = []
+        first_sight: list[int] = []
         now = time.time()
         current: dict[str, tuple[int, int]] = {}
         for entry in entries:
@@ -233,7 +234,14 @@ class DirectorySource:
             )
             if settled:
                 candidates.append((st.st_mtime_ns, name, Path(entry.path)))
+            elif name not in self._seen:
+                first_sight.append(st.st_mtime_ns)
         self._seen = current
+        if first_sight:
+            # A file seen for the first time settles by the next poll: newer files wait
+            # for it, so batches are scored in arrival order (also by a replica that just
+            # took the model over, or a daemon that just started, with files waiting).
+            candidates = [c for c in candidates if c[0] < min(first_sight)]
         self._renamed &= set(current)
 
         refs: list[BatchRef] = []

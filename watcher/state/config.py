@@ -31,9 +31,23 @@ class StateConfig(BaseModel):
     # and so do trigger decisions (cooldowns and rate limits read them). None keeps all.
     retention_days: float | None = Field(None, ge=1)
     retention_interval_seconds: float = Field(3600.0, gt=0)
+    # Replicas (PostgreSQL only): each model is owned by one `watcher run` through a lease
+    # the owner renews every `heartbeat_seconds`; a replica that dies or hangs loses its
+    # models `lease_seconds` after its last heartbeat and another one takes them over.
+    lease_seconds: float = Field(30.0, ge=1)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    # How long an outbox action (mail, trigger, webhook post) stays claimed by the replica
+    # delivering it; after that a replica that died mid-delivery has it taken over.
+    claim_seconds: float = Field(120.0, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> StateConfig:
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                f"state.heartbeat_seconds ({self.heartbeat_seconds:g}) must be at most half of "
+                f"state.lease_seconds ({self.lease_seconds:g}): one late heartbeat would "
+                "otherwise lose every model"
+            )
         if self.password_file is not None:
             try:
                 text = self.password_file.read_text(encoding="utf-8").strip()

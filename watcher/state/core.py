@@ -67,6 +67,9 @@ class StoreCore:
         except BaseException:
             self._conn.close()
             raise
+        # Set by a replica (watcher.replicas): run first in every transaction made for a
+        # model, it refuses the transaction once this replica no longer owns the model.
+        self.fencer: Callable[[StateConn, str], None] | None = None
         # Why the last write failed (disk full, read-only, I/O error, server gone), None
         # once one works: the daemon's health and `watcher_state_writable` read it.
         self.write_error: str | None = None
@@ -115,15 +118,18 @@ class StoreCore:
             self._conn.close()
 
     @contextmanager
-    def transaction(self, *, fsync: bool = True) -> Iterator[StateConn]:
+    def transaction(self, *, fsync: bool = True, model: str | None = None) -> Iterator[StateConn]:
         """BEGIN (IMMEDIATE on SQLite) … COMMIT; everything inside is written together or
-        not at all. `fsync=False`: the commit does not wait for the disk (see `begin`)."""
+        not at all. `fsync=False`: the commit does not wait for the disk (see `begin`).
+        `model`: a write for that model, fenced by the replica's lease when there is one."""
         with self._lock:
             conn = self._live()
             changes = conn.changes
             try:
                 conn.begin(durable=fsync)
                 try:
+                    if model is not None and self.fencer is not None:
+                        self.fencer(conn, model)
                     yield conn
                     conn.commit()
                 except BaseException:

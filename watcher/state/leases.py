@@ -13,7 +13,12 @@ disagree still agree on when a lease expires.
 
 `claim_due` hands each due outbox action to one replica (FOR UPDATE SKIP LOCKED on
 PostgreSQL): a claim holds for `claim_seconds`, after which a replica that died while
-delivering has its actions claimed by another (deliveries are idempotent by key).
+delivering has its actions claimed by another (deliveries are idempotent by key). Once
+`claim_owner` is set (the daemon does on PostgreSQL), `due_actions` claims: the
+dispatchers deliver only what this replica claimed, without knowing about replicas.
+
+`beat_replica` announces a live replica (the `replicas` table, renewed with its leases):
+every replica divides the models by the number alive (see `watcher.replicas`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,27 @@ def now_sql(conn: StateConn) -> str:
 
 
 class LeaseStore(OutboxStore):
+    # Set by a replica on PostgreSQL: `due_actions` then claims what it returns.
+    claim_owner: str | None = None
+    claim_seconds: float = 120.0
+
+    def due_actions(self, kind: ActionKind, now: float, limit: int = 100) -> list[OutboxItem]:
+        """Without replicas: every due action. With: the due actions this replica claimed
+        before and has not delivered yet (a mail waiting for its report), then new claims."""
+        if self.claim_owner is None:
+            return super().due_actions(kind, now, limit)
+        with self.transaction(fsync=False) as conn:
+            db_now = now_sql(conn)
+            rows = conn.execute(
+                "SELECT * FROM outbox WHERE kind = ? AND status = 'pending' "
+                f"AND next_attempt_at <= {db_now} AND claimed_by = ? "
+                f"AND claimed_until >= {db_now} ORDER BY id LIMIT ?",
+                (kind, self.claim_owner, limit),
+            ).fetchall()
+        mine = [outbox_of(r) for r in rows]
+        fresh = self.claim_due(kind, self.claim_owner, self.claim_seconds, limit - len(mine))
+        return sorted(mine + fresh, key=lambda item: item.id)
+
     def acquire(self, model: str, owner: str, lease_seconds: float) -> int | None:
         """Own `model` for `lease_seconds`: the fencing token, or None while another
         replica's lease on it runs."""
@@ -64,10 +90,46 @@ class LeaseStore(OutboxStore):
             ).fetchall()
         return {r["model"]: int(r["token"]) for r in rows}
 
-    def release(self, owner: str) -> None:
-        """Give every lease up at once (a clean shutdown): no wait for the expiry."""
+    def release(self, owner: str, models: list[str] | None = None) -> None:
+        """Give leases up at once (every one on a clean shutdown, or `models` to hand them
+        to a replica with fewer): no wait for the expiry."""
         with self.transaction() as conn:
-            conn.execute("UPDATE leases SET expires_at = 0 WHERE owner = ?", (owner,))
+            if models is None:
+                conn.execute("UPDATE leases SET expires_at = 0 WHERE owner = ?", (owner,))
+                return
+            for model in models:
+                conn.execute(
+                    "UPDATE leases SET expires_at = 0 WHERE owner = ? AND model = ?",
+                    (owner, model),
+                )
+
+    def beat_replica(self, owner: str, lease_seconds: float) -> int:
+        """Announce `owner` alive for `lease_seconds`; the number of live replicas (>= 1)."""
+        with self.transaction() as conn:
+            now = now_sql(conn)
+            conn.execute(
+                f"INSERT INTO replicas (owner, expires_at, started_at) VALUES (?, {now} + ?, "
+                f"{now}) ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at",
+                (owner, lease_seconds),
+            )
+            # A replica dead for a day is forgotten (its row only counted it while alive).
+            conn.execute(f"DELETE FROM replicas WHERE expires_at < {now} - 86400")
+            row = conn.execute(
+                f"SELECT COUNT(*) AS n FROM replicas WHERE expires_at >= {now}"
+            ).fetchone()
+        return max(1, int(row["n"]))
+
+    def drop_replica(self, owner: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM replicas WHERE owner = ?", (owner,))
+
+    def live_leases(self) -> dict[str, str]:
+        """{model: owner} of the leases that run now (the database's clock)."""
+        with self.transaction(fsync=False) as conn:
+            rows = conn.execute(
+                f"SELECT model, owner FROM leases WHERE expires_at >= {now_sql(conn)}"
+            ).fetchall()
+        return {r["model"]: r["owner"] for r in rows}
 
     def owners(self) -> dict[str, tuple[str, int, float]]:
         """{model: (owner, token, expires_at)} of every lease, expired or not."""
@@ -94,7 +156,8 @@ class LeaseStore(OutboxStore):
     def claim_due(
         self, kind: ActionKind, owner: str, claim_seconds: float, limit: int = 100
     ) -> list[OutboxItem]:
-        """Due actions of `kind`, each claimed by `owner` alone for `claim_seconds`."""
+        """Due actions of `kind` nobody holds a claim on, each claimed now by `owner` alone
+        for `claim_seconds`."""
         with self.transaction() as conn:
             now = now_sql(conn)
             skip = "" if conn.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
