@@ -287,9 +287,9 @@ class ModelFamilies(Collector):
         return counter
 
     def forget(self, model: str) -> None:
-        """Drop every gauge series of `model`: a replica that no longer owns it leaves it
-        to the owner (a stale copy here would read as a second, frozen truth). Counters
-        stay: events add up across replicas."""
+        """Drop every gauge series of `model` (a replica no longer owns it: the owner
+        exports them now, and a stale copy here would read as a second, frozen truth).
+        Counters stay: summed across replicas, a rate never reads them as current."""
         for family in self._families:
             if family.kind == "gauge":
                 for key in [k for k in list(family.values) if k[0] == model]:

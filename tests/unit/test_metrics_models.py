@@ -224,3 +224,17 @@ def test_a_counter_child_kept_across_a_removal_counts_again_from_zero() -> None:
     assert "t_c_total{" not in families.exposition(openmetrics=False)
     child.inc()
     assert 't_c_total{model="m"} 1.0\n' in families.exposition(openmetrics=False)
+
+
+def test_forgetting_a_model_drops_its_gauges_from_the_next_scrape_and_keeps_its_counters() -> None:
+    """A replica that lost a model stops exporting its gauges (the new owner does)."""
+    families = _families()
+    before = families.exposition(openmetrics=False)
+    assert 't_plain{model="plain"} 1.5e+06\n' in before
+    families.forget("plain")
+    after = families.exposition(openmetrics=False)
+    assert 't_plain{model="plain"}' not in after
+    assert 't_gauge{model="plain",version="v0"}' not in after
+    assert 't_events_total{kind="a",model="plain"} 0.0\n' in after
+    assert 't_plain{model="quo\\"te"}' in after  # the other models stay
+    assert after.encode() == _expected(families, openmetrics=False)
