@@ -39,6 +39,9 @@ delivery could not be recorded.
 
 After an outage mails go out in the order they were enqueued: mails behind one that is
 backing off wait for it.
+
+Size: reminders, digests and delivery share one round over the outbox and one SMTP
+session; what a mail says is `alerts.compose`'s, when it is retried `state.backoff`'s.
 """
 
 from __future__ import annotations

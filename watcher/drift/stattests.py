@@ -8,6 +8,9 @@ The arithmetic follows evidently and SciPy step by step; the oracle tests
 
 Like evidently, a sample keeps only finite values: NaN, None and ±inf are dropped
 before any test, and the row counts used below are the counts after that.
+
+Size: one function per evidently test, each beside the arithmetic it must match step by
+step, with the helpers they share (cleaning, sorted sums); the oracle tests read it as one.
 """
 
 from __future__ import annotations

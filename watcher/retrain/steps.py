@@ -14,6 +14,10 @@ outputs atomically, and returns a path or a small summary (what Airflow passes b
 The folder is keyed by the run id, so a retried task finds its predecessors' outputs, and
 ingest keeps its first snapshot: every step of a run sees the same data. Deploy is
 idempotent too: a version the run already registered is promoted, not registered again.
+
+Size: one function per DAG task, in the order the DAG runs them, so the folder above reads
+against the code; the work of each step lives in its own module (data, validation,
+features, selection, tuning, evaluation, handoff).
 """
 
 from __future__ import annotations
