@@ -31,25 +31,14 @@ def task_problem_mail(
     text = str(error) if error is not None else ""
     details = {"failed_task": task_id, "try_number": try_number, "error": text or NO_ERROR}
     run = {"dag_id": settings.dag_id(model), "run_id": run_id}
-    key = f"retrain_task:{run_id}:{task_id}:{try_number}"
-    if will_retry:
-        alert = alert_action(
-            "retrain_task_retried",
-            key=key,
-            model=model,
-            title=f"retrain task {task_id} will be retried",
-            severity="warning",
-            details=details,
-            run=run,
-        )
-    else:
-        alert = alert_action(
-            "retrain_task_failed",
-            key=key,
-            model=model,
-            title=f"retrain task {task_id} failed",
-            severity="critical",
-            details=details,
-            run=run,
-        )
+    alert = alert_action(
+        "retrain_task_retried" if will_retry else "retrain_task_failed",
+        key=f"retrain_task:{run_id}:{task_id}:{try_number}",
+        model=model,
+        title=f"retrain task {task_id} {'will be retried' if will_retry else 'failed'}",
+        # Retried: it may still succeed. Failed: the run fails with it.
+        severity="warning" if will_retry else "critical",
+        details=details,
+        run=run,
+    )
     return render(alert, settings)
