@@ -81,7 +81,7 @@ def _default_args(settings: Settings, model: str) -> dict[str, Any]:
 
 class TaskMail(BaseNotifier):
     """Mails a task's failure or retry, rendered by watcher's alert renderer
-    (watcher/retrain/task_mail.py) and sent like the end-of-run mail."""
+    (watcher/retrain/mails.py) and sent like the end-of-run mail."""
 
     def __init__(
         self, settings: Settings, model: str, recipients: list[str], *, will_retry: bool
@@ -93,7 +93,7 @@ class TaskMail(BaseNotifier):
         self.will_retry = will_retry
 
     def notify(self, context: Context) -> None:
-        from watcher.retrain.task_mail import task_problem_mail
+        from watcher.retrain.mails import task_problem_mail
 
         ti = context["ti"]
         subject, html = task_problem_mail(
@@ -235,9 +235,9 @@ def build_dag(settings: Settings, model: str) -> DAG:
         @task(trigger_rule="none_failed")
         def notify() -> str:
             """Mail the decision with champion vs challenger metrics."""
-            from watcher.retrain import steps
+            from watcher.retrain.mails import run_ended_mail
 
-            subject, html = in_workspace(steps.notification)
+            subject, html = in_workspace(run_ended_mail)
             return _send_mail(subject, html, recipients, settings.smtp.sender)
 
         engineered = engineer_features(validate(ingest()))

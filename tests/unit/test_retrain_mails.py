@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from watcher.config import AirflowConfig, AlertsConfig, Settings, load_config
-from watcher.retrain.task_mail import NO_ERROR, task_problem_mail
+from watcher.retrain.mails import NO_ERROR, task_problem_mail
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bikeshare" / "watcher.toml"
 
