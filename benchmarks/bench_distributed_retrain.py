@@ -44,6 +44,7 @@ from watcher.registry_migrate import migrate  # noqa: E402
 from watcher.retrain import steps  # noqa: E402
 from watcher.retrain.bootstrap import load_example_data  # noqa: E402
 from watcher.retrain.handoff import task_context  # noqa: E402
+from watcher.retrain.mails import run_ended_mail  # noqa: E402
 
 TASKS: list[tuple[str, Callable[[steps.RunContext], Any]]] = [
     ("ingest", lambda c: steps.ingest(c)),
@@ -54,7 +55,7 @@ TASKS: list[tuple[str, Callable[[steps.RunContext], Any]]] = [
     ("evaluate", steps.evaluate),
     ("gate", lambda c: steps.gate(c)),
     ("deploy", steps.deploy),
-    ("notify", steps.notification),
+    ("notify", run_ended_mail),
 ]
 
 

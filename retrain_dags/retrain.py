@@ -17,7 +17,8 @@ is in `decision.json`, the registry's `runs/` folder (or the MLflow run) and the
 
 Data problems (no labels, too few rows, missing columns) and a tampered production model
 fail the task at once; anything else is retried with exponential backoff. Every failure
-and retry is mailed through the `smtp_default` connection. The end-of-run mail is skipped
+and retry is mailed through the `smtp_default` connection, rendered like every watcher alert
+(kinds `retrain_task_failed` and `retrain_task_retried`). The end-of-run mail is skipped
 with a warning when there is no `smtp_default` connection or no recipient; a configured
 server that refuses it fails `notify`, which is retried.
 """
@@ -31,14 +32,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import BaseNotifier, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from watcher.config import Settings, load_config
 
 if TYPE_CHECKING:
-    from airflow.sdk import DAG
+    from airflow.sdk import DAG, Context
 
     from watcher.retrain.request import RetrainRequest
     from watcher.retrain.steps import RunContext
@@ -48,18 +48,6 @@ T = TypeVar("T")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "bikeshare" / "watcher.toml"
 CONFIG_PATH = Path(os.environ.get("WATCHER_CONFIG") or DEFAULT_CONFIG)
-
-_FAILURE_HTML = (
-    "<p>Task <b>{{ ti.task_id }}</b> of <b>{{ ti.dag_id }}</b> failed "
-    "(try {{ ti.try_number }}).</p><p>Run: {{ run_id }}</p>"
-    "<pre>{{ exception | default('see the task log') }}</pre>"
-)
-_RETRY_HTML = (
-    "<p>Task <b>{{ ti.task_id }}</b> of <b>{{ ti.dag_id }}</b> failed on try "
-    "{{ ti.try_number }} and will be retried.</p><p>Run: {{ run_id }}</p>"
-    "<pre>{{ exception | default('see the task log') }}</pre>"
-)
-
 
 def _params(model: str) -> dict[str, Param]:
     """What a trigger may say: the fields of `RetrainRequest` (watcher/retrain/request.py),
@@ -85,19 +73,39 @@ def _default_args(settings: Settings, model: str) -> dict[str, Any]:
     }
     recipients = cfg.notify or settings.recipients(model)
     if recipients:
-        # Task-level callbacks: a DAG-level SmtpNotifier crashes under `airflow dags test`.
-        common = {"to": recipients, "from_email": settings.smtp.sender}
-        args["on_failure_callback"] = SmtpNotifier(
-            subject="[watcher] {{ ti.dag_id }}: task {{ ti.task_id }} failed",
-            html_content=_FAILURE_HTML,
-            **common,
-        )
-        args["on_retry_callback"] = SmtpNotifier(
-            subject="[watcher] {{ ti.dag_id }}: task {{ ti.task_id }} will be retried",
-            html_content=_RETRY_HTML,
-            **common,
-        )
+        # Task-level callbacks: a DAG-level SmtpNotifier crashed under `airflow dags test`.
+        args["on_failure_callback"] = TaskMail(settings, model, recipients, will_retry=False)
+        args["on_retry_callback"] = TaskMail(settings, model, recipients, will_retry=True)
     return args
+
+
+class TaskMail(BaseNotifier):
+    """Mails a task's failure or retry, rendered by watcher's alert renderer
+    (watcher/retrain/mails.py) and sent like the end-of-run mail."""
+
+    def __init__(
+        self, settings: Settings, model: str, recipients: list[str], *, will_retry: bool
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.model = model
+        self.recipients = recipients
+        self.will_retry = will_retry
+
+    def notify(self, context: Context) -> None:
+        from watcher.retrain.mails import task_problem_mail
+
+        ti = context["ti"]
+        subject, html = task_problem_mail(
+            self.settings,
+            self.model,
+            task_id=ti.task_id,
+            run_id=str(context["run_id"]),
+            try_number=ti.try_number,
+            error=context.get("exception"),
+            will_retry=self.will_retry,
+        )
+        _send_mail(subject, html, self.recipients, self.settings.smtp.sender)
 
 
 def _request() -> RetrainRequest:
@@ -227,9 +235,9 @@ def build_dag(settings: Settings, model: str) -> DAG:
         @task(trigger_rule="none_failed")
         def notify() -> str:
             """Mail the decision with champion vs challenger metrics."""
-            from watcher.retrain import steps
+            from watcher.retrain.mails import run_ended_mail
 
-            subject, html = in_workspace(steps.notification)
+            subject, html = in_workspace(run_ended_mail)
             return _send_mail(subject, html, recipients, settings.smtp.sender)
 
         engineered = engineer_features(validate(ingest()))

@@ -25,7 +25,6 @@ from watcher.registry import load_trusted_model
 from watcher.retrain import data as data_mod
 from watcher.retrain import steps
 from watcher.retrain.evaluation import limited_threads
-from watcher.retrain.selection import SelectionResult
 
 MIN_SERVED_PERIODS = 2
 
@@ -188,7 +187,7 @@ def run_training(
         steps.train(ctx)
     except TrainingDataError as exc:  # the DAG run fails the same way
         return Training(after, False, exc.message, seconds=time.monotonic() - started)
-    selection = SelectionResult.from_dict(steps._read_json(ctx.path("selection.json")))
+    selection = steps.read_selection(ctx)
     challenger = load_trusted_model(ctx.path("challenger.skops"))
     final_path = ctx.path("final.skops")
     final = load_trusted_model(final_path) if final_path.exists() else challenger

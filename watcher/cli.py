@@ -657,8 +657,11 @@ def _replay_guardrails(
     of periods replayed)."""
     import pandas as pd
 
+    from watcher.dev.replay import period_seconds
+
     policy = settings.models[model].policy
-    period = 60.0 / speed if speed > 0 else 1.0
+    # At speed 0 a period lasts as long as the daemon takes to score it: counted as ~1 s.
+    period = period_seconds(speed) or 1.0
     real = pd.Timedelta(every).total_seconds()
     if policy.cooldown_seconds <= period and policy.daily_cap >= periods:
         return None
@@ -688,7 +691,7 @@ def replay(
     wait: Annotated[bool, typer.Option(help="Wait for the daemon after each period.")] = True,
 ) -> None:
     """Feed a labelled data set to a running daemon period by period, as production would."""
-    from watcher.dev.replay import PeriodResult, Replay
+    from watcher.dev.replay import PeriodResult, Replay, period_seconds
     from watcher.fileio import read_table
 
     settings = _load(config)
@@ -727,7 +730,7 @@ def replay(
                     limit=weeks,
                     every=every,
                     wait=wait,
-                    period_seconds=60.0 / speed if speed > 0 else 0.0,
+                    period_seconds=period_seconds(speed),
                     wait_for_retrain=wait_for_retrain,
                     on_period=show,
                 )

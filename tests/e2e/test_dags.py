@@ -130,8 +130,9 @@ def test_dagbag_has_one_retrain_dag_per_model_with_retries_and_mail_callbacks(
         assert task["backoff"] == 2.0
         assert task["max_retry_delay"] == 1800
         assert task["execution_timeout"] == 900, task_id
-        assert task["on_failure"] == ["SmtpNotifier"], task_id
-        assert task["on_retry"] == ["SmtpNotifier"], task_id
+        # Failure and retry mails go through watcher's alert renderer (TaskMail).
+        assert task["on_failure"] == ["TaskMail"], task_id
+        assert task["on_retry"] == ["TaskMail"], task_id
 
 
 def test_a_broken_config_is_an_import_error_not_a_silent_empty_folder(
@@ -230,9 +231,12 @@ def test_a_task_that_fails_once_is_retried_and_the_run_succeeds(
 
     assert code == 0, log[-4000:]
     assert (
-        retry_mail.message["Subject"] == f"[watcher] retrain_{MODEL}: task ingest will be retried"
+        retry_mail.message["Subject"]
+        == f"[watcher] WARNING {MODEL}: retrain task ingest will be retried"
     )
-    assert "does not exist" in retry_mail.message.get_body(("html",)).get_content()
+    retry_body = retry_mail.message.get_body(("html",)).get_content()
+    assert "does not exist" in retry_body
+    assert "Retrain task will be retried" in retry_body  # watcher's renderer, not a template
     assert ws.registry.production_version(MODEL) == "2"
     subjects = [m["Subject"] for m in smtp_server.parsed()]
     assert subjects[-1].startswith(f"[watcher] INFO {MODEL}: version 2 deployed")
@@ -254,8 +258,9 @@ def test_a_task_that_always_fails_sends_a_failure_mail(
     assert code != 0
     assert "DagRun failed" in log
     (mail,) = smtp_server.wait_for(1, timeout=30)
-    assert mail.message["Subject"] == f"[watcher] retrain_{MODEL}: task ingest failed"
+    assert mail.message["Subject"] == f"[watcher] CRITICAL {MODEL}: retrain task ingest failed"
     body = mail.message.get_body(("html",)).get_content()
+    assert "Retrain task failed" in body
     assert "source folder" in body
     assert "does not exist" in body
     assert mail.rcpt_tos == ["oncall@example.org"]
@@ -277,7 +282,7 @@ def test_bad_training_data_fails_at_once_without_retries(
 
     assert code != 0
     (mail,) = smtp_server.wait_for(1, timeout=30)
-    assert mail.message["Subject"] == f"[watcher] retrain_{MODEL}: task validate failed"
+    assert mail.message["Subject"] == f"[watcher] CRITICAL {MODEL}: retrain task validate failed"
     body = mail.message.get_body(("html",)).get_content()
     assert "too few rows: 657 labelled rows, retrain.min_rows is 100000" in body
     assert len(smtp_server.messages) == 1  # no "will be retried" mail

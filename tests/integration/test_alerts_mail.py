@@ -218,6 +218,24 @@ def every_kind(report: str) -> list[Action]:
             details={"state": "failed", "failed_task": "train", "error": "MemoryError"},
         ),
         alert_action(
+            "retrain_task_failed",
+            key="task:1:failed",
+            model=m,
+            title="retrain task validate failed",
+            severity="critical",
+            run=run,
+            details={"failed_task": "validate", "try_number": 1, "error": "too few rows: 657"},
+        ),
+        alert_action(
+            "retrain_task_retried",
+            key="task:1:retried",
+            model=m,
+            title="retrain task ingest will be retried",
+            severity="warning",
+            run=run,
+            details={"failed_task": "ingest", "try_number": 1, "error": "folder does not exist"},
+        ),
+        alert_action(
             "trigger_refused",
             key="refused:1",
             model=m,
@@ -438,7 +456,14 @@ def test_every_alert_kind_arrives_with_subject_parts_table_links_and_report(
     run_url = (
         f"{AIRFLOW_UI}/dags/retrain_bikes/runs/watcher__bikes__2011-03-01T00%3A00%3A00%2B00%3A00"
     )
-    for kind in ("retrain_triggered", "retrain_deployed", "retrain_not_deployed", "retrain_failed"):
+    for kind in (
+        "retrain_triggered",
+        "retrain_deployed",
+        "retrain_not_deployed",
+        "retrain_failed",
+        "retrain_task_failed",
+        "retrain_task_retried",
+    ):
         assert run_url in text_of(mails[kind]), kind
         assert f'href="{run_url}"' in html_of(mails[kind]), kind
     deployed = text_of(mails["retrain_deployed"])
@@ -452,6 +477,10 @@ def test_every_alert_kind_arrives_with_subject_parts_table_links_and_report(
     assert "not 2% better" in text_of(mails["retrain_not_deployed"])
     assert "train" in text_of(mails["retrain_failed"])
     assert "MemoryError" in text_of(mails["retrain_failed"])
+    task_failed = text_of(mails["retrain_task_failed"])
+    assert "Failed task" in task_failed
+    assert "too few rows: 657" in task_failed
+    assert "folder does not exist" in text_of(mails["retrain_task_retried"])
     assert "DAG not found" in text_of(mails["trigger_refused"])
     assert f"{AIRFLOW_UI}/dags/retrain_bikes" in text_of(mails["dag_paused"])
     assert "6 min" in text_of(mails["airflow_unreachable"])  # down_seconds as a duration

@@ -19,6 +19,7 @@ from watcher.errors import ChecksumMismatch
 from watcher.registry import ModelRegistry
 from watcher.retrain import data, steps
 from watcher.retrain.bootstrap import bootstrap
+from watcher.retrain.mails import run_ended_mail
 
 DATA_SHA256 = "ac6950ae6f11efcc69c29d6bb13e8881c001e27d36434660d59444a1414f712c"
 
@@ -113,7 +114,7 @@ def test_run_all_deploys_a_better_model_once_per_run(
         errors[version] = float(np.abs(model.predict(week13[info.features]) - week13.bikers).mean())
     assert errors["2"] < errors["1"]
 
-    subject, html = steps.notification(ctx)
+    subject, html = run_ended_mail(ctx)
     assert subject.startswith(f"[watcher] INFO {MODEL}: version 2 deployed (mae ")
     assert "champion (v1)" in html
     assert "New model version deployed" in html  # the retrain_deployed alert, as every alert

@@ -13,6 +13,8 @@ AlertKind = Literal[
     "retrain_deployed",
     "retrain_not_deployed",
     "retrain_failed",
+    "retrain_task_failed",
+    "retrain_task_retried",
     "trigger_refused",
     "dag_paused",
     "airflow_unreachable",

@@ -18,6 +18,8 @@ retrain_deployed       reason, version, previous_version, primary_metric, margin
 retrain_not_deployed   reason (the gate's), previous_version, primary_metric, margin, champion,
                        challenger, run_folder (the DAG's notify task; with run)
 retrain_failed         reason (run tracker; with run: run_id, dag_id, state, url)
+retrain_task_failed    failed_task, try_number, error (the DAG's task callback; with run)
+retrain_task_retried   failed_task, try_number, error (the DAG's task callback; with run)
 trigger_refused        dag_id, run_id, status, message (dispatcher); url, status, message
                        (refused login)
 dag_paused             dag_id, run_id, reason (dispatcher)
@@ -58,6 +60,8 @@ OPERATIONS_KINDS = {
     "retrain_deployed",
     "retrain_not_deployed",
     "retrain_failed",
+    "retrain_task_failed",
+    "retrain_task_retried",
     "trigger_refused",
     "dag_paused",
     "airflow_unreachable",
@@ -101,6 +105,16 @@ KINDS: dict[str, KindText] = {
         "Retrain failed",
         "The Airflow run failed. Open the run, read the failed task's log, fix the cause; "
         "the next persisting drift triggers a new run.",
+    ),
+    "retrain_task_failed": KindText(
+        "Retrain task failed",
+        "A task of the retraining run failed for good, so the run fails and the current "
+        "model stays. Read the error below and the task's log, fix the cause.",
+    ),
+    "retrain_task_retried": KindText(
+        "Retrain task will be retried",
+        "A task of the retraining run failed and Airflow will try it again after a delay. "
+        "Nothing to do unless it keeps failing; a last failure is mailed too.",
     ),
     "trigger_refused": KindText(
         "Airflow refused the retrain trigger",
@@ -170,6 +184,7 @@ DETAIL_LABELS: dict[str, str] = {
     "dag_id": "DAG",
     "state": "Run state",
     "failed_task": "Failed task",
+    "try_number": "Try",
     "status": "HTTP status",
     "error": "Error",
     "unpaused": "Unpaused by watcher",

@@ -37,7 +37,7 @@ from watcher.dev.localservices import (
     start_prometheus,
     wait_for_dag,
 )
-from watcher.dev.replay import PeriodResult, Replay, monthly_mae
+from watcher.dev.replay import PeriodResult, Replay, monthly_mae, period_seconds
 from watcher.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[2]  # watcher/dev/demo.py -> the repository
@@ -270,7 +270,7 @@ def run_demo(
                 skip=skip,
                 every=every,
                 limit=weeks,
-                period_seconds=60.0 / speed if speed > 0 else 0.0,
+                period_seconds=period_seconds(speed),
                 wait_for_retrain=wait_for_retrain,
                 on_period=show,
             )

@@ -51,6 +51,12 @@ class PeriodResult:
     version_after: str | None = None
 
 
+def period_seconds(speed: float) -> float:
+    """Wall-clock seconds one replayed period takes at `speed` periods per minute (the
+    `--speed` of `watcher demo` and `watcher replay`); 0 is as fast as possible."""
+    return 60.0 / speed if speed > 0 else 0.0
+
+
 def periods(
     data: pd.DataFrame, timestamp: str, every: str = "7D"
 ) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:

@@ -21,7 +21,7 @@ from sklearn.feature_selection import f_classif, f_regression
 from sklearn.model_selection import TimeSeriesSplit, cross_val_score
 
 from watcher.config import RetrainConfig
-from watcher.retrain.evaluation import limited_threads, sklearn_scoring
+from watcher.retrain.evaluation import sklearn_scoring
 from watcher.retrain.features import build_preprocessor, output_to_input
 
 log = logging.getLogger(__name__)
@@ -89,18 +89,9 @@ def select_features(
     categorical: list[str],
     cfg: RetrainConfig,
 ) -> SelectionResult:
-    """Run the correlation filter and the configured method; at least one feature is kept."""
-    with limited_threads(cfg.threads):
-        return _select(X, y, numeric, categorical, cfg)
+    """Run the correlation filter and the configured method; at least one feature is kept.
 
-
-def _select(
-    X: pd.DataFrame,
-    y: pd.Series,
-    numeric: list[str],
-    categorical: list[str],
-    cfg: RetrainConfig,
-) -> SelectionResult:
+    The caller caps BLAS/OpenMP threads (`steps.select` runs under ``retrain.threads``)."""
     dropped = correlation_filter(X, y, numeric, cfg.correlation_threshold)
     num = [c for c in numeric if c not in dropped]
     cat = list(categorical)

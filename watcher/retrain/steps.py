@@ -74,6 +74,12 @@ class RunContext:
         return self.model_cfg.retrain
 
     @property
+    def target(self) -> str:
+        target = self.model_cfg.columns.target
+        assert target is not None  # validate refuses a model without one
+        return target
+
+    @property
     def run_dir(self) -> Path:
         path = self.settings.daemon.state_dir / "retrain" / self.model / safe_file_name(self.run_id)
         path.mkdir(parents=True, exist_ok=True)
@@ -92,7 +98,13 @@ def _threads(ctx: RunContext) -> AbstractContextManager[None]:
     return limited_threads(ctx.cfg.threads)
 
 
-def _read_json(path: Path) -> Any:
+def read_selection(ctx: RunContext) -> SelectionResult:
+    """The features `select` chose (selection.json)."""
+    return SelectionResult.from_dict(read_json(ctx.path("selection.json")))
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of the run folder; a missing one fails the step as bad training data."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -142,12 +154,12 @@ def validate(ctx: RunContext) -> Path:
 
 def engineer(ctx: RunContext) -> Path:
     """Split off the most recent rows as the holdout; fit the preprocessing on the rest."""
-    report = validation.ValidationReport.from_dict(_read_json(ctx.path("validation.json")))
+    report = validation.ValidationReport.from_dict(read_json(ctx.path("validation.json")))
     frame = pd.read_parquet(ctx.path("validated.parquet"))
     train, holdout = split_holdout(frame, ctx.cfg.holdout_share)
     cols = [*report.numeric, *report.categorical]
     prep = build_preprocessor(ctx.cfg, report.numeric, report.categorical)
-    prep.fit(train[cols], train[ctx.model_cfg.columns.target])
+    prep.fit(train[cols], train[ctx.target])
     write_parquet_atomic(ctx.path("train.parquet"), train)
     write_parquet_atomic(ctx.path("holdout.parquet"), holdout)
     write_json_atomic(
@@ -172,12 +184,10 @@ def engineer(ctx: RunContext) -> Path:
 def select(ctx: RunContext) -> Path:
     """Choose input features on the training rows; record them in `selection.json`."""
     with _threads(ctx):
-        spec = _read_json(ctx.path("features.json"))
+        spec = read_json(ctx.path("features.json"))
         train = pd.read_parquet(ctx.path("train.parquet"))
-        target = ctx.model_cfg.columns.target
-        assert target is not None  # validate refuses a model without one
         result = select_features(
-            train, train[target], spec["numeric"], spec["categorical"], ctx.cfg
+            train, train[ctx.target], spec["numeric"], spec["categorical"], ctx.cfg
         )
         write_json_atomic(ctx.path("selection.json"), result.to_dict())
         return ctx.path("selection.json")
@@ -193,10 +203,9 @@ def _split_roles(ctx: RunContext, features: list[str]) -> tuple[list[str], list[
 def train(ctx: RunContext) -> Path:
     """Tune and fit the challenger on the training rows (and the final model on all rows)."""
     with _threads(ctx):
-        selection = SelectionResult.from_dict(_read_json(ctx.path("selection.json")))
+        selection = read_selection(ctx)
         train_rows = pd.read_parquet(ctx.path("train.parquet"))
-        target = ctx.model_cfg.columns.target
-        assert target is not None
+        target = ctx.target
         numeric, categorical = _split_roles(ctx, selection.features)
         result = tune(
             train_rows[selection.features], train_rows[target], numeric, categorical, ctx.cfg
@@ -225,10 +234,9 @@ def train(ctx: RunContext) -> Path:
 def evaluate(ctx: RunContext) -> Path:
     """Challenger and champion on the same most recent labelled rows (the holdout)."""
     with _threads(ctx):
-        selection = SelectionResult.from_dict(_read_json(ctx.path("selection.json")))
+        selection = read_selection(ctx)
         holdout = pd.read_parquet(ctx.path("holdout.parquet"))
-        target = ctx.model_cfg.columns.target
-        assert target is not None
+        target = ctx.target
         task = ctx.cfg.task
         challenger = load_trusted_model(ctx.path("challenger.skops"))
         result: dict[str, Any] = {
@@ -272,7 +280,7 @@ def evaluate(ctx: RunContext) -> Path:
 
 def gate(ctx: RunContext, *, margin: float | None = None) -> Decision:
     """Decide whether to deploy; the decision is written to `decision.json`."""
-    ev = _read_json(ctx.path("evaluation.json"))
+    ev = read_json(ctx.path("evaluation.json"))
     decision = gate_decision(
         ev["challenger"],
         ev["champion"],
@@ -307,16 +315,16 @@ def deploy(ctx: RunContext) -> VersionInfo | None:
 
     Returns None when the gate kept the champion. Idempotent per run.
     """
-    decision = Decision.from_dict(_read_json(ctx.path("decision.json")))
+    decision = Decision.from_dict(read_json(ctx.path("decision.json")))
     registry = ctx.registry
     if not decision.deploy:
         registry.record_run(ctx.model, ctx.run_id, {"deployed": False, **decision.to_dict()})
         return None
     info = registry.find_run(ctx.model, ctx.run_id)
     if info is None:
-        selection = SelectionResult.from_dict(_read_json(ctx.path("selection.json")))
-        training = _read_json(ctx.path("training.json"))
-        ingest_summary = _read_json(ctx.path("ingest.json"))
+        selection = read_selection(ctx)
+        training = read_json(ctx.path("training.json"))
+        ingest_summary = read_json(ctx.path("ingest.json"))
         final_path = ctx.path("final.skops")
         if not (ctx.cfg.refit_on_all_data and final_path.exists()):
             final_path = ctx.path("challenger.skops")
@@ -361,49 +369,6 @@ def _window(reference: pd.DataFrame, ctx: RunContext) -> tuple[datetime, datetim
     if ts is None or ts.empty:
         return None
     return ts.min().to_pydatetime(), ts.max().to_pydatetime()
-
-
-# ---- the success mail ---------------------------------------------------------------
-
-
-def notification(ctx: RunContext) -> tuple[str, str]:
-    """Subject and HTML body of the end-of-run mail: the decision and both models' metrics,
-    as the alert `retrain_deployed` or `retrain_not_deployed`, rendered like every alert."""
-    from watcher.alerts import alert_action
-    from watcher.alerts.compose import render
-
-    decision = Decision.from_dict(_read_json(ctx.path("decision.json")))
-    deployed_path = ctx.path("deployed.json")
-    deployed = _read_json(deployed_path) if deployed_path.exists() else None
-    metric = decision.metric
-    new = decision.challenger.get(metric)
-    old = (decision.champion or {}).get(metric)
-    title = f"version {deployed['version']} deployed" if deployed else "retrained, not deployed"
-    details: dict[str, Any] = {"reason": decision.reason}
-    if deployed:
-        details["version"] = str(deployed["version"])
-    details |= {
-        "previous_version": decision.champion_version,
-        "primary_metric": metric,
-        "margin": decision.margin,
-        "champion": decision.champion or {},
-        "challenger": decision.challenger,
-        "run_folder": str(ctx.run_dir),
-    }
-    alert = alert_action(
-        "retrain_deployed" if deployed else "retrain_not_deployed",
-        key=f"retrain_ended:{ctx.run_id}",
-        model=ctx.model,
-        title=f"{title} ({metric} {_fmt(new)} vs {_fmt(old)})",
-        severity="info" if deployed else "warning",
-        details=details,
-        run={"dag_id": ctx.settings.dag_id(ctx.model), "run_id": ctx.run_id},
-    )
-    return render(alert, ctx.settings)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{value:.4g}"
 
 
 # ---- everything at once, without Airflow ---------------------------------------------

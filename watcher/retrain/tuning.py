@@ -33,7 +33,7 @@ from sklearn.model_selection import (
 from sklearn.pipeline import Pipeline
 
 from watcher.config import RetrainConfig
-from watcher.retrain.evaluation import limited_threads, sklearn_scoring
+from watcher.retrain.evaluation import sklearn_scoring
 from watcher.retrain.features import build_preprocessor
 
 log = logging.getLogger(__name__)
@@ -127,18 +127,9 @@ def tune(
     categorical: list[str],
     cfg: RetrainConfig,
 ) -> TuneResult:
-    """Search every configured family within the time budget; return the best, refitted."""
-    with limited_threads(cfg.threads):
-        return _tune(X, y, numeric, categorical, cfg)
+    """Search every configured family within the time budget; return the best, refitted.
 
-
-def _tune(
-    X: pd.DataFrame,
-    y: pd.Series,
-    numeric: list[str],
-    categorical: list[str],
-    cfg: RetrainConfig,
-) -> TuneResult:
+    The caller caps BLAS/OpenMP threads (`steps.train` runs under ``retrain.threads``)."""
     started = time.monotonic()
     scoring = sklearn_scoring(cfg.primary_metric, y)
     splits = min(cfg.cv_splits, max(2, len(X) // 20))
