@@ -142,9 +142,7 @@ TWO_REPLICAS_EXPECTED: dict[str, list[tuple[dict[str, str], float]]] = {
     "model-detail.json / Most drifted features / B": [
         ({"model": "m", "feature": "x", "stattest": "psi"}, 0.2)
     ],
-    "model-detail.json / Retrain decisions in the time range / A": [
-        ({"outcome": "triggered"}, 2)
-    ],
+    "model-detail.json / Retrain decisions in the time range / A": [({"outcome": "triggered"}, 2)],
     "model-detail.json / Retrain runs by state / A": [
         ({"model": "m", "state": "running"}, 0),
         ({"model": "m", "state": "success"}, 1),
