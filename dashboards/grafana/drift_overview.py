@@ -8,6 +8,9 @@ from dashboards.grafana.panels import (
     Q,
     bar_gauge,
     events_in_range,
+    newest,
+    on_duty,
+    owned,
     stat_panel,
     state_timeline,
     table_panel,
@@ -16,6 +19,7 @@ from dashboards.grafana.panels import (
 
 UID = "watcher-drift-overview"
 UP_DOWN = {"0": ("down", "red"), "1": ("up", "green")}
+IN_FLIGHT = 'watcher_retrain_runs{state=~"queued|running"}'
 
 
 def build() -> Board:
@@ -27,17 +31,23 @@ def build() -> Board:
 
     board.row("At a glance")
     board.add(
-        stat_panel("Daemon", [Q(f"up{{{JOB}}}")], mappings=UP_DOWN, no_value="not scraped"),
-        "Is Prometheus able to scrape the watcher daemon right now?",
+        stat_panel(
+            "Daemon",
+            # One value per replica (instance): each one's scrape is up or down.
+            [Q(f"up{{{JOB}}}", "{{instance}}")],
+            mappings=UP_DOWN,
+            no_value="not scraped",
+        ),
+        "Is Prometheus able to scrape the watcher daemon (each replica) right now?",
     )
     board.add(
-        stat_panel("Models monitored", [Q("count(watcher_model_info)")]),
+        stat_panel("Models monitored", [Q(f"count({owned('watcher_model_info')})")]),
         "How many models does the daemon have a reference for?",
     )
     board.add(
         stat_panel(
             "Models in drift",
-            [Q("sum(watcher_dataset_drifted)")],
+            [Q(f"sum({owned('watcher_dataset_drifted')})")],
             steps=[(None, "green"), (1, "red")],
         ),
         "How many models showed dataset drift in their last batch?",
@@ -53,7 +63,7 @@ def build() -> Board:
     board.add(
         stat_panel(
             "Retrain runs in flight",
-            [Q('sum(watcher_retrain_runs{state=~"queued|running"})')],
+            [Q(f"sum({on_duty(IN_FLIGHT)})")],
             steps=[(None, "green"), (1, "blue")],
         ),
         "Is a retraining run queued or running in Airflow right now?",
@@ -73,11 +83,13 @@ def build() -> Board:
         table_panel(
             "Models in production",
             [
-                Q("max by (model, version) (watcher_model_info)", instant=True, table=True),
-                Q("max by (model) (watcher_dataset_drift_ratio)", instant=True, table=True),
-                Q("max by (model) (watcher_drift_streak)", instant=True, table=True),
+                Q(owned("watcher_model_info", "model, version"), instant=True, table=True),
+                Q(owned("watcher_dataset_drift_ratio"), instant=True, table=True),
+                Q(owned("watcher_drift_streak"), instant=True, table=True),
+                # time() minus the newest timestamp: `max` of the differences would pick
+                # a stale replica's older batch.
                 Q(
-                    "max by (model) (time() - watcher_last_batch_timestamp_seconds)",
+                    f"time() - {newest('watcher_last_batch_timestamp_seconds')}",
                     instant=True,
                     table=True,
                 ),
@@ -100,7 +112,7 @@ def build() -> Board:
     board.add(
         timeseries(
             "Dataset drift share",
-            [Q("watcher_dataset_drift_ratio", "{{model}}")],
+            [Q(owned("watcher_dataset_drift_ratio"), "{{model}}")],
             unit="percentunit",
             minimum=0,
             maximum=1,
@@ -108,13 +120,15 @@ def build() -> Board:
         "What share of each model's features drifted, batch after batch?",
     )
     board.add(
-        timeseries("Drifted features", [Q("watcher_drifted_features", "{{model}}")], minimum=0),
+        timeseries(
+            "Drifted features", [Q(owned("watcher_drifted_features"), "{{model}}")], minimum=0
+        ),
         "How many features drifted in each model's last batch?",
     )
     board.add(
         state_timeline(
             "Dataset drift",
-            [Q("watcher_dataset_drifted", "{{model}}")],
+            [Q(owned("watcher_dataset_drifted"), "{{model}}")],
             mappings={"0": ("no drift", "green"), "1": ("drift", "red")},
         ),
         "When was each model in dataset drift?",
@@ -122,7 +136,7 @@ def build() -> Board:
     board.add(
         timeseries(
             "Drift streak",
-            [Q("watcher_drift_streak", "{{model}}")],
+            [Q(owned("watcher_drift_streak"), "{{model}}")],
             minimum=0,
         ),
         "For how many consecutive batches has each model drifted (what the retrain policy counts)?",
@@ -144,13 +158,19 @@ def build() -> Board:
         "How fast are batches arriving and being scored, rejected or failing, per model?",
     )
     board.add(
-        timeseries("Rows per batch", [Q("watcher_batch_rows", "{{model}}")], minimum=0),
+        timeseries("Rows per batch", [Q(owned("watcher_batch_rows"), "{{model}}")], minimum=0),
         "How big was each model's last scored batch?",
     )
     board.add(
         bar_gauge(
             "Time since last scored batch",
-            [Q("time() - watcher_last_batch_timestamp_seconds", "{{model}}", instant=True)],
+            [
+                Q(
+                    f"time() - {newest('watcher_last_batch_timestamp_seconds')}",
+                    "{{model}}",
+                    instant=True,
+                )
+            ],
             unit="s",
             minimum=0,
             steps=[(None, "green"), (3600, "orange"), (7200, "red")],
@@ -184,7 +204,7 @@ def build() -> Board:
     board.add(
         timeseries(
             "Retrain runs by state",
-            [Q("sum by (model, state) (watcher_retrain_runs)", "{{model}} {{state}}")],
+            [Q(on_duty("watcher_retrain_runs", "model, state"), "{{model}} {{state}}")],
             minimum=0,
             w=8,
         ),

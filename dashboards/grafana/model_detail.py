@@ -5,10 +5,14 @@ from __future__ import annotations
 from grafana_foundation_sdk.models.common import BigValueTextMode
 
 from dashboards.grafana.panels import (
+    ON_DUTY_ONLY,
     Board,
     Q,
     bar_gauge,
     events_in_range,
+    newest,
+    on_duty,
+    owned,
     stat_panel,
     state_timeline,
     table_panel,
@@ -17,6 +21,13 @@ from dashboards.grafana.panels import (
 
 UID = "watcher-model-detail"
 M = 'model="$model"'
+SCORE = f"watcher_feature_drift_score{{{M}}}"
+THRESHOLD = f"watcher_feature_drift_threshold{{{M}}}"
+DRIFTED = f"watcher_feature_drifted{{{M}}}"
+FEATURE_TEST = "model, feature, stattest"
+FAILED_RUNS = f'watcher_retrain_runs{{{M},state="failed"}}'
+LAST_BATCH = f"watcher_last_batch_timestamp_seconds{{{M}}}"
+LAST_SUCCESS = f"watcher_retrain_last_success_timestamp_seconds{{{M}}}"
 
 
 def build() -> Board:
@@ -36,13 +47,14 @@ def build() -> Board:
     )
     board.annotation(
         "Retrain succeeded",
-        f"changes(watcher_retrain_last_success_timestamp_seconds{{{M}}}[2m]) > 0",
+        # One event per model however many replicas exported the timestamp.
+        f"max by (model) (changes({LAST_SUCCESS}[2m])) > 0",
         "green",
         "Retrain succeeded: new model in production",
     )
     board.annotation(
         "Retrain failed",
-        f'delta(watcher_retrain_runs{{{M},state="failed"}}[2m]) > 0',
+        f"max by (model) (delta({FAILED_RUNS}[2m]) {ON_DUTY_ONLY}) > 0",
         "red",
         "Retrain run failed",
     )
@@ -51,7 +63,7 @@ def build() -> Board:
     board.add(
         stat_panel(
             "Dataset drift share",
-            [Q(f"watcher_dataset_drift_ratio{{{M}}}")],
+            [Q(owned(f"watcher_dataset_drift_ratio{{{M}}}"))],
             unit="percentunit",
             steps=[(None, "green"), (0.5, "red")],
         ),
@@ -60,7 +72,7 @@ def build() -> Board:
     board.add(
         stat_panel(
             "Drifted features",
-            [Q(f"watcher_drifted_features{{{M}}}")],
+            [Q(owned(f"watcher_drifted_features{{{M}}}"))],
             steps=[(None, "green"), (1, "orange")],
         ),
         "How many features drifted in the last batch?",
@@ -68,7 +80,7 @@ def build() -> Board:
     board.add(
         stat_panel(
             "Drift streak",
-            [Q(f"watcher_drift_streak{{{M}}}")],
+            [Q(owned(f"watcher_drift_streak{{{M}}}"))],
             steps=[(None, "green"), (1, "orange"), (3, "red")],
         ),
         "For how many consecutive batches has the model drifted?",
@@ -76,19 +88,19 @@ def build() -> Board:
     board.add(
         stat_panel(
             "Version in production",
-            [Q(f"watcher_model_info{{{M}}}", "{{version}}", instant=True)],
+            [Q(owned(f"watcher_model_info{{{M}}}", "model, version"), "{{version}}", instant=True)],
             text_mode=BigValueTextMode.NAME,
         ),
         "Which model version's reference data is the daemon comparing against?",
     )
     board.add(
-        stat_panel("Rows in last batch", [Q(f"watcher_batch_rows{{{M}}}")], unit="short"),
+        stat_panel("Rows in last batch", [Q(owned(f"watcher_batch_rows{{{M}}}"))], unit="short"),
         "How many rows did the last scored batch have?",
     )
     board.add(
         stat_panel(
             "Last batch scored",
-            [Q(f"time() - watcher_last_batch_timestamp_seconds{{{M}}}")],
+            [Q(f"time() - {newest(LAST_BATCH)}")],
             unit="s",
             steps=[(None, "green"), (3600, "orange"), (7200, "red")],
         ),
@@ -100,8 +112,8 @@ def build() -> Board:
         timeseries(
             "Feature drift score against threshold",
             [
-                Q(f"watcher_feature_drift_score{{{M}}}", "{{feature}} ({{stattest}})"),
-                Q(f"watcher_feature_drift_threshold{{{M}}}", "{{feature}} threshold"),
+                Q(owned(SCORE, FEATURE_TEST), "{{feature}} ({{stattest}})"),
+                Q(owned(THRESHOLD, FEATURE_TEST), "{{feature}} threshold"),
             ],
             w=24,
             h=10,
@@ -114,27 +126,16 @@ def build() -> Board:
         table_panel(
             "Most drifted features",
             [
+                # A subquery over the owner's series: a model that moved in the range is
+                # one line, and a stale replica's frozen copy is not averaged in.
                 Q(
-                    f"max by (model, feature) "
-                    f"(avg_over_time(watcher_feature_drifted{{{M}}}[$__range]))",
+                    f"avg_over_time(({owned(DRIFTED, 'model, feature')})[$__range:])",
                     instant=True,
                     table=True,
                 ),
-                Q(
-                    f"max by (model, feature, stattest) (watcher_feature_drift_score{{{M}}})",
-                    instant=True,
-                    table=True,
-                ),
-                Q(
-                    f"max by (model, feature, stattest) (watcher_feature_drift_threshold{{{M}}})",
-                    instant=True,
-                    table=True,
-                ),
-                Q(
-                    f"max by (model, feature) (watcher_feature_drifted{{{M}}})",
-                    instant=True,
-                    table=True,
-                ),
+                Q(owned(SCORE, FEATURE_TEST), instant=True, table=True),
+                Q(owned(THRESHOLD, FEATURE_TEST), instant=True, table=True),
+                Q(owned(DRIFTED, "model, feature"), instant=True, table=True),
             ],
             hide=["model"],
             rename={
@@ -150,7 +151,7 @@ def build() -> Board:
     board.add(
         state_timeline(
             "Drifted features over time",
-            [Q(f"watcher_feature_drifted{{{M}}}", "{{feature}}")],
+            [Q(owned(DRIFTED, "model, feature"), "{{feature}}")],
             mappings={"0": ("stable", "green"), "1": ("drifted", "red")},
         ),
         "When did each feature drift?",
@@ -158,7 +159,7 @@ def build() -> Board:
     board.add(
         timeseries(
             "Missing values",
-            [Q(f"watcher_missing_values_ratio{{{M}}}", "{{feature}}")],
+            [Q(owned(f"watcher_missing_values_ratio{{{M}}}", "model, feature"), "{{feature}}")],
             unit="percentunit",
             minimum=0,
         ),
@@ -183,14 +184,14 @@ def build() -> Board:
     board.add(
         timeseries(
             "Prediction drift",
-            [Q(f"watcher_prediction_drift_score{{{M}}}", "prediction")],
+            [Q(owned(f"watcher_prediction_drift_score{{{M}}}"), "prediction")],
         ),
         "Did the distribution of the model's predictions move away from the reference?",
     )
     board.add(
         timeseries(
             "Performance on labelled data",
-            [Q(f"watcher_model_performance{{{M}}}", "{{metric}}")],
+            [Q(owned(f"watcher_model_performance{{{M}}}", "model, metric"), "{{metric}}")],
         ),
         "How good is the production model once labels arrive (MAE, RMSE, accuracy...)?",
     )
@@ -265,8 +266,11 @@ def build() -> Board:
         timeseries(
             "Trigger signals against their thresholds",
             [
-                Q(f"watcher_trigger_signal_value{{{M}}}", "{{signal}}"),
-                Q(f"watcher_trigger_signal_threshold{{{M}}}", "{{signal}} threshold"),
+                Q(owned(f"watcher_trigger_signal_value{{{M}}}", "model, signal"), "{{signal}}"),
+                Q(
+                    owned(f"watcher_trigger_signal_threshold{{{M}}}", "model, signal"),
+                    "{{signal}} threshold",
+                ),
             ],
             minimum=0,
             w=8,
@@ -277,7 +281,7 @@ def build() -> Board:
     board.add(
         timeseries(
             "Retrain runs by state",
-            [Q(f"watcher_retrain_runs{{{M}}}", "{{state}}")],
+            [Q(on_duty(f"watcher_retrain_runs{{{M}}}", "model, state"), "{{state}}")],
             minimum=0,
             w=8,
         ),
@@ -286,7 +290,7 @@ def build() -> Board:
     board.add(
         stat_panel(
             "Last successful retrain",
-            [Q(f"watcher_retrain_last_success_timestamp_seconds{{{M}}} * 1000")],
+            [Q(f"{newest(LAST_SUCCESS)} * 1000")],
             unit="dateTimeFromNow",
             w=8,
             h=8,

@@ -149,6 +149,50 @@ def events_in_range(selector: str, by: str) -> str:
     return f"sum by ({by}) (clamp_min({selector} - ({start}), 0))"
 
 
+# Replicas (watcher.replicas): every replica is its own target (`instance`), and reads of
+# a per-model metric must neither add two replicas' copies nor show a stale one.
+#
+# - Counters: each replica counts what it did itself (a model that moves keeps its old
+#   owner's counter, frozen, and starts one on the new owner), so `sum by` over rates,
+#   increases and `events_in_range` adds the replicas' shares up to the fleet's total.
+# - "Last batch" gauges (drift share, streak, rows, per-feature scores, performance...):
+#   `owned`. A replica that loses a model forgets the gauges it keeps in ModelFamilies,
+#   but the labelled prometheus_client gauges (per feature, per metric) stay behind
+#   frozen, and a `max by` over them would mix the owner's value with a stale one. So a
+#   series counts only while its replica owns the model: `unless ... watcher_model_owned
+#   == 0` (not `and ... == 1`, so a lone SQLite daemon, which exports no
+#   watcher_model_owned, keeps all its series). The `max by` around it drops `instance`,
+#   so a model that moved stays one line across the move, and the instant of a hand-over
+#   (both replicas scraped as owners) is not counted twice.
+# - Timestamps (last batch, last successful retrain) only grow: `newest`, the max across
+#   replicas, is the true one; a stale copy is older and never wins, and it stays right
+#   in the moment after a hand-over before the new owner's first batch.
+# - The run tracker's gauges (watcher_retrain_runs) are exported by the replica on the
+#   fleet duties, for every model, from the shared runs table: `on_duty` keeps that
+#   replica's series (a former duty holder's copies are frozen). A lone daemon exports
+#   watcher_replicas_live 0, and keeps them all.
+OWNER_ONLY = "unless on (job, instance, model) (watcher_model_owned == 0)"
+ON_DUTY_ONLY = (
+    "unless on (job, instance) "
+    "((watcher_replica_duties == 0) and on (job, instance) (watcher_replicas_live > 0))"
+)
+
+
+def owned(selector: str, by: str = "model") -> str:
+    """PromQL: a per-model gauge as its owner exports it, one series per `by`."""
+    return f"max by ({by}) ({selector} {OWNER_ONLY})"
+
+
+def on_duty(selector: str, by: str = "model") -> str:
+    """PromQL: a fleet-wide gauge as the replica on duty exports it, one series per `by`."""
+    return f"max by ({by}) ({selector} {ON_DUTY_ONLY})"
+
+
+def newest(selector: str, by: str = "model") -> str:
+    """PromQL: a timestamp gauge's newest value across replicas, one series per `by`."""
+    return f"max by ({by}) ({selector})"
+
+
 def _target(q: Q, ref_id: str) -> prometheus.Dataquery:
     target = (
         prometheus.Dataquery()

@@ -86,6 +86,9 @@ NO_SERIES = {
     "watcher_retrain_runs": _TRACKER,
     "watcher_retrain_last_success_timestamp_seconds": _SUCCESS,
     "watcher_model_performance": _LABELS,
+    # The replica filters of the rules and dashboards read it; test_dashboards_replicas.py
+    # evaluates them over two replicas' series.
+    "watcher_model_owned": "a lone SQLite daemon has no replicas, so no watcher_model_owned",
 }
 # What some panels must show after the scenario: {where: [(labels of a series, value)]}.
 # The "in the time range" panels count events whose labelled series first appears at 1

@@ -230,3 +230,44 @@ def test_readme_lists_every_panel_as_generated() -> None:
     assert len(rows) > 50
     for row in rows:
         assert row in listed, f"README lacks the panel row: {row}"
+
+
+def _model_gauges() -> set[str]:
+    """Gauges labelled by model, as exposed."""
+    metrics = Metrics(CollectorRegistry())
+    names = set()
+    for value in vars(metrics).values():
+        if isinstance(value, ModelGauge) and "model" in value.labelnames:
+            names.add(value.name)
+        elif (
+            isinstance(value, MetricWrapperBase)
+            and value._type == "gauge"
+            and "model" in value._labelnames
+        ):
+            names.add(value._name)
+    return names
+
+
+def test_per_model_gauges_are_read_once_per_model_across_replicas() -> None:
+    """With replicas each model gauge is taken from one replica (see the replica comment
+    in dashboards/grafana/panels.py): its owner's, the duty holder's for the run tracker's
+    counts, or the newest for timestamps; a bare read would show one series per replica."""
+    gauges = _model_gauges()
+    assert {"watcher_drift_streak", "watcher_feature_drift_score", "watcher_retrain_runs"} <= (
+        gauges
+    )
+    owner = "unless on (job, instance, model) (watcher_model_owned == 0)"
+    duty = "unless on (job, instance) ((watcher_replica_duties == 0)"
+    for name in ("drift-overview.json", "model-detail.json"):
+        board = load(name)
+        queries = [(p["title"], e) for p in panels(board) for e in exprs(p)]
+        queries += [(a["name"], a["expr"]) for a in board["annotations"]["list"]]
+        for title, expr in queries:
+            for gauge in sorted(metric_names(expr) & gauges):
+                if gauge.endswith("_timestamp_seconds"):
+                    assert f"max by (model) ({gauge}" in expr or "changes(" in expr, (title, expr)
+                elif gauge == "watcher_retrain_runs":
+                    assert duty in expr, (title, expr)
+                else:
+                    assert owner in expr, (title, expr)
+                    assert expr.count("max by (model") == 1, (title, expr)
