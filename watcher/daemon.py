@@ -31,7 +31,8 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from watcher.background import Background, build_workers
 from watcher.config import Settings, check_runtime
-from watcher.metrics import Health, Metrics, MetricsServer
+from watcher.metrics import Metrics
+from watcher.metrics_http import Health, MetricsServer
 from watcher.model_quality import PerformanceTracker
 from watcher.model_round import ModelRound
 from watcher.pipeline import ModelRuntime, Pipeline

@@ -16,7 +16,8 @@ from typing import Any
 
 from watcher.config import Settings
 from watcher.errors import SourceError, WatcherError
-from watcher.metrics import Health, Metrics
+from watcher.metrics import Metrics
+from watcher.metrics_http import Health
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference_keeper import ReferenceKeeper
 from watcher.source_alerts import SourceAlerts
