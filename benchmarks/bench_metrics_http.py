@@ -16,7 +16,8 @@ import argparse
 import time
 import urllib.request
 
-from watcher.metrics import Health, Metrics, MetricsServer
+from watcher.metrics import Metrics
+from watcher.metrics_http import Health, MetricsServer
 
 
 def main() -> None:

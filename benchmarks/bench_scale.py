@@ -65,7 +65,8 @@ from watcher import chunked
 from watcher.config import ColumnsConfig, QualityConfig, dump_toml, load_config
 from watcher.drift import catalog, engine, stattests
 from watcher.drift.quality import check_batch, profile_reference
-from watcher.metrics import Health, Metrics, MetricsServer
+from watcher.metrics import Metrics
+from watcher.metrics_http import Health, MetricsServer
 from watcher.model_quality import PerformanceTracker
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference import load_reference

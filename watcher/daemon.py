@@ -4,10 +4,11 @@ The main loop is deliberately small: poll each model's source, score what arrive
 worker thread), reload a reference when the registry's production version changed, and
 beat the health heartbeat. Everything that talks to the outside world (Airflow, SMTP)
 runs as owned background workers fed by the outbox, so a slow SMTP server never delays
-scoring and a crash never loses an action. The parts live elsewhere: one model's round in
-`watcher.model_round`, sources built by `watcher.sources.factory`, references kept by
-`watcher.reference_keeper`, a source's health alerted by `watcher.source_alerts`, the
-workers run by `watcher.background`.
+scoring and a crash never loses an action. The parts live elsewhere: one model opened and
+its rounds in `watcher.model_round`, the rounds scheduled (and the wait between them) by
+`watcher.scheduling`, references kept by `watcher.reference_keeper`, a source's health
+alerted by `watcher.source_alerts`, the workers run by `watcher.background`, the models
+shared between replicas by `watcher.replicas`.
 
 SIGTERM/SIGINT stop intake at once; a batch being scored gets `shutdown_timeout_seconds`
 to finish and is otherwise abandoned (its ledger claim makes the next start score it
@@ -31,19 +32,16 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from watcher.background import Background, build_workers
 from watcher.config import Settings, check_runtime
-from watcher.metrics import Health, Metrics, MetricsServer
-from watcher.model_quality import PerformanceTracker
-from watcher.model_round import ModelRound
+from watcher.metrics import Metrics
+from watcher.metrics_http import Health, MetricsServer
+from watcher.model_round import ModelRound, open_model
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference_keeper import ReferenceKeeper
-from watcher.replicas import Replicas, on_duty_only
+from watcher.replicas import on_duty_only, replicas_for
 from watcher.scheduling import ModelScheduler
 from watcher.secrets import Scrubber, secret_values
 from watcher.source_alerts import SourceAlerts
-from watcher.sources.directory import DirectorySource
-from watcher.sources.factory import build_source
 from watcher.state import RunRecord, StateDirLock, open_state
-from watcher.threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +59,10 @@ class Daemon:
         self.store = open_state(settings)
         self.store.scrub = Scrubber(secret_values(settings))
         self.lock = StateDirLock(settings.daemon.state_dir)
-        # On PostgreSQL, replicas share the models (watcher.replicas); SQLite: one daemon.
-        self.replicas: Replicas | None = None
-        if self.store.target.path is None:
-            self.replicas = Replicas(self.store, settings.models, settings.state, self.metrics)
         self.scheduler = ModelScheduler(settings.daemon.workers)
-        if self.replicas is not None:
-            self.replicas.busy = self.scheduler.busy
+        self.replicas = replicas_for(  # None on SQLite: one daemon owns every model
+            self.store, settings.models, settings.state, self.metrics, self.scheduler.busy
+        )
         self.pipeline = Pipeline(settings, self.store, self.metrics)
         self.references = ReferenceKeeper(settings, self.store, self.metrics)
         self.sources = SourceAlerts(settings, self.store, self.metrics)
@@ -87,8 +82,6 @@ class Daemon:
         self._sigints = 0
         # Replaced in tests: a forced exit must not end the test run.
         self._force_exit: Callable[[int], Any] = os._exit
-        # Set by a source's file-system notifications: start the next round now.
-        self._wake = asyncio.Event()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -120,17 +113,12 @@ class Daemon:
             self._server.start()
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, self._server.port)
         for name, model_cfg in cfg.models.items():
-            reference = await self.references.at_start(name, model_cfg)
-            source = build_source(name, model_cfg, self.store, self.metrics)
-            performance = PerformanceTracker(
-                name, model_cfg, cfg.daemon.state_dir, self.store, self.metrics, source
+            self.models[name] = await open_model(
+                name, model_cfg, cfg, self.references, self.store, self.metrics, self.scheduler.wake
             )
-            self.models[name] = ModelRuntime(name, model_cfg, source, reference, performance)
-            if isinstance(source, DirectorySource):
-                source.start_watching(self._wake)
-            self.metrics.init_model(name, preset_events=cfg.metrics.detail == "feature")
-            self.metrics.source_polled(name, up=True)
-        workers = build_workers(cfg, self.store, self.metrics, self.on_run_success, self.on_run_end)
+        workers = build_workers(
+            cfg, self.store, self.metrics, self.on_run_success, self.references.run_ended
+        )
         if self.replicas is not None:  # the fleet's duties on one replica at a time
             workers = on_duty_only(workers, self.replicas)
         self.background = Background(workers)
@@ -146,7 +134,7 @@ class Daemon:
             await self.scheduler.round(owned, self._model_round, interval, self.health.beat)
             with contextlib.suppress(Exception):  # a metric only; the store may be failing
                 self.metrics.outbox_pending_now(self.store.pending_counts())
-            await self._until_next_round(interval)
+            await self.scheduler.until_next_round(self.stop, interval)
         await self.scheduler.drain()
 
     async def _model_round(self, name: str) -> None:
@@ -197,30 +185,7 @@ class Daemon:
             else None
         )
 
-    # ---- the loop's steps -----------------------------------------------------------------
-
-    async def _until_next_round(self, interval: float) -> None:
-        """Sleep one poll interval, or less when a stop or a file-system event comes."""
-        waits = {
-            asyncio.ensure_future(self.stop.wait()),
-            asyncio.ensure_future(self._wake.wait()),
-        }
-        try:
-            await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        self._wake.clear()
-
-    # ---- called by the run tracker ----------------------------------------------------------
-
-    async def on_run_end(self, run: RunRecord) -> None:
-        """Every ended run: its drift reports go to MLflow."""
-        from watcher.run_artifacts import attach_drift_reports
-
-        await run_in_daemon_thread(
-            attach_drift_reports, self.references.registry, self.settings, run
-        )
+    # ---- called by the run tracker (an ended run's reports: `ReferenceKeeper.run_ended`) ----
 
     async def on_run_success(self, model: str, run: RunRecord) -> None:
         """A retrain run ended well: look at the registry now."""

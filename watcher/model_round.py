@@ -1,4 +1,8 @@
-"""One round of one model in the daemon's main loop, each step contained.
+"""One model in the daemon's main loop: opened at start, then one round after another,
+each step contained.
+
+Opening a model builds what its rounds use (`ModelRuntime`): its reference, its source
+(`watcher.sources.factory`), its performance tracker, and presets its series.
 
 A round is: reload the reference if the registry moved, poll the source and score what
 arrived (each batch in a worker thread), read new label files, check the source's
@@ -14,16 +18,41 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from watcher.config import Settings
+from watcher.config import ModelConfig, Settings
 from watcher.errors import SourceError, WatcherError
-from watcher.metrics import Health, Metrics
+from watcher.metrics import Metrics
+from watcher.metrics_http import Health
+from watcher.model_quality import PerformanceTracker
 from watcher.pipeline import ModelRuntime, Pipeline
 from watcher.reference_keeper import ReferenceKeeper
 from watcher.source_alerts import SourceAlerts
-from watcher.state import DB_ERRORS, LeaseLost
+from watcher.sources.directory import DirectorySource
+from watcher.sources.factory import build_source
+from watcher.state import DB_ERRORS, LeaseLost, StateStore
 from watcher.threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
+
+
+async def open_model(
+    name: str,
+    cfg: ModelConfig,
+    settings: Settings,
+    references: ReferenceKeeper,
+    store: StateStore,
+    metrics: Metrics,
+    wake: asyncio.Event,
+) -> ModelRuntime:
+    """What one model's rounds use; a folder source sets `wake` when a batch may be ready."""
+    reference = await references.at_start(name, cfg)
+    source = build_source(name, cfg, store, metrics)
+    performance = PerformanceTracker(name, cfg, settings.daemon.state_dir, store, metrics, source)
+    rt = ModelRuntime(name, cfg, source, reference, performance)
+    if isinstance(source, DirectorySource):
+        source.start_watching(wake)
+    metrics.init_model(name, preset_events=settings.metrics.detail == "feature")
+    metrics.source_polled(name, up=True)
+    return rt
 
 
 class ModelRound:

@@ -22,7 +22,7 @@ from watcher.pipeline import ModelRuntime
 from watcher.reference import Reference, load_reference, prepare, reference_tag, registry_loader
 from watcher.registry import ModelRegistry
 from watcher.registry_backend import open_registry, pointer_text
-from watcher.state import StateStore
+from watcher.state import RunRecord, StateStore
 from watcher.threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,12 @@ class ReferenceKeeper:
         if isinstance(self.registry, ModelRegistry):
             return fn(*args)
         return await run_in_daemon_thread(fn, *args)
+
+    async def run_ended(self, run: RunRecord) -> None:
+        """Every ended retrain run: its drift reports go to its MLflow run."""
+        from watcher.run_artifacts import attach_drift_reports
+
+        await run_in_daemon_thread(attach_drift_reports, self.registry, self.settings, run)
 
     async def reload_now(self, rt: ModelRuntime) -> None:
         """A retrain run ended well: look at the registry now, even at a version that failed

@@ -297,3 +297,19 @@ def on_duty_only(workers: list[PeriodicWorker], replicas: Replicas) -> list[Peri
         if worker.name == "airflow-health":
             worker.pages = replicas.has_duties  # type: ignore[attr-defined]
     return [OnDutyOnly(w, replicas) if w.name in FLEET_DUTIES else w for w in workers]
+
+
+def replicas_for(
+    store: StateStore,
+    models: Iterable[str],
+    cfg: StateConfig,
+    metrics: Metrics,
+    busy: set[str],
+) -> Replicas | None:
+    """On PostgreSQL, replicas share the models; on SQLite one daemon owns them all (None).
+    `busy` is the scheduler's: a model being scored is never handed over."""
+    if store.target.path is not None:
+        return None
+    replicas = Replicas(store, models, cfg, metrics)
+    replicas.busy = busy
+    return replicas

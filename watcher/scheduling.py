@@ -2,10 +2,11 @@
 
 Each model's round (registry check, poll, score what arrived, labels, silence) is a task
 of its own; at most `workers` of them run at a time (the CPU work of each runs in a
-thread, see `watcher.daemon.run_in_daemon_thread`). A round of the main loop starts the
+thread, see `watcher.threads.run_in_daemon_thread`). A round of the main loop starts the
 models that are not running yet and waits for them at most one poll interval: a model
 whose round is still running (a huge batch, a slow database) is skipped, not waited for,
-so one slow model never holds the others back.
+so one slow model never holds the others back. Between rounds the loop sleeps one poll
+interval, or less when a stop or a file-system notification (`wake`) comes.
 
 With `workers = 1` the models run one after another, in order, as they always did.
 """
@@ -23,6 +24,8 @@ class ModelScheduler:
         self._running: dict[str, asyncio.Task[None]] = {}
         # Models whose round holds a worker now (read by the replicas: never handed over).
         self.busy: set[str] = set()
+        # Set by a source's file-system notifications: start the next round now.
+        self.wake = asyncio.Event()
 
     @property
     def running(self) -> set[str]:
@@ -73,3 +76,16 @@ class ModelScheduler:
         tasks = list(self._running.values())
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def until_next_round(self, stop: asyncio.Event, interval: float) -> None:
+        """Sleep one poll interval, or less when a stop or a file-system event comes."""
+        waits = {
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self.wake.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self.wake.clear()

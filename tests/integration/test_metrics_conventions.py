@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from support import drop, frame, write_config
 
 from watcher.config import load_config
-from watcher.metrics import Health, Metrics, MetricsServer
+from watcher.metrics import Metrics
+from watcher.metrics_http import Health, MetricsServer
 from watcher.state import StateStore
 
 
