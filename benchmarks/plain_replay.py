@@ -30,12 +30,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from policy_matrix import DATASETS
+from policy_matrix import DATASETS, example_history
 
-from watcher import backtest as bt
-from watcher.config import load_config
-from watcher.retrain.bootstrap import load_example_data
-from watcher.retrain.data import read_table
 from watcher.retrain.evaluation import classification_metrics, limited_threads, regression_metrics
 
 SCHEDULES = (1, 2, 3, 4, 6, 8)
@@ -45,13 +41,8 @@ def replay(name: str, *, anchor: str, encoding: str) -> tuple[str, dict[int, tup
     """(metric, {every k: (runs, error)}) of the plain model over the backtest's periods."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-    data, config = DATASETS[name]
-    settings = load_config(config)
-    model = next(iter(settings.models))
-    model_cfg = settings.models[model]
+    _, model_cfg, history = example_history(name)
     cfg, cols = model_cfg.retrain, model_cfg.columns
-    frame = load_example_data(settings, model) if name == "bikeshare" else read_table(data)
-    history = bt.load_history(frame, model_cfg, model)
     f = history.frame
     feats = [*cols.numeric, *cols.categorical]
     kw: dict[str, Any] = {}

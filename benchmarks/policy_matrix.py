@@ -28,7 +28,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from watcher import backtest as bt
-from watcher.config import PerformanceSignalConfig, load_config
+from watcher.config import ModelConfig, PerformanceSignalConfig, load_config
 from watcher.fileio import read_table
 from watcher.retrain.bootstrap import load_example_data
 from watcher.retrain.evaluation import (
@@ -52,6 +52,16 @@ DATASETS = {
 }
 
 
+def example_history(name: str) -> tuple[Any, ModelConfig, Any]:
+    """(settings, the model's config, its backtest history) of a bundled example."""
+    data, config = DATASETS[name]
+    settings = load_config(config)
+    model = next(iter(settings.models))
+    model_cfg = settings.models[model]
+    frame = load_example_data(settings, model) if name == "bikeshare" else read_table(data)
+    return settings, model_cfg, bt.load_history(frame, model_cfg, model)
+
+
 @dataclass
 class Matrix:
     """Everything a policy simulation needs, for one data set."""
@@ -69,12 +79,7 @@ class Matrix:
 
 
 def _trainings(name: str, cache: Path, jobs: int) -> tuple[Any, Any, Any]:
-    data, config = DATASETS[name]
-    settings = load_config(config)
-    model = next(iter(settings.models))
-    model_cfg = settings.models[model]
-    frame = load_example_data(settings, model) if name == "bikeshare" else read_table(data)
-    history = bt.load_history(frame, model_cfg, model)
+    settings, model_cfg, history = example_history(name)
     path = cache / f"{name}.trainings.pkl"
     if path.exists():
         with path.open("rb") as fh:
@@ -104,13 +109,8 @@ def build_fast(name: str, cache: Path) -> Matrix:
         return cached
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-    data, config = DATASETS[name]
-    settings = load_config(config)
-    model = next(iter(settings.models))
-    model_cfg = settings.models[model]
+    _, model_cfg, history = example_history(name)
     cfg, cols = model_cfg.retrain, model_cfg.columns
-    frame = load_example_data(settings, model) if name == "bikeshare" else read_table(data)
-    history = bt.load_history(frame, model_cfg, model)
     f = history.frame.copy()
     feats = list(cols.numeric) + list(cols.categorical)
     # One-hot categoricals, as the examples' pipeline (`encoding = "onehot"`).
