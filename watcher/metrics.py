@@ -51,6 +51,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._feature_tests: dict[tuple[str, str], str] = {}
+        # model -> the columns and metrics its labelled gauges were written for: what
+        # `forget_model` removes when a replica loses the model.
+        self._feature_columns: dict[str, set[str]] = {}
+        self._performance_metrics: dict[str, set[str]] = {}
         self._versions: dict[str, str] = {}  # model -> the version watcher_model_info shows
         r = self.registry
         # Process CPU and memory for the operations dashboard.
@@ -371,6 +375,34 @@ class Metrics:
 
     # ---- one writer per series: what happened ----------------------------------------------
 
+    def performance_measured(self, model: str, metric: str, value: float) -> None:
+        """The production model's error (or score) on its labelled rows."""
+        self.model_performance.labels(model, metric).set(value)
+        self._performance_metrics.setdefault(model, set()).add(metric)
+
+    def forget_model(self, model: str) -> None:
+        """Stop exporting `model`'s gauges: a replica lost it, and its owner exports them
+        now (a frozen copy here would be a second, stale truth). Counters stay: summed
+        across replicas, a rate never reads them as current."""
+        self.model_families.forget(model)
+        for col in self._feature_columns.pop(model, set()):
+            test = self._feature_tests.pop((model, col), None)
+            removals: list[tuple[Gauge, tuple[str, ...]]] = [
+                (self.feature_drifted, (model, col)),
+                (self.missing_values_ratio, (model, col)),
+            ]
+            if test is not None:
+                removals += [
+                    (self.feature_drift_score, (model, col, test)),
+                    (self.feature_drift_threshold, (model, col, test)),
+                ]
+            for gauge, labels in removals:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+        for metric in self._performance_metrics.pop(model, set()):
+            with contextlib.suppress(KeyError):
+                self.model_performance.remove(model, metric)
+
     def batch_scored(
         self,
         model: str,
@@ -388,15 +420,18 @@ class Metrics:
         self.dataset_drifted.labels(model).set(int(drift.dataset_drift))
         self.drifted_features.labels(model).set(drift.n_drifted)
         self.drift_streak_now(model, streak)
+        columns = self._feature_columns.setdefault(model, set())
         for col, c in drift.columns.items() if per_feature else ():
             self.set_feature_drift(model, col, c.stattest, c.score, c.threshold)
             self.feature_drifted.labels(model, col).set(int(c.drifted))
+            columns.add(col)
         if drift.prediction is not None:
             self.prediction_drift_score.labels(model).set(drift.prediction.score)
         for test, _ in drift.failures.values():
             self.drift_test_failures.labels(model, test).inc()
         for col, share in quality.missing_share.items() if per_feature else ():
             self.missing_values_ratio.labels(model, col).set(share)
+            columns.add(col)
         for v in quality.violations:
             self.quality_violation(model, v.check)
 

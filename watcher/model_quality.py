@@ -340,7 +340,7 @@ class PerformanceTracker:
     def _export(self, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
         result = self._metrics(y, p)
         for metric, value in result.items():
-            self.metrics.model_performance.labels(self.model, metric).set(value)
+            self.metrics.performance_measured(self.model, metric, value)
         log.info(
             "%s: performance on %d labelled rows: %s",
             self.model,

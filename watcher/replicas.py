@@ -192,7 +192,7 @@ class Replicas:
         for model in lost:
             self.changes.labels("lost").inc()
             if model != DUTIES:
-                self.metrics.model_families.forget(model)
+                self.metrics.forget_model(model)
                 log.warning("lost the lease on %s: another replica scores it now", model)
         live = store.live_leases()
         share = math.ceil(len(self.models) / n_replicas)
@@ -263,7 +263,7 @@ class Replicas:
         for model in gone:
             self.changes.labels(change).inc()
             if model != DUTIES:
-                self.metrics.model_families.forget(model)
+                self.metrics.forget_model(model)
             if change == "lost" and model != DUTIES:
                 log.warning("lost the lease on %s: another replica scores it now", model)
 

@@ -70,7 +70,7 @@ def test_no_module_writes_these_series_but_metrics() -> None:
         r"\.(batches|batches_rejected|retrain_decisions|retrain_deliveries|source_up|problems"
         r"|outbox_pending|batch_rows|dataset_drift_ratio|dataset_drifted|drifted_features"
         r"|quality_violations|drift_test_failures|missing_values_ratio|drift_streak|alerts"
-        r"|webhooks|dead_letters|evidently_snapshots)\.labels\("
+        r"|webhooks|dead_letters|evidently_snapshots|model_performance|feature_drifted)\.labels\("
     )
     offenders = [
         f"{path.relative_to(WATCHER)}:{n}"
@@ -80,3 +80,47 @@ def test_no_module_writes_these_series_but_metrics() -> None:
         if written.search(line)
     ]
     assert offenders == []
+
+
+def test_forgetting_a_model_removes_its_labelled_gauges_and_keeps_its_counters() -> None:
+    """A replica that lost a model stops exporting every gauge of it, per-feature ones
+    included (the owner exports them now); the other models and the counters stay."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    registry = CollectorRegistry()
+    m = Metrics(registry)
+
+    def scored(model: str) -> None:
+        column = SimpleNamespace(stattest="ks", score=0.01, threshold=0.05, drifted=True)
+        drift = SimpleNamespace(
+            drift_share=0.5,
+            dataset_drift=True,
+            n_drifted=1,
+            columns={"temp": column},
+            prediction=None,
+            failures={},
+        )
+        quality = SimpleNamespace(rows=100, missing_share={"temp": 0.1}, violations=[])
+        m.batch_scored(model, cast(Any, quality), cast(Any, drift), streak=2, per_feature=True)
+        m.performance_measured(model, "mae", 3.5)
+
+    for model in ("lost", "kept"):
+        scored(model)
+    feature = {"feature": "temp"}
+    score = {**feature, "stattest": "ks"}
+    assert value(registry, "watcher_feature_drift_score", model="lost", **score) == 0.01
+    m.forget_model("lost")
+    for name, labels in [
+        ("watcher_feature_drift_score", score),
+        ("watcher_feature_drift_threshold", score),
+        ("watcher_feature_drifted", feature),
+        ("watcher_missing_values_ratio", feature),
+        ("watcher_model_performance", {"metric": "mae"}),
+        ("watcher_dataset_drift_ratio", {}),
+    ]:
+        assert value(registry, name, model="lost", **labels) is None, name
+        assert value(registry, name, model="kept", **labels) is not None, name
+    assert value(registry, "watcher_batches_total", model="lost", outcome="scored") == 1
+    scored("lost")  # taken back: exported again
+    assert value(registry, "watcher_feature_drifted", model="lost", **feature) == 1
