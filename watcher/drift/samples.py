@@ -72,26 +72,29 @@ class NumericReference(NumericSample):
         """`np.searchsorted(self.values, x, side)`, the same integers, faster on a large
         reference: a binary search per value into 8 MB of floats misses the cache at
         nearly every step. Here each value is first placed among every 32nd reference
-        value (an array 32 times smaller, that stays in cache), then searched for among
-        the 32 values of its block, a few vector steps over nearby memory."""
+        value (an array 32 times smaller, that stays in cache), then among the 31 values
+        of its block by five branchless halvings, four whole-array numpy steps each."""
         r = self.values
         if r.size <= _FENCED_FROM:
             return np.searchsorted(r, x, side)
-        right = side == "right"
         j = np.searchsorted(self._fences, x, side)
-        # Reference positions before (j - 1) * 32 count, positions from j * 32 do not.
-        lo = np.maximum(j - 1, 0) * _FENCE + (j > 0)
-        hi = np.minimum(j * _FENCE, r.size)
-        last = r.size - 1
-        for _ in range(_FENCE.bit_length()):
-            active = lo < hi
-            mid = (lo + hi) >> 1
-            at = r[np.minimum(mid, last)]
-            below = (at <= x) if right else (at < x)
-            lo = np.where(active & below, mid + 1, lo)
-            hi = np.where(active & ~below, mid, hi)
-        out: IntArray = lo.astype(np.int64, copy=False)
-        return out
+        # Fence j - 1 counts and fence j does not, so the answer is (j - 1) * 32 + 1 + c,
+        # c the count among the 31 values between them (0 for j == 0: all of them fail).
+        pos: IntArray = np.maximum(j * _FENCE - (_FENCE - 1), 0)
+        at = np.empty(x.shape, dtype=r.dtype)
+        idx = np.empty_like(pos)
+        passes = np.empty(x.shape, dtype=bool)
+        counts = np.less_equal if side == "right" else np.less
+        step = _FENCE >> 1
+        while step:
+            np.add(pos, step - 1, out=idx)
+            # Past the end reads the largest value again: the predicate stays monotone,
+            # and the minimum below takes back any count beyond the reference's size.
+            np.take(r, idx, out=at, mode="clip")
+            counts(at, x, out=passes)
+            np.add(pos, step, out=pos, where=passes)
+            step >>= 1
+        return np.minimum(pos, r.size, out=pos)
 
     @cached_property
     def _fences(self) -> FloatArray:

@@ -202,8 +202,10 @@ def _segments(
     need = -((-j * big_n) // n)
     cross = np.where(need > 0, r[np.maximum(need - 1, 0)], -np.inf)
     m = np.clip(cross, a, c)
-    k_m = np.where(m == a, k_a, np.where(m == c, k_c, need))
-    im = _integral_at(ref, m, k_m, power)
+    # At m == a (or c) the integral is the one already computed there, the same floats;
+    # elsewhere m is the reference value r[need - 1] itself, so nothing lies past it and
+    # the integral is the running entry alone: no second read of the reference's values.
+    im = np.where(m == a, ia, np.where(m == c, ic, ref.cdf_integral(power)[need]))
     return a, c, g, m, ia, im, ic
 
 
