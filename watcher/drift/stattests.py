@@ -190,8 +190,6 @@ def _segments(
     c = np.concatenate((b, [hi]))
     k_b = ref.rank(b, "right")
     k_lo = np.searchsorted(r, [lo], "right")
-    k_a = np.concatenate((k_lo, k_b))
-    k_c = np.concatenate((k_b, [big_n]))
     # Stretch ends are the batch's values, shared by neighbours: integrate once at each.
     at_b = _integral_at(ref, b, k_b, power)
     ia = np.concatenate((_integral_at(ref, np.array([lo]), k_lo, power), at_b))
