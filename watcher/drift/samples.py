@@ -82,15 +82,15 @@ class NumericReference(NumericSample):
         # c the count among the 31 values between them (0 for j == 0: all of them fail).
         pos: IntArray = np.maximum(j * _FENCE - (_FENCE - 1), 0)
         at = np.empty(x.shape, dtype=r.dtype)
-        idx = np.empty_like(pos)
         passes = np.empty(x.shape, dtype=bool)
         counts = np.less_equal if side == "right" else np.less
         step = _FENCE >> 1
         while step:
-            np.add(pos, step - 1, out=idx)
-            # Past the end reads the largest value again: the predicate stays monotone,
-            # and the minimum below takes back any count beyond the reference's size.
-            np.take(r, idx, out=at, mode="clip")
+            # r[pos + step - 1], read through a view that starts step - 1 further on (no
+            # index array to add). Past the end reads the largest value again: the
+            # predicate stays monotone, and the minimum below takes back any count beyond
+            # the reference's size.
+            np.take(r[step - 1 :], pos, out=at, mode="clip")
             counts(at, x, out=passes)
             np.add(pos, step, out=pos, where=passes)
             step >>= 1
