@@ -267,8 +267,9 @@ def test_mlflow_down_during_a_run_is_retried_then_failed_and_mailed(
         assert tis["validate"]["try_number"] == 2
         got = mail.wait_for(2, timeout=60)
         subjects = [m.message["Subject"] for m in got]
-        assert f"[watcher] {DAG}: task validate will be retried" in subjects, subjects
-        assert f"[watcher] {DAG}: task validate failed" in subjects, subjects
+        # The task mails are watcher's alerts (one renderer), not Airflow's templates.
+        assert f"[watcher] WARNING {MODEL}: retrain task validate will be retried" in subjects
+        assert f"[watcher] CRITICAL {MODEL}: retrain task validate failed" in subjects, subjects
         failed = next(m for m in got if m.message["Subject"].endswith("validate failed"))
         body = failed.message.get_body(("html",)).get_content()
         assert f"MLflow at {mlflow_server.url}" in body
