@@ -1,8 +1,8 @@
 """The `watcher` command line.
 
-Size: one thin function per command on one Typer app (12 commands), each calling the
-module that does the work; kept in one file so the command table reads in one place until
-the renovation (issue 15) splits it into a `watcher/cli/` package by command group.
+Size: one thin function per command on one Typer app, each calling the module that does
+the work (the daemon, `watcher.state`, the registry, `watcher.backtest`, `watcher.dev`);
+kept in one file so the whole command table, its options and their help read in one place.
 """
 
 from __future__ import annotations
