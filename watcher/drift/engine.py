@@ -29,10 +29,6 @@ sorting, counting, the Wasserstein norm) once per reference version; `score` is 
 and pure, safe to run in a worker thread. tests/integration/test_drift_oracle.py holds the
 scores equal to evidently's to 1e-6 and the decisions identical.
 
-Size: the choice of test and threshold per column and the dataset verdict are one rule
-set, evidently's; the tests themselves are in `stattests`, samples and column kinds in
-`samples` and `inference`.
-
 Size: kept whole so that evidently's rules (the choice of test per column, the
 prepared reference, the dataset verdict) read in one place against evidently's own code;
 samples and column inference already live in `samples.py` and `inference.py`.
