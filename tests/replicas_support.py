@@ -53,10 +53,15 @@ class Fleet:
         )
 
     def log_count(self, pattern: str) -> int:
-        return sum(
-            len(re.findall(pattern, p.read_text(errors="replace")))
+        return len(self.log_matches(pattern))
+
+    def log_matches(self, pattern: str) -> list[str]:
+        """Every match of `pattern` (its first group, if it has one) in every replica's log."""
+        return [
+            m
             for p in self.folder.glob("replica*.log")
-        )
+            for m in re.findall(pattern, p.read_text(errors="replace"))
+        ]
 
 
 def fleet_config(

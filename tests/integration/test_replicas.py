@@ -127,17 +127,24 @@ def test_three_replicas_killed_and_restarted_score_every_batch_once_and_mail_onc
         got = Counter(email.message_from_bytes(m.data)["Message-ID"] for m in smtp_server.messages)
         lost = set(wanted) - set(got)
         duplicated = {mid: n for mid, n in got.items() if n > 1}
+        # A replica killed between the SMTP server's "250 OK" and its commit of "done" leaves
+        # the mail marked as being sent; the replica that takes the claim over sends it again
+        # under the same Message-ID and says so. That is the one way a mail may arrive twice
+        # (no SMTP transaction can be committed with a database row); any other copy is a bug.
+        resent = set(fleet.log_matches(r"alert (\S+) was being mailed when watcher stopped"))
+        unexplained = {mid: n for mid, n in duplicated.items() if wanted[mid] not in resent}
         print(
             f"\nreplicas: {kills} kills, {fleet.started} starts, {terminated} connections "
             f"terminated in {events} rounds; {len(ledger)} batches, "
             f"{sum(decisions.values())} decisions, "
             f"{sum(trig.values())} triggers, {len(alerts)} alerts, "
             f"{len(smtp_server.messages)} mails, {len(duplicated)} duplicated, "
-            f"{len(lost)} lost; writes refused (fenced): "
+            f"{len(lost)} lost, {len(resent)} re-sent after a kill; writes refused (fenced): "
             f"{fleet.log_count('the write was refused')}"
         )
         assert not lost, f"alerts never mailed: {[wanted[m] for m in lost]}"
-        assert not duplicated, f"mails received more than once: {duplicated}"
+        assert not unexplained, f"mails received more than once: {unexplained}"
+        assert len(resent) <= kills, f"mails re-sent without a kill behind them: {resent}"
         assert set(got) == set(wanted)
         assert events == 3
     finally:

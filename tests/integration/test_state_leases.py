@@ -71,6 +71,30 @@ def test_outbox_claims_are_disjoint_and_expire(
     assert sorted(i.id for i in other.claim_due("alert", "b", 30.0)) == sorted(got["a"])
 
 
+def test_a_claim_that_ran_out_is_not_delivered_by_its_old_holder(
+    store: StateStore, open_store: Callable[..., StateStore]
+) -> None:
+    """A dispatcher works through its claims one by one; one whose claim ran out before its
+    turn, and that another replica claimed meanwhile, is left to that replica."""
+    with store.transaction() as conn:
+        for key in ("slow", "kept"):
+            store.enqueue(conn, Action("alert", key, "m", {}), not_before=0)
+    store.claim_owner, store.claim_seconds = "a", 30.0
+    other = open_store()
+    other.claim_owner, other.claim_seconds = "b", 30.0
+    slow, kept = store.due_actions("alert", time.time())
+    assert store.hold_claim(kept.id)  # still a's: renewed
+    with store.transaction() as conn:  # a's claim on `slow` runs out while a is busy
+        conn.execute("UPDATE outbox SET claimed_until = 0 WHERE id = ?", (slow.id,))
+    assert [i.id for i in other.due_actions("alert", time.time())] == [slow.id]
+    assert not store.hold_claim(slow.id)  # b holds it now: a must not send it as well
+    assert other.hold_claim(slow.id)
+    store.mark_done(kept.id)
+    assert not store.hold_claim(kept.id)  # done: nothing left to deliver
+    store.claim_owner = None
+    assert store.hold_claim(slow.id)  # one daemon without replicas: nobody else delivers
+
+
 def _target(backend: StateBackend) -> str:
     return backend.dsn if backend.dsn is not None else str(backend.target.path)
 

@@ -307,6 +307,16 @@ class MailDispatcher:
         # Its own durable step right before the SMTP transaction: a crash from here to
         # mark_done can repeat this one mail, never another.
         try:
+            if not self.store.hold_claim(item.id):
+                # Claimed with a long list this round; the claim ran out before its turn
+                # and another replica may be mailing it now. Sending it too would repeat it.
+                log.info(
+                    "claim on alert %s ran out before its turn; left to the replica "
+                    "that holds it now",
+                    item.key,
+                    extra={"model": item.model},
+                )
+                return True
             self.store.mark_sending(item.id)
         except DB_ERRORS as exc:
             self._state_failed(item, exc, sent=False)

@@ -265,6 +265,8 @@ class WebhookDispatcher:
         if cfg is None:
             self._dead(item, hook, f"webhook {hook!r} is no longer configured")
             return True
+        if not self.store.hold_claim(item.id):
+            return True  # its claim ran out before its turn: another replica posts it
         try:
             async for attempt in stamina.retry_context(
                 on=_is_transient, attempts=cfg.retry_attempts, timeout=cfg.retry_timeout_seconds

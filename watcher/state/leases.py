@@ -13,7 +13,8 @@ disagree still agree on when a lease expires.
 
 `claim_due` hands each due outbox action to one replica (FOR UPDATE SKIP LOCKED on
 PostgreSQL): a claim holds for `claim_seconds`, after which a replica that died while
-delivering has its actions claimed by another (deliveries are idempotent by key). Once
+delivering has its actions claimed by another (deliveries are idempotent by key);
+`hold_claim`, right before each delivery, renews the claim or says it was lost. Once
 `claim_owner` is set (the daemon does on PostgreSQL), `due_actions` claims: the
 dispatchers deliver only what this replica claimed, without knowing about replicas.
 
@@ -61,6 +62,24 @@ class LeaseStore(OutboxStore):
         mine = [outbox_of(r) for r in rows]
         fresh = self.claim_due(kind, self.claim_owner, self.claim_seconds, limit - len(mine))
         return sorted(mine + fresh, key=lambda item: item.id)
+
+    def hold_claim(self, item_id: int) -> bool:
+        """Right before delivering an action: extend this replica's claim on it for another
+        `claim_seconds`, or False when the claim ran out and the action may be another
+        replica's now. A dispatcher that claimed a long list and works through it slowly
+        (a slow SMTP server, retries) would otherwise deliver items whose claims expired
+        meanwhile, while the replica that claimed them next delivers them too."""
+        if self.claim_owner is None:
+            return True  # one daemon: nobody else delivers
+        with self.transaction() as conn:
+            db_now = now_sql(conn)
+            cur = conn.execute(
+                f"UPDATE outbox SET claimed_until = {db_now} + ? WHERE id = ? "
+                "AND status = 'pending' AND claimed_by = ? "
+                f"AND claimed_until >= {db_now}",
+                (self.claim_seconds, item_id, self.claim_owner),
+            )
+            return cur.rowcount == 1
 
     def acquire(self, model: str, owner: str, lease_seconds: float) -> int | None:
         """Own `model` for `lease_seconds`: the fencing token, or None while another
