@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -223,3 +224,14 @@ def watcher_cli(
         env={**os.environ, **(env or {})} if env is not None else None,
         check=False,
     )
+
+
+def thread_stacks() -> str:
+    """Where every thread of this process is now: for a test that timed out waiting on an
+    in-process daemon, so its failure shows what the daemon was stuck on."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        stack = "".join(traceback.format_stack(frame))
+        parts.append(f"--- thread {names.get(ident, '?')} ({ident})\n{stack}")
+    return "\n".join(parts)

@@ -18,7 +18,7 @@ import pandas as pd
 import psycopg
 import pytest
 from fixtures_postgres import CATEGORICAL, NUMERIC, PgDatabase, PredictionLog, day
-from harness import run_daemon
+from harness import run_daemon, thread_stacks
 from prometheus_client import CollectorRegistry
 
 from watcher.config import ColumnsConfig, Settings, SqlSourceConfig, load_config
@@ -823,7 +823,8 @@ class DaemonRun:
                             await asyncio.to_thread(action)
                         while not condition(store, self.registry):
                             assert daemon.alive, f"the daemon stopped: {daemon.task.exception()!r}"
-                            assert time.monotonic() < deadline, "timed out waiting for the daemon"
+                            if time.monotonic() >= deadline:
+                                raise AssertionError(self._timed_out(store))
                             if meanwhile is not None:
                                 await asyncio.to_thread(meanwhile)
                             await asyncio.sleep(0.1)
@@ -834,6 +835,19 @@ class DaemonRun:
 
     def value(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, {"model": "bikes", **labels}) or 0.0
+
+    def _timed_out(self, store: StateStore) -> str:
+        """What the daemon had done, and where each thread is, when the wait gave up."""
+        samples = [
+            f"{s.name}{s.labels} = {s.value}"
+            for family in self.registry.collect()
+            if family.name.startswith(("watcher_batches", "watcher_late", "watcher_source"))
+            for s in family.samples
+        ]
+        return (
+            f"timed out waiting for the daemon; {len(store.processed_ids('bikes'))} windows "
+            f"processed; metrics: {samples}\n{thread_stacks()}"
+        )
 
 
 def scored(n: int) -> Callable[[StateStore, CollectorRegistry], bool]:
