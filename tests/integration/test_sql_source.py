@@ -793,6 +793,27 @@ target = "bikers"
 Done = Callable[[StateStore, CollectorRegistry], bool]
 
 
+def daemon_clock(monkeypatch: pytest.MonkeyPatch, now: datetime) -> Clock:
+    """The clock of the daemon's SQL source, set by the test: "now" is when the days logged
+    so far are over (plus the allowed lateness). On the wall clock every 2011 window is long
+    ready: a poll after the last logged day would skip the days to come as empty windows,
+    and rows logged for them later would be too late to be seen."""
+    clock = Clock(now)
+
+    class Clocked(SqlSource):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, clock=clock, **kwargs)
+
+    # The daemon's source factory imports SqlSource from its module when it builds one.
+    monkeypatch.setattr("watcher.sources.sql.source.SqlSource", Clocked)
+    return clock
+
+
+def over(last_day: int) -> datetime:
+    """When windows up to `last_day` are ready (lateness 3600 s in daemon_settings)."""
+    return day(last_day + 1) + timedelta(seconds=3601)
+
+
 class DaemonRun:
     """The real daemon in this process (its own event loop), stopped like SIGTERM would.
 
@@ -872,8 +893,10 @@ def test_daemon_scores_every_window_once_through_killed_connections_and_a_restar
     pg_db: PgDatabase,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = daemon_settings(tmp_path, pg_db, bikeshare, "predictions")
+    clock = daemon_clock(monkeypatch, over(40))
     prediction_log.log(days(bikeshare, *range(1, 41)))
     kills: list[int] = []
     last_kill = [0.0]
@@ -907,12 +930,14 @@ def test_daemon_scores_every_window_once_through_killed_connections_and_a_restar
     # (Day 30 is within the last late_check_windows=24 windows of the watermark.)
     prediction_log.log(late_rows(bikeshare, 30, 5, "late"))
     prediction_log.log(days(bikeshare, *range(41, 46)))
+    clock.now = over(45)
     second.until(late_and_new)
     assert second.value("watcher_batches_total", outcome="scored") == 5  # days 41-45 only
     assert second.value("watcher_source_up") == 1
 
     third = DaemonRun(settings)  # a restart: only the new days are scored
     prediction_log.log(days(bikeshare, 46, 47))
+    clock.now = over(47)
     third.until(scored(47))
     assert third.value("watcher_batches_total", outcome="scored") == 2
     assert third.value("watcher_late_rows_total") == 0  # the 5 late rows were counted once
@@ -939,7 +964,9 @@ def test_daemon_keeps_running_through_a_failing_view_a_type_change_and_null_time
     pg_db: PgDatabase,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    clock = daemon_clock(monkeypatch, over(4))
     columns = "id, ts, temp, atemp, windspeed, season, weathersit, workingday, predicted"
     pg_db.execute(
         f"CREATE VIEW served AS SELECT {columns}, "
@@ -963,6 +990,7 @@ def test_daemon_keeps_running_through_a_failing_view_a_type_change_and_null_time
             "FROM predictions"
         )
         prediction_log.log(days(bikeshare, 5, 6))
+        clock.now = over(6)
 
     def down(_: StateStore, registry: CollectorRegistry) -> bool:
         return registry.get_sample_value("watcher_source_up", {"model": "bikes"}) == 0
