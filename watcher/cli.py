@@ -565,6 +565,13 @@ def demo(
         int, typer.Option(help="Periods version 1 is trained on before the replay starts.")
     ] = 8,
     every: Annotated[str, typer.Option(help="Period length (pandas offset: 7D, 1D, 30D).")] = "7D",
+    port_base: Annotated[
+        int | None,
+        typer.Option(
+            help="Listen on this port and the 5 above it (metrics, Airflow, SMTP, Prometheus, "
+            "Airflow's log servers); 0: any free ports. Default: 9108, 18080, 1025, 9090."
+        ),
+    ] = None,
 ) -> None:
     """The whole loop on real data: Airflow, SMTP, the daemon and a period-by-period replay.
 
@@ -598,6 +605,7 @@ def demo(
             skip=skip,
             every=every,
             title=title,
+            port_base=port_base,
         )
     except WatcherError as exc:
         err.print(f"error: {exc}", highlight=False)

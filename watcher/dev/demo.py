@@ -119,6 +119,25 @@ def demo_config(example: Path, workdir: Path, ports: dict[str, int]) -> tuple[Pa
     return path, model
 
 
+# Each service's usual port, tried first when no --port-base is given.
+USUAL_PORTS = {"metrics": 9108, "airflow": 18080, "smtp": 1025, "prometheus": 9090}
+# Airflow's worker and triggerer log servers listen too (fixed defaults 8793/8794).
+LOG_SERVERS = (
+    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+    "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
+)
+
+
+def demo_ports(port_base: int | None) -> dict[str, int]:
+    """The port of each service: the usual ones (None), any free ones (0), or `port_base`
+    and the five above it (metrics, Airflow, SMTP, Prometheus, Airflow's two log servers),
+    each replaced by a free one if taken, so a shared machine's range is kept."""
+    names = [*USUAL_PORTS, *LOG_SERVERS]
+    if port_base is None:
+        return {name: free_port(USUAL_PORTS.get(name)) for name in names}
+    return {name: free_port(port_base + i if port_base else None) for i, name in enumerate(names)}
+
+
 def _row(r: PeriodResult) -> list[str]:
     drift = (
         "-" if r.drift_share is None else f"{r.drift_share:.2f}" + (" ⚠" if r.dataset_drift else "")
@@ -177,6 +196,7 @@ def run_demo(
     skip: int = 8,
     every: str = "7D",
     title: str = "",
+    port_base: int | None = None,
 ) -> DemoRun:
     """Run the loop on `data_loader`'s table: `bootstrap` trains version 1 (on the first
     `skip` periods), then the rest is replayed period by period (`every`, a pandas offset)."""
@@ -184,12 +204,7 @@ def run_demo(
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    ports = {
-        "metrics": free_port(9108),
-        "airflow": free_port(18080),
-        "smtp": free_port(1025),
-        "prometheus": free_port(9090),
-    }
+    ports = demo_ports(port_base)
     config_path, model = demo_config(example, workdir, ports)
     settings = load_config(config_path)
     given = load_config(example).models[model].policy
@@ -228,7 +243,11 @@ def run_demo(
             workdir / "airflow",
             ports["airflow"],
             REPO / "retrain_dags",
-            {"WATCHER_CONFIG": str(config_path), "AIRFLOW_CONN_SMTP_DEFAULT": smtp_conn},
+            {
+                "WATCHER_CONFIG": str(config_path),
+                "AIRFLOW_CONN_SMTP_DEFAULT": smtp_conn,
+                **{name: str(ports[name]) for name in LOG_SERVERS},
+            },
         )
         demo.services.append(airflow)
         wait_for_dag(airflow.url, settings.dag_id(model))
