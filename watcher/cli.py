@@ -263,20 +263,20 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Per model: last batches, drift streak, signals, pending actions, last runs, decision."""
     from watcher.registry_backend import open_registry
     from watcher.secrets import Scrubber, secret_values
+    from watcher.views import describe_outcome, run_outcome, status_document
 
     settings = _load(config)
     # Errors stored before the store scrubbed them may still hold an echoed secret.
     scrub = Scrubber(secret_values(settings))
     store = _open_state(settings)
+    registry = open_registry(settings.registry)
     if as_json:
-        from watcher.views import status_document
-
         try:
-            sys.stdout.write(json.dumps(status_document(settings, store), indent=2) + "\n")
+            document = status_document(settings, store, registry=registry)
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
         finally:
             store.close()
         return
-    registry = open_registry(settings.registry)
     try:
         for name in settings.models:
             out.rule(
@@ -314,7 +314,7 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
                 runs.add_row(
                     r.run_id,
                     r.state,
-                    _run_outcome(registry, name, r.run_id, r.state),
+                    describe_outcome(run_outcome(registry, name, r.run_id, r.state)),
                     str(r.conf.get("reason_kind") or ("manual" if r.conf.get("manual") else "-")),
                     _ago(r.triggered_at),
                     _ago(r.ended_at),
@@ -342,22 +342,6 @@ def _print_signals(store: Any, model: str, triggers: Sequence[str]) -> None:
         )
     out.print(f"signals at the decision {_ago(last.at)}:")
     out.print(table)
-
-
-def _run_outcome(registry: Any, model: str, run_id: str, state: str) -> str:
-    """What a finished run did, from what its deploy step recorded in the registry: a run
-    whose challenger the gate refused succeeds in Airflow but deploys nothing."""
-    if state in ("queued", "running"):
-        return "-"
-    try:
-        record = registry.run_record(model, run_id)
-    except (OSError, ValueError, WatcherError):  # WatcherError: MLflow unreachable
-        record = None
-    if record is None:
-        return "failed" if state == "failed" else "unknown (no gate record)"
-    if record.get("deployed"):
-        return f"deployed v{record.get('version', '?')}"
-    return f"refused by the gate: {record.get('reason', '')}".rstrip(": ")
 
 
 @app.command()
