@@ -52,6 +52,8 @@ def run_demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
             "--speed",
             "0",
             "--wait-for-retrain",
+            "--port-base",
+            "0",  # any free ports: a demo or Prometheus already running keeps its own
             *args,
         ],
         stdout=subprocess.PIPE,
@@ -85,6 +87,24 @@ def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     assert deployed, [(w["run_state"], w["version_after"]) for w in triggered]
     first = weeks.index(deployed[0])
     assert all(w["run_state"] in ("success", "failed") for w in triggered)
+
+    # Each retrain says why (the example's policy: performance or max_age) and what it did,
+    # in summary.json and in the printed summary.
+    assert {w["signal"] for w in triggered} <= {"performance_degraded", "max_age"}, triggered
+    assert all(w["outcome"] in ("deployed", "refused", "failed") for w in triggered)
+    assert sum(w["outcome"] == "deployed" for w in triggered) == len(deployed)
+    assert output.count("    → run ") == len(triggered), output[-3000:]
+    # Every retrain's window held the 8 weeks version 1 was trained on, not only the few
+    # labelled weeks production had served (12 weeks back covers them all in 10 weeks).
+    from watcher.retrain.data import HISTORY_FILE
+
+    ingests = [
+        json.loads(p.read_text())
+        for p in (workdir / "state" / "retrain" / "bikeshare").glob("*/ingest.json")
+        if p.parent.name != "bootstrap"
+    ]
+    assert ingests
+    assert all(any(f.endswith(HISTORY_FILE) for f in i["files"]) for i in ingests)
 
     # The daemon switched its reference to the deployed version.
     import sqlite3
