@@ -417,6 +417,13 @@ def bootstrap_model(
         raise typer.Exit(2) from exc
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in info.metrics.items())
     out.print(f"{model} version {info.version} is in production ({metrics})")
+    history = boot.history_path(settings.models[model])
+    if history is not None and history.is_file():
+        out.print(
+            f"its training rows are kept in {history}: retraining windows read them like "
+            "scored batches",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -102,16 +102,23 @@ def bootstrap(
     return outcome.version
 
 
+def history_path(model_cfg: ModelConfig) -> Path | None:
+    """Where `keep_history` leaves version 1's rows (None for a SQL source)."""
+    src = model_cfg.source
+    if not isinstance(src, DirectorySourceConfig):
+        return None
+    return src.path / "processed" / data_mod.HISTORY_FILE
+
+
 def keep_history(model_cfg: ModelConfig, rows: pd.DataFrame) -> Path | None:
     """Leave the labelled rows version 1 is trained on where retraining finds production
     data (a directory source's processed/ folder); returns the file, or None for a SQL
     source, whose table is where its history already lives."""
-    src = model_cfg.source
-    if not isinstance(src, DirectorySourceConfig):
+    path = history_path(model_cfg)
+    if path is None:
         return None
     cols = model_cfg.columns
     wanted = dict.fromkeys([cols.id, cols.timestamp, *cols.features, cols.target])
-    path = src.path / "processed" / data_mod.HISTORY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(path, rows[[c for c in wanted if c is not None and c in rows]])
     log.info("bootstrap: %d labelled rows kept for retraining windows in %s", len(rows), path)
