@@ -41,6 +41,18 @@ def processes_of(workdir: Path) -> list[str]:
     return found
 
 
+def stop_demo(proc: subprocess.Popen[str]) -> None:
+    """A demo still running when its test fails: Ctrl-C first, so it stops Airflow and the
+    daemon (each in a session of its own, out of reach of a kill of the demo's group)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=60)  # drains its output: a full pipe would block it
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def run_demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -74,8 +86,7 @@ def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     try:
         output, _ = proc.communicate(timeout=1500)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_demo(proc)
     assert proc.returncode == 0, output[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     weeks = summary["weeks"]
@@ -200,8 +211,7 @@ def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_demo(proc)
     assert proc.returncode == 130, output[-2000:]
     assert "every service was stopped" in output
     deadline = time.monotonic() + 30
