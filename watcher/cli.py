@@ -263,20 +263,20 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Per model: last batches, drift streak, signals, pending actions, last runs, decision."""
     from watcher.registry_backend import open_registry
     from watcher.secrets import Scrubber, secret_values
+    from watcher.views import describe_outcome, run_outcome, status_document
 
     settings = _load(config)
     # Errors stored before the store scrubbed them may still hold an echoed secret.
     scrub = Scrubber(secret_values(settings))
     store = _open_state(settings)
+    registry = open_registry(settings.registry)
     if as_json:
-        from watcher.views import status_document
-
         try:
-            sys.stdout.write(json.dumps(status_document(settings, store), indent=2) + "\n")
+            document = status_document(settings, store, registry=registry)
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
         finally:
             store.close()
         return
-    registry = open_registry(settings.registry)
     try:
         for name in settings.models:
             out.rule(
@@ -314,7 +314,7 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
                 runs.add_row(
                     r.run_id,
                     r.state,
-                    _run_outcome(registry, name, r.run_id, r.state),
+                    describe_outcome(run_outcome(registry, name, r.run_id, r.state)),
                     str(r.conf.get("reason_kind") or ("manual" if r.conf.get("manual") else "-")),
                     _ago(r.triggered_at),
                     _ago(r.ended_at),
@@ -342,22 +342,6 @@ def _print_signals(store: Any, model: str, triggers: Sequence[str]) -> None:
         )
     out.print(f"signals at the decision {_ago(last.at)}:")
     out.print(table)
-
-
-def _run_outcome(registry: Any, model: str, run_id: str, state: str) -> str:
-    """What a finished run did, from what its deploy step recorded in the registry: a run
-    whose challenger the gate refused succeeds in Airflow but deploys nothing."""
-    if state in ("queued", "running"):
-        return "-"
-    try:
-        record = registry.run_record(model, run_id)
-    except (OSError, ValueError, WatcherError):  # WatcherError: MLflow unreachable
-        record = None
-    if record is None:
-        return "failed" if state == "failed" else "unknown (no gate record)"
-    if record.get("deployed"):
-        return f"deployed v{record.get('version', '?')}"
-    return f"refused by the gate: {record.get('reason', '')}".rstrip(": ")
 
 
 @app.command()
@@ -433,6 +417,13 @@ def bootstrap_model(
         raise typer.Exit(2) from exc
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in info.metrics.items())
     out.print(f"{model} version {info.version} is in production ({metrics})")
+    history = boot.history_path(settings.models[model])
+    if history is not None and history.is_file():
+        out.print(
+            f"its training rows are kept in {history}: retraining windows read them like "
+            "scored batches",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -565,6 +556,13 @@ def demo(
         int, typer.Option(help="Periods version 1 is trained on before the replay starts.")
     ] = 8,
     every: Annotated[str, typer.Option(help="Period length (pandas offset: 7D, 1D, 30D).")] = "7D",
+    port_base: Annotated[
+        int | None,
+        typer.Option(
+            help="Listen on this port and the 5 above it (metrics, Airflow, SMTP, Prometheus, "
+            "Airflow's log servers); 0: any free ports. Default: 9108, 18080, 1025, 9090."
+        ),
+    ] = None,
 ) -> None:
     """The whole loop on real data: Airflow, SMTP, the daemon and a period-by-period replay.
 
@@ -598,6 +596,7 @@ def demo(
             skip=skip,
             every=every,
             title=title,
+            port_base=port_base,
         )
     except WatcherError as exc:
         err.print(f"error: {exc}", highlight=False)

@@ -9,12 +9,52 @@ from __future__ import annotations
 from typing import Any
 
 from watcher.config import Settings
+from watcher.errors import WatcherError
 from watcher.registry_backend import Registry
 from watcher.state import StateStore
 
 
-def status_document(settings: Settings, store: StateStore, *, batches: int = 5) -> dict[str, Any]:
-    """Per model: reference, streak, recent batches, last decision, pending actions, runs."""
+def run_outcome(registry: Registry | None, model: str, run_id: str, state: str) -> dict[str, Any]:
+    """What a run did, from what its deploy step recorded in the registry: a run whose
+    challenger the gate refused succeeds in Airflow but deploys nothing.
+
+    `outcome` is "pending" (not ended), "deployed" (with `version`), "refused" (with the
+    gate's `reason`), "failed", or "unknown" (ended without a gate record)."""
+    if state in ("queued", "running", "pending"):
+        return {"outcome": "pending", "version": None, "reason": None}
+    try:
+        record = registry.run_record(model, run_id) if registry is not None else None
+    except (OSError, ValueError, WatcherError):  # WatcherError: MLflow unreachable
+        record = None
+    if record is None:
+        kind = "failed" if state == "failed" else "unknown"
+        return {"outcome": kind, "version": None, "reason": None}
+    if record.get("deployed"):
+        return {"outcome": "deployed", "version": record.get("version"), "reason": None}
+    return {"outcome": "refused", "version": None, "reason": record.get("reason") or None}
+
+
+def describe_outcome(outcome: dict[str, Any]) -> str:
+    """`run_outcome` in words, as `watcher status` and the demo's summary show it."""
+    kind = outcome["outcome"]
+    if kind == "pending":
+        return "-"
+    if kind == "deployed":
+        return f"deployed v{outcome['version'] or '?'}"
+    if kind == "refused":
+        return f"refused by the gate: {outcome['reason'] or ''}".rstrip(": ")
+    return "unknown (no gate record)" if kind == "unknown" else kind
+
+
+def status_document(
+    settings: Settings,
+    store: StateStore,
+    *,
+    batches: int = 5,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Per model: reference, streak, recent batches, last decision, pending actions, runs
+    (each with its outcome: deployed, refused by the gate, failed; see `run_outcome`)."""
     models: dict[str, Any] = {}
     for name in settings.models:
         decisions = store.decisions(name, 1)
@@ -60,6 +100,8 @@ def status_document(settings: Settings, store: StateStore, *, batches: int = 5) 
                     "state": r.state,
                     "triggered_at": r.triggered_at,
                     "ended_at": r.ended_at,
+                    "reason_kind": r.conf.get("reason_kind"),
+                    **run_outcome(registry, name, r.run_id, r.state),
                 }
                 for r in store.runs(name, limit=5)
             ],

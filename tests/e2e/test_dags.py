@@ -284,7 +284,8 @@ def test_bad_training_data_fails_at_once_without_retries(
     (mail,) = smtp_server.wait_for(1, timeout=30)
     assert mail.message["Subject"] == f"[watcher] CRITICAL {MODEL}: retrain task validate failed"
     body = mail.message.get_body(("html",)).get_content()
-    assert "too few rows: 657 labelled rows, retrain.min_rows is 100000" in body
+    # Weeks 9-12 (657 rows) and the 1,268 rows of weeks 1-8 that version 1 was trained on.
+    assert "too few rows: 1925 labelled rows, retrain.min_rows is 100000" in body
     assert len(smtp_server.messages) == 1  # no "will be retried" mail
     assert log.count("[DAG TEST] starting task_id=validate") == 1
     assert ws.registry.production_version(MODEL) == "1"

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import wait_for
 
 from watcher.drift import engine
+from watcher.retrain.data import HISTORY_FILE
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -40,6 +41,18 @@ def processes_of(workdir: Path) -> list[str]:
     return found
 
 
+def stop_demo(proc: subprocess.Popen[str]) -> None:
+    """A demo still running when its test fails: Ctrl-C first, so it stops Airflow and the
+    daemon (each in a session of its own, out of reach of a kill of the demo's group)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=60)  # drains its output: a full pipe would block it
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def run_demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -52,6 +65,8 @@ def run_demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
             "--speed",
             "0",
             "--wait-for-retrain",
+            "--port-base",
+            "0",  # any free ports: a demo or Prometheus already running keeps its own
             *args,
         ],
         stdout=subprocess.PIPE,
@@ -71,8 +86,7 @@ def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     try:
         output, _ = proc.communicate(timeout=1500)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_demo(proc)
     assert proc.returncode == 0, output[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     weeks = summary["weeks"]
@@ -85,6 +99,22 @@ def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     assert deployed, [(w["run_state"], w["version_after"]) for w in triggered]
     first = weeks.index(deployed[0])
     assert all(w["run_state"] in ("success", "failed") for w in triggered)
+
+    # Each retrain says why (the example's policy: performance or max_age) and what it did,
+    # in summary.json and in the printed summary.
+    assert {w["signal"] for w in triggered} <= {"performance_degraded", "max_age"}, triggered
+    assert all(w["outcome"] in ("deployed", "refused", "failed") for w in triggered)
+    assert sum(w["outcome"] == "deployed" for w in triggered) == len(deployed)
+    assert output.count("    → run ") == len(triggered), output[-3000:]
+    # Every retrain's window held the 8 weeks version 1 was trained on, not only the few
+    # labelled weeks production had served (12 weeks back covers them all in 10 weeks).
+    ingests = [
+        json.loads(p.read_text())
+        for p in (workdir / "state" / "retrain" / "bikeshare").glob("*/ingest.json")
+        if p.parent.name != "bootstrap"
+    ]
+    assert ingests
+    assert all(any(f.endswith(HISTORY_FILE) for f in i["files"]) for i in ingests)
 
     # The daemon switched its reference to the deployed version.
     import sqlite3
@@ -101,8 +131,9 @@ def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     assert "v1" in versions
     assert versions - {"v1"}, versions
 
-    # Against the deployed version's reference, the batch that triggered it drifts less
-    # than against version 1's: the new reference is the data the world has moved to.
+    # Against the last deployed version's reference, the batch that triggered it drifts
+    # less than against version 1's: the reference follows the world as versions deploy.
+    # (Not the first: its 12-week window is still mostly version 1's own 8 weeks.)
     from watcher.config import load_config
     from watcher.fileio import read_table
     from watcher.reference import prepare
@@ -111,16 +142,16 @@ def test_short_demo_closes_the_loop(tmp_path: Path) -> None:
     settings = load_config(workdir / "watcher.toml")
     cfg = settings.models["bikeshare"]
     registry = ModelRegistry(settings.registry.path)
-    batch = read_table(workdir / "data" / "incoming" / "processed" / deployed[0]["batch_file"])
+    batch = read_table(workdir / "data" / "incoming" / "processed" / deployed[-1]["batch_file"])
     shares = {}
-    for version in ("1", deployed[0]["version_after"]):
+    for version in ("1", deployed[-1]["version_after"]):
         ref = prepare(
             "bikeshare", cfg, f"v{version}", registry.load_reference("bikeshare", version)
         )
         shares[version] = engine.score(
             ref.prepared, batch, drift_share=cfg.drift.drift_share
         ).drift_share
-    assert shares[deployed[0]["version_after"]] < shares["1"], shares
+    assert shares[deployed[-1]["version_after"]] < shares["1"], shares
 
     # The weeks after the first deployment were served by a retrained model, and better
     # than version 1 would have done on the very same weeks.
@@ -163,10 +194,14 @@ def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     proc = run_demo(workdir, "--weeks", "30")
     try:
+        # A replayed batch, not the history the bootstrap leaves there before Airflow starts.
         wait_for(
             lambda: (
                 (workdir / "data" / "incoming" / "processed").is_dir()
-                and any((workdir / "data" / "incoming" / "processed").iterdir())
+                and any(
+                    p.name != HISTORY_FILE
+                    for p in (workdir / "data" / "incoming" / "processed").iterdir()
+                )
             ),
             600,
             interval=1,
@@ -176,8 +211,7 @@ def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_demo(proc)
     assert proc.returncode == 130, output[-2000:]
     assert "every service was stopped" in output
     deadline = time.monotonic() + 30

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -131,6 +132,15 @@ def test_status_shows_signals_and_what_each_run_did(tmp_path: Path) -> None:
     ]
     assert [s[:2] for s in signals] == [["drift", "yes"], ["performance", "yes"]]
     assert "loss " in res.stdout  # the performance reading's sentence, with its numbers
+
+    # --json says the same for scripts: each run's outcome, version or gate reason, signal.
+    done = watcher("status", "--json", "--config", str(tmp_path / "watcher.toml"))
+    assert done.returncode == 0, done.stderr
+    runs = {r["run_id"]: r for r in json.loads(done.stdout)["models"]["m"]["runs"]}
+    assert runs["r-refused"]["outcome"] == "refused"
+    assert runs["r-refused"]["reason"] == "challenger mae 3.1 is not better than 2.9"
+    assert (runs["r-deployed"]["outcome"], runs["r-deployed"]["version"]) == ("deployed", "2")
+    assert runs["r-deployed"]["reason_kind"] == "performance_degraded"
 
 
 def test_demo_on_own_data_says_what_the_table_lacks(tmp_path: Path) -> None:

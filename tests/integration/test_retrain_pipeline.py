@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from fixtures_postgres import PredictionLog, day
-from fixtures_retrain import EXAMPLE_CONFIG, MODEL, REPO, Workspace, write_config
+from fixtures_retrain import EXAMPLE_CONFIG, MODEL, REPO, Workspace, serve_weeks, write_config
 
 from watcher.config import load_config
 from watcher.errors import ChecksumMismatch
 from watcher.registry import ModelRegistry
 from watcher.retrain import data, steps
-from watcher.retrain.bootstrap import bootstrap
+from watcher.retrain.bootstrap import EXAMPLE_WEEKS, bootstrap
 from watcher.retrain.mails import run_ended_mail
 
 DATA_SHA256 = "ac6950ae6f11efcc69c29d6bb13e8881c001e27d36434660d59444a1414f712c"
@@ -257,3 +258,47 @@ min_rows = 100
     reference = ModelRegistry(settings.registry.path).load_reference("rides", "1")
     assert len(reference) == summary.labelled_rows  # unlabelled rows do not train
     assert {"predicted", "bikers", "temp", "season"} <= set(reference.columns)
+
+
+def test_a_retrain_soon_after_the_bootstrap_learns_from_its_history_too(
+    tmp_path: Path, bikeshare_data: pd.DataFrame
+) -> None:
+    """The demo's first `max_age` retrain: 3 weeks after version 1, labels a week late, so
+    production has 2 labelled weeks. The 12-week window also holds the 8 weeks version 1
+    was trained on (as `watcher backtest` assumes); trained on the 2 weeks alone, the
+    challenger was far worse than version 1 and the gate refused it."""
+    settings = load_config(write_config(tmp_path))
+    bootstrap(settings, MODEL, bikeshare_data, weeks=EXAMPLE_WEEKS)
+    history = tmp_path / "incoming" / "processed" / data.HISTORY_FILE
+    kept = pd.read_parquet(history)
+    assert len(kept) == int((bikeshare_data.ts < "2011-02-26").sum())
+    assert "casual" not in kept  # only the config's columns: never a leak
+    serve_weeks(
+        bikeshare_data,
+        ModelRegistry(settings.registry.path),
+        tmp_path / "incoming",
+        tmp_path / "labels",
+        range(EXAMPLE_WEEKS + 1, EXAMPLE_WEEKS + 4),
+    )
+    (tmp_path / "labels" / f"labels-week-{EXAMPLE_WEEKS + 3:02d}.csv").unlink()  # a week late
+    labelled_weeks = bikeshare_data[
+        (bikeshare_data.ts >= "2011-02-26") & (bikeshare_data.ts < "2011-03-12")
+    ]
+
+    # Without the history (before this fix): 2 labelled weeks, refused by the gate.
+    history.rename(tmp_path / "aside.parquet")
+    short = steps.RunContext(settings, MODEL, "max_age-without-history")
+    refused = steps.run_all(short)
+    assert json.loads(short.path("ingest.json").read_text())["labelled_rows"] == len(labelled_weeks)
+    assert not refused.decision.deploy, refused.decision.reason
+
+    (tmp_path / "aside.parquet").rename(history)
+    ctx = steps.RunContext(settings, MODEL, "max_age-with-history")
+    outcome = steps.run_all(ctx)
+    ingest = json.loads(ctx.path("ingest.json").read_text())
+    assert str(history) in ingest["files"]
+    assert ingest["labelled_rows"] == len(kept) + len(labelled_weeks)
+    assert ingest["window_start"] == "2011-01-01T00:00:00+00:00"
+    assert outcome.decision.deploy, outcome.decision.reason
+    assert outcome.version is not None
+    assert outcome.version.version == "2"

@@ -16,6 +16,7 @@ import shutil
 import sys
 import tomllib
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ from watcher.dev.localservices import (
     wait_for_dag,
 )
 from watcher.dev.replay import PeriodResult, Replay, monthly_mae, period_seconds
-from watcher.registry import ModelRegistry
+from watcher.registry_backend import open_registry
+from watcher.views import describe_outcome, run_outcome
 
 REPO = Path(__file__).resolve().parents[2]  # watcher/dev/demo.py -> the repository
 
@@ -119,6 +121,25 @@ def demo_config(example: Path, workdir: Path, ports: dict[str, int]) -> tuple[Pa
     return path, model
 
 
+# Each service's usual port, tried first when no --port-base is given.
+USUAL_PORTS = {"metrics": 9108, "airflow": 18080, "smtp": 1025, "prometheus": 9090}
+# Airflow's worker and triggerer log servers listen too (fixed defaults 8793/8794).
+LOG_SERVERS = (
+    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+    "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
+)
+
+
+def demo_ports(port_base: int | None) -> dict[str, int]:
+    """The port of each service: the usual ones (None), any free ones (0), or `port_base`
+    and the five above it (metrics, Airflow, SMTP, Prometheus, Airflow's two log servers),
+    each replaced by a free one if taken, so a shared machine's range is kept."""
+    names = [*USUAL_PORTS, *LOG_SERVERS]
+    if port_base is None:
+        return {name: free_port(USUAL_PORTS.get(name)) for name in names}
+    return {name: free_port(port_base + i if port_base else None) for i, name in enumerate(names)}
+
+
 def _row(r: PeriodResult) -> list[str]:
     drift = (
         "-" if r.drift_share is None else f"{r.drift_share:.2f}" + (" ⚠" if r.dataset_drift else "")
@@ -177,6 +198,7 @@ def run_demo(
     skip: int = 8,
     every: str = "7D",
     title: str = "",
+    port_base: int | None = None,
 ) -> DemoRun:
     """Run the loop on `data_loader`'s table: `bootstrap` trains version 1 (on the first
     `skip` periods), then the rest is replayed period by period (`every`, a pandas offset)."""
@@ -184,12 +206,7 @@ def run_demo(
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    ports = {
-        "metrics": free_port(9108),
-        "airflow": free_port(18080),
-        "smtp": free_port(1025),
-        "prometheus": free_port(9090),
-    }
+    ports = demo_ports(port_base)
     config_path, model = demo_config(example, workdir, ports)
     settings = load_config(config_path)
     given = load_config(example).models[model].policy
@@ -228,7 +245,11 @@ def run_demo(
             workdir / "airflow",
             ports["airflow"],
             REPO / "retrain_dags",
-            {"WATCHER_CONFIG": str(config_path), "AIRFLOW_CONN_SMTP_DEFAULT": smtp_conn},
+            {
+                "WATCHER_CONFIG": str(config_path),
+                "AIRFLOW_CONN_SMTP_DEFAULT": smtp_conn,
+                **{name: str(ports[name]) for name in LOG_SERVERS},
+            },
         )
         demo.services.append(airflow)
         wait_for_dag(airflow.url, settings.dag_id(model))
@@ -276,11 +297,13 @@ def run_demo(
             )
         console.print("waiting for the last retrain to end …")
         replay.wait_idle()
-        states = replay.run_states()
+        states, signals = replay.run_states(), replay.run_signals()
         replay.close()
+        registry = open_registry(settings.registry)
         for r in demo.results:
             if r.run_id in states:
-                r.run_state = states[r.run_id]
+                r.run_state, r.signal = states[r.run_id], signals.get(r.run_id)
+                r.outcome = run_outcome(registry, model, r.run_id, r.run_state)["outcome"]
         save_summary(demo, daemon)
         print_summary(demo, console)
         if keep_running:
@@ -312,25 +335,31 @@ def save_summary(demo: DemoRun, daemon: Service) -> None:
 def print_summary(demo: DemoRun, console: Console) -> None:
     results = demo.results
     triggered = [r for r in results if r.decision == "triggered"]
-    registry = ModelRegistry(demo.settings.registry.path)
+    registry = open_registry(demo.settings.registry)
     kept = [v.version for v in registry.list_versions(demo.model)]
     production = registry.production_version(demo.model)
     # Versions are numbered in deployment order and only a deployment registers one; the
     # oldest may have been pruned (registry.keep_versions), so count from the newest.
     deployed = max((int(v) for v in kept), default=1) - 1
-    succeeded = sum(r.run_state == "success" for r in triggered)
     console.rule("[bold]summary")
+    outcomes = Counter(r.outcome or "pending" for r in triggered)
+    signals = Counter(r.signal or "?" for r in triggered)
     console.print(
-        f"periods replayed: {len(results)}; retrains triggered: {len(triggered)} "
-        f"({succeeded} succeeded); new versions deployed: {deployed} "
-        f"(production: {production}; kept in the registry: {kept})"
+        f"periods replayed: {len(results)}; retrains triggered: {len(triggered)} ("
+        + ", ".join(f"{n} {kind}" for kind, n in sorted(signals.items()))
+        + "): "
+        + ", ".join(f"{n} {kind}" for kind, n in sorted(outcomes.items()))
+        + f"; new versions deployed: {deployed} "
+        f"(production: {production}; kept in the registry: {kept})",
+        highlight=False,
     )
-    # Why each retrain happened: the signal that fired, with its numbers.
+    # Why each retrain happened (the signal that fired, with its numbers) and what it did.
     for r in triggered:
-        after = f"; v{r.version_after} in production after it" if r.version_after else ""
+        done = run_outcome(registry, demo.model, r.run_id or "", r.run_state or "pending")
+        outcome = describe_outcome(done)
         console.print(
-            f"  retrain at period {r.index} ({r.start:%Y-%m-%d}), run {r.run_state or 'pending'}"
-            f": {r.reason}{after}",
+            f"  retrain at period {r.index} ({r.start:%Y-%m-%d}) because {r.reason}\n"
+            f"    → run {r.run_state or 'pending'}, {outcome}",
             highlight=False,
         )
     error = (

@@ -49,6 +49,8 @@ class PeriodResult:
     run_id: str | None = None
     run_state: str | None = None
     version_after: str | None = None
+    signal: str | None = None  # the run's reason kind: which signal fired (end of replay)
+    outcome: str | None = None  # deployed / refused / failed / unknown (end of replay)
 
 
 def period_seconds(speed: float) -> float:
@@ -255,6 +257,11 @@ class Replay:
     def run_states(self) -> dict[str, str]:
         """The state of every retrain run of the model, by run id."""
         return {r.run_id: r.state for r in self.store.runs(self.model, limit=100_000)}
+
+    def run_signals(self) -> dict[str, str]:
+        """The signal that fired each retrain run (its reason kind), by run id."""
+        runs = self.store.runs(self.model, limit=100_000)
+        return {r.run_id: str(r.conf.get("reason_kind") or "manual") for r in runs}
 
     def close(self) -> None:
         self.store.close()

@@ -5,6 +5,13 @@
 
 Deterministic (seeded search, time-ordered split), so the example's version 1 is the same
 on every machine. Does nothing when the model already has a version in production.
+
+For a directory source the training rows are also left in the source's `processed/`
+folder (`data.HISTORY_FILE`), where retraining reads production data: they are labelled
+history of the same model, and a window of 12 weeks should hold them until 12 weeks of
+production have replaced them (as `watcher backtest` assumes). Without them the first
+retrain after a bootstrap trained on the one or two labelled weeks production had served,
+and the gate refused it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Literal
 
 import pandas as pd
 
-from watcher.config import Settings, load_config
+from watcher.config import DirectorySourceConfig, ModelConfig, Settings, load_config
 from watcher.errors import WatcherError
 from watcher.fileio import read_table, write_json_atomic, write_parquet_atomic
 from watcher.registry import VersionInfo
@@ -82,6 +89,7 @@ def bootstrap(
         return existing
 
     rows = first_rows(frame, settings.models[model].columns.timestamp, weeks=weeks, until=until)
+    keep_history(settings.models[model], rows)
     rows = rows.assign(**{data_mod.ORIGIN: "base"})
     write_parquet_atomic(ctx.path("data.parquet"), rows)
     write_json_atomic(
@@ -92,6 +100,29 @@ def bootstrap(
     if outcome.version is None:  # cannot happen without a champion; say so if it does
         raise WatcherError(f"bootstrap of {model} did not deploy: {outcome.decision.reason}")
     return outcome.version
+
+
+def history_path(model_cfg: ModelConfig) -> Path | None:
+    """Where `keep_history` leaves version 1's rows (None for a SQL source)."""
+    src = model_cfg.source
+    if not isinstance(src, DirectorySourceConfig):
+        return None
+    return src.path / "processed" / data_mod.HISTORY_FILE
+
+
+def keep_history(model_cfg: ModelConfig, rows: pd.DataFrame) -> Path | None:
+    """Leave the labelled rows version 1 is trained on where retraining finds production
+    data (a directory source's processed/ folder); returns the file, or None for a SQL
+    source, whose table is where its history already lives."""
+    path = history_path(model_cfg)
+    if path is None:
+        return None
+    cols = model_cfg.columns
+    wanted = dict.fromkeys([cols.id, cols.timestamp, *cols.features, cols.target])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(path, rows[[c for c in wanted if c is not None and c in rows]])
+    log.info("bootstrap: %d labelled rows kept for retraining windows in %s", len(rows), path)
+    return path
 
 
 def read_dataset(path: Path, dataset: Literal["table", "bikeshare"]) -> pd.DataFrame:

@@ -3,8 +3,11 @@
 Production data comes from the model's source: for a directory source, the batch files
 the daemon scored (moved to `<source.path>/processed/`) plus any the trigger names; for a
 SQL source, the table's rows in the window. Labels arrive later, as files or a table keyed
-by the id column, or as the target column in the batches themselves. Optional base
-training data is added to every run.
+by the id column, or as the target column in the batches themselves. A directory source
+also holds the labelled history version 1 was trained on (`HISTORY_FILE`, left there by
+`watcher.retrain.bootstrap`): it is read like a scored batch, so a retrain soon after the
+bootstrap has the window's full span, not only the few labelled periods production has
+served. Optional base training data is added to every run.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from watcher.fileio import read_label_file, read_table
 
 log = logging.getLogger(__name__)
 
+# In a directory source's processed/ folder: the labelled rows version 1 was trained on.
+HISTORY_FILE = "bootstrap-history.parquet"
 ORIGIN = "_origin"  # provenance of each row: "production" or "base"; dropped before training
 _TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -45,11 +50,14 @@ def _tables_in(path: Path, patterns: Sequence[str] = ("*.parquet", "*.csv")) -> 
 
 
 def batch_files(cfg: DirectorySourceConfig, uris: Sequence[str] = ()) -> list[Path]:
-    """Scored batch files of a directory source, plus any named by the trigger.
+    """Scored batch files of a directory source, plus any named by the trigger, plus the
+    bootstrap's history (whatever the source's patterns: the daemon never scores it).
 
     A named file that the daemon has since moved to `processed/` is found there by name.
     """
     files = set(_tables_in(cfg.path / "processed", cfg.patterns))
+    if (cfg.path / "processed" / HISTORY_FILE).is_file():
+        files.add(cfg.path / "processed" / HISTORY_FILE)
     for uri in uris:
         path = Path(uri)
         if path.is_file():
