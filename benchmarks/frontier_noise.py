@@ -8,6 +8,7 @@ Over the cached matrices of `benchmarks/policy_matrix.py` (DAG steps, or `--fast
   difference from the weekly schedule and of the policy's distance to the frontier, from
   resampling the served periods with replacement (the same draw for every policy:
   `watcher.backtest_report.period_bootstrap`, which `watcher backtest` also uses);
+- with `--log-loss` (classification, DAG steps): the same, each model judged by log loss;
 - the staleness curve: how much worse a model trained a periods before the freshest one
   is, on the same periods (mean over periods of loss[t - a][t] - loss[t - 1][t], with a
   90 % interval over periods). Retraining can only pay where this curve rises.
@@ -53,6 +54,37 @@ def results_of(m: pm.Matrix, policy_cfg: object) -> list[PolicyResult]:
     return out
 
 
+def log_loss_matrix(m: pm.Matrix, cache: Path) -> pm.Matrix:
+    """The same runs and gate verdicts, each model's loss per period in log loss (a proper
+    scoring rule: it sees a model's probabilities drift away from the week's delay rate,
+    which a within-week ROC AUC, a ranking, cannot)."""
+    import pickle
+
+    from sklearn.metrics import log_loss
+
+    _, model_cfg, history = pm.example_history(m.name)
+    target = model_cfg.columns.target
+    window = pm.OVERRIDE.get("window", "").replace(":", "")
+    with (cache / f"{m.name}{'.' + window if window else ''}.trainings.pkl").open("rb") as fh:
+        trainings = pickle.load(fh)  # noqa: S301 - policy_matrix.py's own cache
+    served = history.frame[history.frame["_period"] >= history.skip]
+    periods = served["_period"].to_numpy()
+    loss: dict[int, np.ndarray] = {}
+    holdout: dict[int, float] = {}
+    for w, run in trainings.items():
+        out = np.full(m.n, np.nan)
+        if run.ok:
+            classes = list(run.final.classes_)
+            proba = run.final.predict_proba(served[run.features])
+            for t in range(m.skip, m.n):
+                sel = periods == t
+                out[t] = log_loss(served[target][sel], proba[sel], labels=classes)
+            held = run.challenger.predict_proba(run.holdout[run.features])
+            holdout[w] = float(log_loss(run.holdout[target], held, labels=classes))
+        loss[w] = out
+    return pm.Matrix(m.name, "log_loss", m.skip, m.n, m.delay, m.rows, loss, holdout, m.ok, m.gate)
+
+
 def staleness(
     m: pm.Matrix, ages: range, draws: int, seed: int
 ) -> list[tuple[int, float, float, float, int]]:
@@ -85,9 +117,18 @@ def main() -> None:
     ap.add_argument("--fast", action="store_true")
     ap.add_argument("--draws", type=int, default=2000)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--log-loss", action="store_true", help="classification: judge by log loss")
+    ap.add_argument("--window", help="as policy_matrix.py's")
+    ap.add_argument("--deploy-all", action="store_true", help="as policy_matrix.py's")
     args = ap.parse_args()
+    if args.window:
+        pm.OVERRIDE["window"] = args.window
+    if args.deploy_all:
+        pm.OVERRIDE["deploy_all"] = "1"
     for name in args.only or list(pm.DATASETS):
         m = pm.build_fast(name, args.cache) if args.fast else pm.build(name, args.cache, args.jobs)
+        if args.log_loss and m.metric in ("roc_auc", "accuracy", "f1"):
+            m = log_loss_matrix(m, args.cache)
         settings = load_config(pm.DATASETS[name][1])
         policy_cfg = next(iter(settings.models.values())).policy
         results = results_of(m, policy_cfg)
