@@ -69,6 +69,12 @@ def log_loss_matrix(m: pm.Matrix, cache: Path) -> pm.Matrix:
         trainings = pickle.load(fh)  # noqa: S301 - policy_matrix.py's own cache
     served = history.frame[history.frame["_period"] >= history.skip]
     periods = served["_period"].to_numpy()
+    labels = served[target]
+    first = sorted(labels.unique())[0]
+    shares = [
+        (labels[(periods >= a) & (periods < a + 4)] == first).mean() for a in range(m.skip, m.n, 4)
+    ]
+    print(f"share of {first!r} per 4 periods: {min(shares):.1%} to {max(shares):.1%}")
     loss: dict[int, np.ndarray] = {}
     holdout: dict[int, float] = {}
     for w, run in trainings.items():
