@@ -1,6 +1,7 @@
 """Evaluate retraining policies over a precomputed error matrix (fast policy design).
 
-    .venv/bin/python benchmarks/policy_matrix.py [--cache .cache/policy_matrix]
+    .venv/bin/python benchmarks/policy_matrix.py [--cache .cache/policy_matrix] [--only NAME ...]
+        [--fast] [--window expanding|last_days:N] [--deploy-all]
 
 A model trained after period w is the same whatever policy asked for it (its window and
 seed are fixed by the config), so the expensive part of a backtest is done once per data
