@@ -231,12 +231,16 @@ def plot(results: list[PolicyResult], path: Path, *, title: str, starts: list[An
             left.annotate(
                 f"{r.every}", (r.runs, r.error), textcoords="offset points", xytext=(4, 4)
             )
-    for r in results:
+    for r, (lo, hi) in zip(results, gap_intervals(results), strict=True):
         if r.kind == "policy":
-            left.plot([r.runs], [r.error], "*", markersize=12, label=r.name)
+            (point,) = left.plot([r.runs], [r.error], "*", markersize=12, label=r.name)
+            # Where the frontier at its runs plus its 90 % interval of distance puts it.
+            at = frontier_at(results, r.runs)
+            ends = sorted(_plain(metric, at + gap) for gap in (lo, hi))
+            left.vlines(r.runs, ends[0], ends[1], color=point.get_color(), alpha=0.5)
     left.set_xlabel("retraining runs")
     left.set_ylabel(metric)
-    left.set_title("error against runs")
+    left.set_title("error against runs (bars: 90 % interval of the distance to the frontier)")
     left.legend(fontsize=8)
     for r in results:
         if r.kind == "schedule" and r.every not in (1, 4):
