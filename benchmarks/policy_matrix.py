@@ -1,6 +1,7 @@
 """Evaluate retraining policies over a precomputed error matrix (fast policy design).
 
-    .venv/bin/python benchmarks/policy_matrix.py [--cache .cache/policy_matrix]
+    .venv/bin/python benchmarks/policy_matrix.py [--cache .cache/policy_matrix] [--only NAME ...]
+        [--fast] [--window expanding|last_days:N] [--deploy-all]
 
 A model trained after period w is the same whatever policy asked for it (its window and
 seed are fixed by the config), so the expensive part of a backtest is done once per data
@@ -52,12 +53,33 @@ DATASETS = {
 }
 
 
+# `--window`: the training window to try instead of the config's ("expanding", or
+# "last_days:N"); `--deploy-all`: skip the gate (every challenger deployed). Both change
+# the cache's file names, so matrices of different settings live side by side.
+OVERRIDE: dict[str, str] = {}
+
+
+def _suffix() -> str:
+    parts = [OVERRIDE["window"].replace(":", "")] if "window" in OVERRIDE else []
+    parts += ["deployall"] if OVERRIDE.get("deploy_all") else []
+    return "".join(f".{p}" for p in parts)
+
+
 def example_history(name: str) -> tuple[Any, ModelConfig, Any]:
     """(settings, the model's config, its backtest history) of a bundled example."""
     data, config = DATASETS[name]
     settings = load_config(config)
     model = next(iter(settings.models))
     model_cfg = settings.models[model]
+    if "window" in OVERRIDE:
+        kind, _, size = OVERRIDE["window"].partition(":")
+        update: dict[str, Any] = {"window": kind}
+        if size:
+            update["window_size"] = int(size)
+        model_cfg = model_cfg.model_copy(
+            update={"retrain": model_cfg.retrain.model_copy(update=update)}
+        )
+        settings = settings.model_copy(update={"models": {model: model_cfg}})
     frame = load_example_data(settings, model) if name == "bikeshare" else read_table(data)
     return settings, model_cfg, bt.load_history(frame, model_cfg, model)
 
@@ -80,7 +102,8 @@ class Matrix:
 
 def _trainings(name: str, cache: Path, jobs: int) -> tuple[Any, Any, Any]:
     settings, model_cfg, history = example_history(name)
-    path = cache / f"{name}.trainings.pkl"
+    window = OVERRIDE.get("window", "").replace(":", "")
+    path = cache / f"{name}{'.' + window if window else ''}.trainings.pkl"
     if path.exists():
         with path.open("rb") as fh:
             return model_cfg, history, pickle.load(fh)  # noqa: S301 - our own cache, written below
@@ -102,7 +125,7 @@ def build_fast(name: str, cache: Path) -> Matrix:
     and label delay, version 1 on the first `skip` periods, the holdout figure from a fit on
     the older 80 % of the window; every challenger deployed (the examples' gate tolerates
     20 %). Minutes instead of an hour on a loaded machine, for exploring policies."""
-    path = cache / f"{name}.fast.pkl"
+    path = cache / f"{name}{_suffix()}.fast.pkl"
     if path.exists():
         with path.open("rb") as fh:
             cached: Matrix = pickle.load(fh)  # noqa: S301 - our own cache, written below
@@ -167,7 +190,7 @@ def build_fast(name: str, cache: Path) -> Matrix:
 
 
 def build(name: str, cache: Path, jobs: int) -> Matrix:
-    path = cache / f"{name}.pkl"
+    path = cache / f"{name}{_suffix()}.pkl"
     if path.exists():
         with path.open("rb") as fh:
             cached: Matrix = pickle.load(fh)  # noqa: S301 - our own cache, written below
@@ -210,7 +233,8 @@ def build(name: str, cache: Path, jobs: int) -> Matrix:
                 continue
             for c, champ in trainings.items():
                 if c < w and champ.ok:
-                    gate[(w, c)] = bt._gate(run, champ, model_cfg).deploy
+                    deploy_all = OVERRIDE.get("deploy_all")
+                    gate[(w, c)] = bool(deploy_all) or bt._gate(run, champ, model_cfg).deploy
     m = Matrix(name, metric, history.skip, n, history.label_delay, rows, loss, holdout, ok, gate)
     with path.open("wb") as fh:
         pickle.dump(m, fh)
@@ -234,6 +258,14 @@ Policy = Callable[[State], bool]
 
 def simulate(m: Matrix, policy: Policy) -> tuple[int, int, float]:
     """(runs, deployed, row-weighted loss) of a policy over the matrix."""
+    runs, deployed, errs, weights = serve(m, policy)
+    loss = float(np.average(errs, weights=weights))
+    value = 1 - loss if m.metric in ("roc_auc", "accuracy", "f1", "r2") else loss
+    return runs, deployed, value
+
+
+def serve(m: Matrix, policy: Policy) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(runs, deployed, loss per served period, rows per served period) of a policy."""
     model, deployed_at, last_run = -1, m.skip - 1, m.skip - 1
     state = State(m.skip, deployed_at, model, m.holdout[-1], [], [], 0)
     errs, weights, runs, deployed = [], [], 0, 0
@@ -255,10 +287,7 @@ def simulate(m: Matrix, policy: Policy) -> tuple[int, int, float]:
             deployed += 1
             model, deployed_at = t, t
             state = State(t, t, t, m.holdout[t], [], [], 0)
-    e = np.asarray(errs)
-    loss = float(np.average(e, weights=np.asarray(weights)))
-    value = 1 - loss if m.metric in ("roc_auc", "accuracy", "f1", "r2") else loss
-    return runs, deployed, value
+    return runs, deployed, np.asarray(errs, dtype=float), np.asarray(weights, dtype=float)
 
 
 def schedule(k: int) -> Policy:
@@ -317,7 +346,13 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--fast", action="store_true", help="plain scikit-learn, see build_fast")
+    ap.add_argument("--window", help='instead of the config\'s: "expanding" or "last_days:N"')
+    ap.add_argument("--deploy-all", action="store_true", help="no gate: deploy every run")
     args = ap.parse_args()
+    if args.window:
+        OVERRIDE["window"] = args.window
+    if args.deploy_all:
+        OVERRIDE["deploy_all"] = "1"
     names = args.only or list(DATASETS)
     for name in names:
         m = build_fast(name, args.cache) if args.fast else build(name, args.cache, args.jobs)

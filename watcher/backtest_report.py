@@ -2,7 +2,10 @@
 
 The schedules trace a frontier of error against runs; a policy is worth its runs when its
 point lies on or below that frontier (its error at most the frontier's, interpolated at the
-same number of runs).
+same number of runs). Each policy's distance to the frontier comes with a 90 % interval
+from resampling the served periods (`period_bootstrap`): with a few hundred rows a period
+the week-to-week noise can be as large as what a retrain buys, and the interval says when
+"below the frontier" is within it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,81 @@ def frontier_at(results: list[PolicyResult], runs: int) -> float:
     return float(np.interp(runs, xs, ys))
 
 
+def _envelope_at(runs: np.ndarray, losses: np.ndarray, at: int) -> float:
+    """`frontier_at` over plain arrays: the lower envelope of (runs, loss), interpolated."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for i in np.argsort(runs, kind="stable"):
+        n, loss = float(runs[i]), float(losses[i])
+        if math.isnan(loss) or (ys and loss >= ys[-1]):
+            continue
+        if xs and n == xs[-1]:
+            ys[-1] = loss
+        else:
+            xs.append(n)
+            ys.append(loss)
+    return float(np.interp(at, xs, ys)) if xs else float("nan")
+
+
+def period_bootstrap(
+    results: list[PolicyResult], *, draws: int = 2000, seed: int = 0
+) -> np.ndarray:
+    """Every policy's loss on `draws` resamples of the served periods (drawn with
+    replacement, the same draw for every policy, so comparisons are paired): shape
+    (draws, policies). Each period's error counts with its rows, as in `error`."""
+    if not results or not results[0].period_rows:
+        return np.empty((draws, len(results)))
+    rows = np.asarray(results[0].period_rows, dtype=float)
+    losses = np.array(
+        [[loss_of(r.metric, e) for e in r.period_errors] for r in results], dtype=float
+    )
+    known = ~np.isnan(losses)
+    rng = np.random.default_rng(seed)
+    n = len(rows)
+    counts = np.stack(
+        [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(draws)]
+    ).astype(float)
+    weights = counts * rows  # (draws, periods)
+    total = weights @ known.T.astype(float)  # (draws, policies): rows with a known error
+    summed: np.ndarray = weights @ np.where(known, losses, 0.0).T
+    return summed / np.where(total > 0, total, np.nan)
+
+
+def gap_interval(
+    results: list[PolicyResult], index: int, boot: np.ndarray, level: float = 0.9
+) -> tuple[float, float]:
+    """A `level` interval of policy `index`'s distance to the frontier (its loss minus the
+    schedules' envelope at its runs) over the period resamples in `boot`: how much of
+    "above" or "below" the served periods' week-to-week noise could produce. The frontier
+    is traced afresh in every resample, from the same schedules."""
+    sched = [i for i, r in enumerate(results) if r.kind in ("never", "schedule")]
+    runs = np.array([results[i].runs for i in sched], dtype=float)
+    at = results[index].runs
+    gaps = np.array([b[index] - _envelope_at(runs, b[sched], at) for b in boot])
+    return _quantiles(gaps, level)
+
+
+def difference_interval(
+    boot: np.ndarray, a: int, b: int, level: float = 0.9
+) -> tuple[float, float]:
+    """A `level` interval of policy a's loss minus policy b's over the period resamples."""
+    return _quantiles(boot[:, a] - boot[:, b], level)
+
+
+def gap_intervals(results: list[PolicyResult], level: float = 0.9) -> list[tuple[float, float]]:
+    """`gap_interval` of every policy, from one deterministic bootstrap (seed 0)."""
+    boot = period_bootstrap(results)
+    return [gap_interval(results, i, boot, level) for i in range(len(results))]
+
+
+def _quantiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    ok = values[~np.isnan(values)]
+    if not len(ok):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(ok, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def _alphas(results: list[PolicyResult]) -> list[float]:
     never = next((r for r in results if r.kind == "never"), None)
     base = abs(never.loss) if never is not None and not math.isnan(never.loss) else 1.0
@@ -57,6 +135,7 @@ def to_dict(results: list[PolicyResult], *, periods: int, seed: int) -> dict[str
     """The `--json` document: metric and one entry per policy (plus extra keys)."""
     metric = results[0].metric if results else ""
     alphas = _alphas(results)
+    intervals = gap_intervals(results)
     return {
         "metric": metric,
         "periods": periods,
@@ -74,12 +153,13 @@ def to_dict(results: list[PolicyResult], *, periods: int, seed: int) -> dict[str
                 "train_seconds": round(r.train_seconds, 2),
                 "loss": _num(r.loss),
                 "vs_frontier": _num(r.loss - frontier_at(results, r.runs)),
+                "vs_frontier_90": [_num(x) for x in interval],
                 "cost": [_num(r.loss + a * r.runs) for a in alphas],
                 "period_errors": [_num(e) for e in r.period_errors],
                 "period_rows": r.period_rows,
                 "decisions": [vars(d) for d in r.decisions],
             }
-            for r in results
+            for r, interval in zip(results, intervals, strict=True)
         ],
     }
 
@@ -96,11 +176,12 @@ def table(results: list[PolicyResult], title: str) -> Table:
     metric = results[0].metric if results else "error"
     alphas = _alphas(results)
     t = Table(title=title)
-    for name in ("policy", "runs", "deployed", "failed", metric, "vs frontier", "train s"):
+    columns = ("policy", "runs", "deployed", "failed", metric, "vs frontier", "90 % interval")
+    for name in (*columns, "train s"):
         t.add_column(name, justify="left" if name == "policy" else "right")
     for share in ALPHA_SHARES:
         t.add_column(f"cost α={share:.1%}", justify="right")
-    for r in results:
+    for r, (lo, hi) in zip(results, gap_intervals(results), strict=True):
         gap = r.loss - frontier_at(results, r.runs)
         t.add_row(
             r.name,
@@ -109,6 +190,7 @@ def table(results: list[PolicyResult], title: str) -> Table:
             str(r.failed),
             f"{r.error:.4g}",
             "-" if r.kind != "policy" else f"{gap:+.3g}",
+            "-" if r.kind != "policy" else f"[{lo:+.2g}, {hi:+.2g}]",
             f"{r.train_seconds:.0f}",
             *(f"{r.loss + a * r.runs:.4g}" for a in alphas),
         )
@@ -119,14 +201,15 @@ def markdown(results: list[PolicyResult]) -> str:
     """The same table as Markdown (for READMEs and issue comments)."""
     metric = results[0].metric if results else "error"
     lines = [
-        f"| policy | runs | deployed | failed | {metric} | vs frontier |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| policy | runs | deployed | failed | {metric} | vs frontier | 90 % interval |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
+    for r, (lo, hi) in zip(results, gap_intervals(results), strict=True):
         gap = r.loss - frontier_at(results, r.runs)
+        shown = r.kind == "policy"
         lines.append(
             f"| {r.name} | {r.runs} | {r.deployed} | {r.failed} | {r.error:.4g} | "
-            f"{'-' if r.kind != 'policy' else f'{gap:+.3g}'} |"
+            f"{f'{gap:+.3g}' if shown else '-'} | {f'[{lo:+.2g}, {hi:+.2g}]' if shown else '-'} |"
         )
     return "\n".join(lines)
 
@@ -148,12 +231,16 @@ def plot(results: list[PolicyResult], path: Path, *, title: str, starts: list[An
             left.annotate(
                 f"{r.every}", (r.runs, r.error), textcoords="offset points", xytext=(4, 4)
             )
-    for r in results:
+    for r, (lo, hi) in zip(results, gap_intervals(results), strict=True):
         if r.kind == "policy":
-            left.plot([r.runs], [r.error], "*", markersize=12, label=r.name)
+            (point,) = left.plot([r.runs], [r.error], "*", markersize=12, label=r.name)
+            # Where the frontier at its runs plus its 90 % interval of distance puts it.
+            at = frontier_at(results, r.runs)
+            ends = sorted(_plain(metric, at + gap) for gap in (lo, hi))
+            left.vlines(r.runs, ends[0], ends[1], color=point.get_color(), alpha=0.5)
     left.set_xlabel("retraining runs")
     left.set_ylabel(metric)
-    left.set_title("error against runs")
+    left.set_title("error against runs (bars: 90 % interval of the distance to the frontier)")
     left.legend(fontsize=8)
     for r in results:
         if r.kind == "schedule" and r.every not in (1, 4):

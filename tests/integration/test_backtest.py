@@ -94,6 +94,13 @@ def test_backtest_end_to_end_json_png_deterministic(tmp_path: Path, history: pd.
     assert by["max_age alone"]["runs"] >= 1
     assert by["policy: performance"]["runs"] == 0
     assert by["policy: performance"]["error"] == by["never"]["error"]
+    # The distance to the frontier with its 90 % interval over resampled periods: a policy
+    # that never fires is never's point, at distance 0 in every resample.
+    for p in doc["policies"]:
+        lo, hi = p["vs_frontier_90"]
+        assert lo <= hi
+    assert by["policy: performance"]["vs_frontier_90"] == [0.0, 0.0]
+    assert "90 % interval" in result.output
 
     def stable(d: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -1,0 +1,102 @@
+"""One set of performance-signal parameters on both examples: which rules are on or below
+both schedules' frontiers, and which meet Bikeshare's target too.
+
+    .venv/bin/python benchmarks/policy_joint.py [--bikeshare FILE] [--flights FILE]
+
+FILE is a matrix cached by `benchmarks/policy_matrix.py` under `.cache/policy_matrix/`
+(default: `bikeshare.pkl`, the example's config with the gate, and
+`flights.expanding.deployall.pkl`, from `policy_matrix.py --only flights --window
+expanding --deploy-all`: the example's every-labelled-row window, every challenger
+deployed, as the gate did in every schedule of the real backtest). Rules: CUSUM, cost and
+Page-Hinkley, baselines holdout / first period / min, floors (`max_age_batches`) of none
+and 2-6 periods, with the same parameters on both data sets; and plain schedules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import policy_matrix as pm
+
+# The caches were pickled by policy_matrix.py run as a script: its Matrix is __main__'s.
+sys.modules["__main__"].Matrix = pm.Matrix  # type: ignore[attr-defined]
+
+HIGHER = ("roc_auc", "accuracy", "f1", "r2")
+
+
+def gap_to_frontier(m: pm.Matrix) -> Callable[[int, float], float]:
+    """(runs, value) -> loss minus the schedules' envelope at those runs."""
+    scheds = [pm.never()] + [pm.schedule(k) for k in (1, 2, 3, 4, 6, 8)]
+    higher = m.metric in HIGHER
+    pts: list[tuple[int, float]] = []
+    for runs, _, val in sorted(pm.simulate(m, p) for p in scheds):
+        loss = 1 - val if higher else val
+        if not pts or loss < pts[-1][1]:
+            pts.append((runs, loss))
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return lambda runs, val: (1 - val if higher else val) - float(np.interp(runs, xs, ys))
+
+
+def rules() -> list[tuple[str, pm.Policy]]:
+    out: list[tuple[str, pm.Policy]] = []
+    grid = (
+        ("cusum", (0.0, 0.05, 0.1, 0.2), (0.1, 0.25, 0.5, 1.0)),
+        ("cost", (0.0,), (0.1, 0.25, 0.5, 1.0, 1.5, 2.0)),
+        ("page_hinkley", (0.0, 0.05, 0.1), (0.1, 0.25, 0.5, 1.0)),
+    )
+    for det, tols, thrs in grid:
+        for base in ("holdout", "first_period", "min"):
+            for tol in tols:
+                for thr in thrs:
+                    for age in (None, 2, 3, 4, 5, 6):
+                        kw = {"detector": det, "tolerance": tol, "threshold": thr}
+                        label = f"{det} {base} k={tol} h={thr} age={age}"
+                        out.append((label, pm.perf(age, baseline=base, **kw)))
+    out += [(f"schedule {k}", pm.schedule(k)) for k in (2, 3, 4, 5, 6)]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    cache = pm.ROOT / ".cache/policy_matrix"
+    ap.add_argument("--bikeshare", type=Path, default=cache / "bikeshare.pkl")
+    ap.add_argument("--flights", type=Path, default=cache / "flights.expanding.deployall.pkl")
+    ap.add_argument("--mae", type=float, default=34.2, help="Bikeshare's target MAE")
+    ap.add_argument("--runs", type=int, default=15, help="... with at most this many runs")
+    args = ap.parse_args()
+    mats: dict[str, pm.Matrix] = {}
+    for name in ("bikeshare", "flights"):
+        with getattr(args, name).open("rb") as fh:
+            mats[name] = pickle.load(fh)  # noqa: S301 - policy_matrix.py's own cache
+    gaps = {k: gap_to_frontier(m) for k, m in mats.items()}
+    both, target = 0, 0
+    cands = rules()
+    for label, policy in cands:
+        cells, below = [], True
+        for name, m in mats.items():
+            runs, _, val = pm.simulate(m, policy)
+            gap = gaps[name](runs, val)
+            below &= gap <= 1e-9
+            cells.append(f"{name} {runs:3d} runs {m.metric} {val:.4f} vs frontier {gap:+.4f}")
+            if name == "bikeshare":
+                meets = runs <= args.runs and val <= args.mae
+        both += below
+        target += below and meets
+        if below:
+            print(f"{label:42s} " + " | ".join(cells) + (" | TARGET" if meets else ""))
+    print(
+        f"{both} of {len(cands)} rules on or below both frontiers; {target} of them with "
+        f"Bikeshare MAE <= {args.mae} in <= {args.runs} runs"
+    )
+
+
+if __name__ == "__main__":
+    main()
