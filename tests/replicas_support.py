@@ -41,6 +41,20 @@ class Fleet:
     def stop_all(self) -> list[int]:
         return [p.stop() for p in self.replicas if p is not None and p.alive()]
 
+    def stop_all_cleanly(self) -> int:
+        """SIGTERM every live replica and require exit code 0 of each; how many stopped.
+        A failure names each replica that did not, with the end of its log on the first
+        line (CI shows only that line)."""
+        live = [p for p in self.replicas if p is not None and p.alive()]
+        bad = []
+        for proc in live:
+            code = proc.stop()
+            if code != 0:
+                tail = proc.log.read_text(errors="replace").strip().splitlines()[-8:]
+                bad.append(f"{proc.log.name} exited with {code}: " + " | ".join(tail))
+        assert not bad, "; ".join(bad)
+        return len(live)
+
     def kill_all(self) -> None:
         for proc in self.replicas:
             if proc is not None:

@@ -8,6 +8,7 @@ kept in one file so the whole command table, its options and their help read in 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import sys
 import time
@@ -84,6 +85,9 @@ def run(config: ConfigOpt = None) -> None:
     setup_logging(
         settings.daemon.log_format, settings.daemon.log_level, secrets=secret_values(settings)
     )
+    # A daemon that dies of a fatal signal (a crash in a C extension, an abort at exit)
+    # leaves the stack of every thread on stderr, not only an exit code.
+    faulthandler.enable()
     try:
         code = asyncio.run(Daemon(settings).run())
     except WatcherError as exc:

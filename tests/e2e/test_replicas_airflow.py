@@ -97,7 +97,7 @@ def test_three_replicas_killed_and_restarted_trigger_each_retrain_once(
             timeout=300,
             what="every run tracked to its end",
         )
-        assert all(code == 0 for code in fleet.stop_all())
+        assert fleet.stop_all_cleanly() == 3
     finally:
         fleet.kill_all()
         store.close()

@@ -102,7 +102,7 @@ def test_three_replicas_killed_and_restarted_score_every_batch_once_and_mail_onc
         assert done == MODELS * WAVES, fleet.logs()[-8000:]
         # Every alert in the outbox delivered before the count.
         wait_for(lambda: store.pending_counts()["alert"] == 0, timeout=60, what="alerts delivered")
-        assert all(code == 0 for code in fleet.stop_all())
+        assert fleet.stop_all_cleanly() == 3
 
         ledger = store._read("SELECT model, batch_id, status FROM batches")
         assert Counter(r["status"] for r in ledger) == {"scored": MODELS * WAVES}
@@ -209,7 +209,7 @@ def test_a_frozen_replica_loses_its_model_and_its_stale_write_is_refused(
         assert "watcher_models_owned 1.0" in owner
         assert 'watcher_drift_streak{model="m00"} 1.0' in owner
         assert "watcher_models_without_owner 0.0" in owner
-        assert fleet.stop_all() == [0, 0]
+        assert fleet.stop_all_cleanly() == 2
     finally:
         fleet.kill_all()
         store.close()
