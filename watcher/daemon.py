@@ -41,7 +41,7 @@ from watcher.replicas import on_duty_only, replicas_for
 from watcher.scheduling import ModelScheduler
 from watcher.secrets import Scrubber, secret_values
 from watcher.source_alerts import SourceAlerts
-from watcher.state import RunRecord, StateDirLock, open_state
+from watcher.state import DB_ERRORS, RunRecord, StateDirLock, StateUnavailable, open_state
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,14 @@ class Daemon:
     async def run(self) -> int:
         self._install_signal_handlers()
         try:
-            await self.startup()
+            try:
+                await self.startup()
+            except DB_ERRORS as exc:
+                raise StateUnavailable(
+                    f"the state database failed while watcher was starting: {exc}",
+                    hint="watcher exits (code 2) so that its supervisor starts it again; "
+                    "check that the database server is up",
+                ) from exc
             await self.main_loop()
         finally:
             await self.shutdown()

@@ -307,6 +307,16 @@ def test_postgres_connection_lost_then_recovered(state_pg_database: str) -> None
         _score(store, "b2")
         assert store.write_error is None
         assert store.processed_ids(MODEL) == {"b1", "b2"}
+        # A read is asked again on a new connection: a replica starting while PostgreSQL
+        # restarts no longer dies on its first query (a write still fails, as above).
+        with psycopg.connect(backend.conninfo(), autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'watcher' AND datname = current_database()"
+            ).fetchall()
+        assert killed
+        assert store.processed_ids(MODEL) == {"b1", "b2"}
+        assert store.reference_version(MODEL) is None
     finally:
         store.close()
 

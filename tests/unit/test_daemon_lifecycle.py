@@ -147,3 +147,28 @@ def test_the_background_shutdown_timeout_is_configured() -> None:
     assert DaemonConfig().background_shutdown_timeout_seconds == 5.0
     with pytest.raises(ValueError, match="greater than 0"):
         DaemonConfig(background_shutdown_timeout_seconds=0)
+
+
+def test_a_state_database_failing_at_start_up_is_a_clear_error_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """The database drops the connection while watcher starts (a write, which is not asked
+    again): `watcher run` exits 2 with a message that says what and what to do, and the
+    start-up's half-made state is shut down."""
+    import sqlite3
+
+    from watcher.state import StateUnavailable
+
+    settings = load_config(write_config(tmp_path, extra_top=""))
+    daemon = Daemon(settings, CollectorRegistry())
+
+    async def at_start(name, cfg):  # type: ignore[no-untyped-def]
+        raise sqlite3.OperationalError("disk I/O error")
+
+    daemon.references.at_start = at_start  # type: ignore[method-assign]
+    with pytest.raises(StateUnavailable, match="failed while watcher was starting: disk I/O") as e:
+        asyncio.run(daemon.run())
+    assert "supervisor starts it again" in (e.value.hint or "")
+    assert daemon.stop.is_set()  # shut down: the lock released, the store closed
+    with pytest.raises(StateUnavailable, match="is closed"):
+        daemon.store.processed_ids("m")

@@ -145,8 +145,16 @@ class StoreCore:
                 self.write_error = None
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """A read, asked once more on a new connection when the server had dropped this one
+        (a restart, a terminated backend). Unlike a write, a read is safe to repeat; without
+        this a replica starting while PostgreSQL restarts died on its first query."""
         with self._lock:
-            return list(self._live().execute(sql, params).fetchall())
+            try:
+                return list(self._live().execute(sql, params).fetchall())
+            except DB_ERRORS:
+                if self._closed or self._conn.usable:
+                    raise  # not a lost connection: a second try would fail the same way
+                return list(self._live().execute(sql, params).fetchall())
 
     # ---- watermarks (sql source) --------------------------------------------------------
 
