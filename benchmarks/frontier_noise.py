@@ -64,8 +64,7 @@ def log_loss_matrix(m: pm.Matrix, cache: Path) -> pm.Matrix:
 
     _, model_cfg, history = pm.example_history(m.name)
     target = model_cfg.columns.target
-    window = pm.OVERRIDE.get("window", "").replace(":", "")
-    with (cache / f"{m.name}{'.' + window if window else ''}.trainings.pkl").open("rb") as fh:
+    with pm.cache_path(cache, m.name, "trainings").open("rb") as fh:
         trainings = pickle.load(fh)  # noqa: S301 - policy_matrix.py's own cache
     served = history.frame[history.frame["_period"] >= history.skip]
     periods = served["_period"].to_numpy()

@@ -88,3 +88,38 @@ def test_the_families_simulator_agrees_with_the_matrix_simulator(pm: ModuleType)
     runs, _, error = pf.simulate(m, pf.ratio("best5", 0.05, 1))
     assert 0 < runs < 15
     assert error < pm.simulate(m, pm.never())[2]
+
+
+def test_the_cache_key_changes_with_every_input_and_only_then(
+    pm: ModuleType, tmp_path: Path
+) -> None:
+    data, config, code = tmp_path / "d.csv", tmp_path / "w.toml", tmp_path / "pkg"
+    data.write_text("a,b\n1,2\n")
+    config.write_text('window = "last_days"\n')
+    (code / "sub").mkdir(parents=True)
+    (code / "sub" / "m.py").write_text("X = 1\n")
+    files = [data, config, code]
+    key = pm.cache_key(files, {"override.window": "expanding"})
+    assert key == pm.cache_key(files, {"override.window": "expanding"})
+    assert key != pm.cache_key(files, {})
+    config.write_text('window = "expanding"\n')  # the bug this key fixes: config changed
+    changed_config = pm.cache_key(files, {"override.window": "expanding"})
+    assert changed_config != key
+    data.write_text("a,b\n1,3\n")
+    changed_data = pm.cache_key(files, {"override.window": "expanding"})
+    (code / "sub" / "m.py").write_text("X = 2\n")
+    changed_code = pm.cache_key(files, {"override.window": "expanding"})
+    assert len({key, changed_config, changed_data, changed_code}) == 4
+
+
+def test_the_examples_cache_paths_differ_by_kind_and_override(pm: ModuleType) -> None:
+    cache = Path("/nonexistent")
+    plain = pm.cache_path(cache, "flights", "matrix", {})
+    assert plain.parent == cache
+    assert plain != pm.cache_path(cache, "flights", "matrix", {"deploy_all": "1"})
+    assert plain != pm.cache_path(cache, "flights", "fast", {})
+    assert plain != pm.cache_path(cache, "bikeshare", "matrix", {})
+    # The gate does not change the trainings: one trainings file serves both.
+    trainings = pm.cache_path(cache, "flights", "trainings", {})
+    assert trainings == pm.cache_path(cache, "flights", "trainings", {"deploy_all": "1"})
+    assert trainings != pm.cache_path(cache, "flights", "trainings", {"window": "expanding"})
