@@ -337,6 +337,12 @@ def schedule(k: int) -> Policy:
     return lambda s: s.since_run >= k
 
 
+def phased(m: Matrix, k: int, phase: int) -> Policy:
+    """Every k periods at `phase`, as `watcher.backtest.schedule_fires` (phase 0 is
+    `schedule(k)`): retrain after served periods phase, phase + k, ... (1-based)."""
+    return lambda s: (s.period - m.skip + 1) % k == phase % k
+
+
 def never() -> Policy:
     return lambda s: False
 
