@@ -123,3 +123,14 @@ def test_the_examples_cache_paths_differ_by_kind_and_override(pm: ModuleType) ->
     trainings = pm.cache_path(cache, "flights", "trainings", {})
     assert trainings == pm.cache_path(cache, "flights", "trainings", {"deploy_all": "1"})
     assert trainings != pm.cache_path(cache, "flights", "trainings", {"window": "expanding"})
+
+
+def test_phase_zero_is_the_schedule_and_the_phases_share_the_runs(pm: ModuleType) -> None:
+    m = _matrix(pm)  # 15 decisions (after served periods 1..15; none after the last)
+    for k in (1, 2, 3, 4, 6):
+        assert pm.simulate(m, pm.phased(m, k, 0)) == pm.simulate(m, pm.schedule(k))
+        # Every decision point is some phase's retrain: the phases' runs add up to 15.
+        assert sum(pm.simulate(m, pm.phased(m, k, j))[0] for j in range(k)) == 15
+    # A loss that grows with age: phase 1 of every 4 retrains first, after served period
+    # 1, and is no worse than phase 0, which serves version 1 for 4 periods.
+    assert pm.simulate(m, pm.phased(m, 4, 1))[2] <= pm.simulate(m, pm.phased(m, 4, 0))[2]
