@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -255,10 +255,23 @@ class PeriodContext:
     labelled: tuple[int, float, int] | None  # (period, served model's error, rows) now known
 
 
+# What several replays of one backtest compute alike, by (what, training period, period):
+# a model's score and predictions on a period, and the gate's verdict for a (challenger,
+# champion) pair. All are pure functions of the shared trainings, and a schedule's phases
+# and the policies ask for the same ones again and again.
+Memo = dict[tuple[str, int, int], Any]
+
+
 def replay_policy(
-    trigger: Trigger, settings: Settings, history: History, trainings: dict[int, Training]
+    trigger: Trigger,
+    settings: Settings,
+    history: History,
+    trainings: dict[int, Training],
+    memo: Memo | None = None,
 ) -> PolicyResult:
-    """Serve every period after the first `skip` with the policy's production model."""
+    """Serve every period after the first `skip` with the policy's production model.
+    `memo` shares scores, predictions and gate verdicts between replays of one backtest."""
+    memo = {} if memo is None else memo
     model_cfg = settings.models[history.model]
     cols, cfg = model_cfg.columns, model_cfg.retrain
     metric, task = cfg.primary_metric, cfg.task
@@ -276,8 +289,10 @@ def replay_policy(
     errors_by_period: dict[int, float] = {}
     for period in range(history.skip, history.n_periods):
         rows = history.rows(period)
-        model = served.training.final
-        value = score(model, rows[served.training.features], rows[cols.target], task)[metric]
+        model, feats, w = served.training.final, served.training.features, served.training.period
+        if ("score", w, period) not in memo:
+            memo["score", w, period] = score(model, rows[feats], rows[cols.target], task)[metric]
+        value = memo["score", w, period]
         errors_by_period[period] = value
         result.period_errors.append(value)
         result.period_rows.append(len(rows))
@@ -285,7 +300,9 @@ def replay_policy(
             break  # nothing left to serve: no run after the last period
         batch = rows.drop(columns=[cols.target, "_period"])
         if cols.prediction:
-            batch[cols.prediction] = model.predict(rows[served.training.features])
+            if ("predict", w, period) not in memo:
+                memo["predict", w, period] = model.predict(rows[feats])
+            batch[cols.prediction] = memo["predict", w, period]
         known = period - history.label_delay
         labelled = None
         if known >= history.skip and known in errors_by_period:
@@ -301,7 +318,10 @@ def replay_policy(
             result.failed += 1
             result.decisions.append(Decision(period, reason, "failed", run.message))
             continue
-        verdict = _gate(run, served.training, model_cfg)
+        pair = ("gate", run.period, served.training.period)
+        if pair not in memo:
+            memo[pair] = _gate(run, served.training, model_cfg)
+        verdict: GateDecision = memo[pair]
         if verdict.deploy:
             assert run.holdout is not None
             served = Served(run, period, verdict.challenger[metric])
@@ -371,8 +391,12 @@ def _replay_task(
     settings: Settings = _WORKER["settings"]
     threads = settings.models[_WORKER["history"].model].retrain.threads
     # Unlimited OpenMP threads in every process spin for seconds on a busy machine.
+    memo: Memo = {}
     with limited_threads(threads):
-        return [(i, replay_policy(t, settings, _WORKER["history"], trainings)) for i, t in triggers]
+        return [
+            (i, replay_policy(t, settings, _WORKER["history"], trainings, memo))
+            for i, t in triggers
+        ]
 
 
 def pool_for(settings: Settings, history: History, jobs: int, tmp: Path) -> ProcessPoolExecutor:
