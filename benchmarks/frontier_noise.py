@@ -7,7 +7,9 @@ Over the cached matrices of `benchmarks/policy_matrix.py` (DAG steps, or `--fast
 - every schedule's and the examples' policy's loss, with a 90 % interval of its
   difference from the weekly schedule and of the policy's distance to the frontier, from
   resampling the served periods with replacement (the same draw for every policy:
-  `watcher.backtest_report.period_bootstrap`, which `watcher backtest` also uses);
+  `watcher.backtest_report.period_bootstrap`, which `watcher backtest` also uses), each
+  schedule with its phase mean and the distance to the phase-averaged frontier beside
+  the single-phase one (`watcher.backtest_report.distances`);
 - with `--log-loss` (classification, DAG steps): the same, each model judged by log loss;
 - the staleness curve: how much worse a model trained a periods before the freshest one
   is, on the same periods (mean over periods of loss[t - a][t] - loss[t - 1][t], with a
@@ -36,21 +38,28 @@ from watcher.signals import loss_of
 sys.modules["__main__"].Matrix = pm.Matrix  # type: ignore[attr-defined]
 
 
+def _result(m: pm.Matrix, name: str, kind: str, every: int | None, pol: pm.Policy) -> PolicyResult:
+    runs, deployed, errs, rows = pm.serve(m, pol)
+    r = PolicyResult(name, kind, every, m.metric)  # type: ignore[arg-type]
+    r.period_errors = [loss_of(m.metric, e) for e in errs]  # loss back to the metric
+    r.period_rows = [int(x) for x in rows]
+    r.runs, r.deployed = runs, deployed
+    return r
+
+
 def results_of(m: pm.Matrix, policy_cfg: object) -> list[PolicyResult]:
-    """Never, the schedules and the examples' policy over the matrix, as a backtest's."""
-    cands: list[tuple[str, str, int | None, pm.Policy]] = [("never", "never", None, pm.never())]
-    cands += [(f"every {k}", "schedule", k, pm.schedule(k)) for k in (1, 2, 3, 4, 6, 8)]
+    """Never, the schedules (phase 0, each carrying all its phases, as `watcher backtest`)
+    and the examples' policy over the matrix, as a backtest's."""
+    out = [_result(m, "never", "never", None, pm.never())]
+    for k in (1, 2, 3, 4, 6, 8):
+        phases = [_result(m, f"every {k}", "schedule", k, pm.phased(m, k, j)) for j in range(k)]
+        for j, r in enumerate(phases):
+            r.phase = j
+        phases[0].phases = phases
+        out.append(phases[0])
     perf_kw = policy_cfg.performance.model_dump()  # type: ignore[attr-defined]
     age = policy_cfg.max_age_batches  # type: ignore[attr-defined]
-    cands.append(("examples' policy", "policy", None, pm.perf(age, **perf_kw)))
-    out = []
-    for name, kind, every, pol in cands:
-        runs, deployed, errs, rows = pm.serve(m, pol)
-        r = PolicyResult(name, kind, every, m.metric)  # type: ignore[arg-type]
-        r.period_errors = [loss_of(m.metric, e) for e in errs]  # loss back to the metric
-        r.period_rows = [int(x) for x in rows]
-        r.runs, r.deployed = runs, deployed
-        out.append(r)
+    out.append(_result(m, "examples' policy", "policy", None, pm.perf(age, **perf_kw)))
     return out
 
 
@@ -64,8 +73,7 @@ def log_loss_matrix(m: pm.Matrix, cache: Path) -> pm.Matrix:
 
     _, model_cfg, history = pm.example_history(m.name)
     target = model_cfg.columns.target
-    window = pm.OVERRIDE.get("window", "").replace(":", "")
-    with (cache / f"{m.name}{'.' + window if window else ''}.trainings.pkl").open("rb") as fh:
+    with pm.cache_path(cache, m.name, "trainings").open("rb") as fh:
         trainings = pickle.load(fh)  # noqa: S301 - policy_matrix.py's own cache
     served = history.frame[history.frame["_period"] >= history.skip]
     periods = served["_period"].to_numpy()
@@ -145,14 +153,18 @@ def main() -> None:
             f"rows per served period: min {min(results[0].period_rows)}, "
             f"median {int(np.median(results[0].period_rows))}, max {max(results[0].period_rows)}"
         )
-        for i, r in enumerate(results):
+        # Distances to the phase-averaged frontier (a schedule: its phase mean's) and to the
+        # single-phase one, as `watcher backtest` prints them (the same bootstrap, seed 0).
+        for i, (r, d) in enumerate(zip(results, report.distances(results), strict=True)):
             lo, hi = report.difference_interval(boot, i, weekly)
-            gap = r.loss - report.frontier_at(results, r.runs)
-            glo, ghi = report.gap_interval(results, i, boot)
+            mean = report.phase_mean(r)
             print(
-                f"{r.name:18s} runs {r.runs:3d} dep {r.deployed:3d} {m.metric} {r.error:.4f} "
+                f"{r.name:18s} runs {r.runs:3g} dep {r.deployed:3g} {m.metric} {r.error:.4f} "
+                f"(phase mean {mean.runs:.3g} runs, {mean.error:.4f}) "
                 f"loss-weekly {r.loss - results[weekly].loss:+.4f} [{lo:+.4f}, {hi:+.4f}] "
-                f"vs frontier {gap:+.4f} [{glo:+.4f}, {ghi:+.4f}]"
+                f"vs frontier {d.gap:+.4f} [{d.interval[0]:+.4f}, {d.interval[1]:+.4f}] "
+                f"vs 1-phase frontier {d.single:+.4f} "
+                f"[{d.single_interval[0]:+.4f}, {d.single_interval[1]:+.4f}]"
             )
         print("staleness: extra loss of a model trained a periods before the freshest")
         for a, mean, lo, hi, k in staleness(m, range(2, 21, 2), args.draws, 0):

@@ -4,9 +4,9 @@ both schedules' frontiers, and which meet Bikeshare's target too.
     .venv/bin/python benchmarks/policy_joint.py [--bikeshare FILE] [--flights FILE]
 
 FILE is a matrix cached by `benchmarks/policy_matrix.py` under `.cache/policy_matrix/`
-(default: `bikeshare.pkl`, the example's config with the gate, and
-`flights.expanding.deployall.pkl`, from `policy_matrix.py --only flights --window
-expanding --deploy-all`: the example's every-labelled-row window, every challenger
+(default: Bikeshare's with the example's config and the gate, and flights' from
+`policy_matrix.py --only flights --window expanding --deploy-all`, as `pm.cache_path`
+names them: the example's every-labelled-row window, every challenger
 deployed, as the gate did in every schedule of the real backtest). Rules: CUSUM, cost and
 Page-Hinkley, baselines holdout / first period / min, floors (`max_age_batches`) of none
 and 2-6 periods, with the same parameters on both data sets; and plain schedules.
@@ -67,8 +67,11 @@ def rules() -> list[tuple[str, pm.Policy]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     cache = pm.ROOT / ".cache/policy_matrix"
-    ap.add_argument("--bikeshare", type=Path, default=cache / "bikeshare.pkl")
-    ap.add_argument("--flights", type=Path, default=cache / "flights.expanding.deployall.pkl")
+    flights = {"window": "expanding", "deploy_all": "1"}
+    ap.add_argument("--bikeshare", type=Path, default=pm.cache_path(cache, "bikeshare", "matrix"))
+    ap.add_argument(
+        "--flights", type=Path, default=pm.cache_path(cache, "flights", "matrix", flights)
+    )
     ap.add_argument("--mae", type=float, default=34.2, help="Bikeshare's target MAE")
     ap.add_argument("--runs", type=int, default=15, help="... with at most this many runs")
     args = ap.parse_args()

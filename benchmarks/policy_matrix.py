@@ -9,11 +9,19 @@ set: every period's training run (`watcher.backtest.train_all`), then E[w][t], t
 the model trained after w on labelled period t, and the gate's verdict for every
 (challenger, champion) pair. Both are cached on disk (git-ignored `.cache/`), and any
 policy is then simulated over them in milliseconds.
+
+A cache file's name carries a hash of everything it was computed from (`cache_path`): the
+data file, the config file's text, the `--window`/`--deploy-all` overrides, the source of
+the code that trains, scores and gates (`CODE`), the versions of the numeric libraries and
+`CACHE_VERSION`. Change any of them and the matrix is rebuilt, not silently reused (a cache
+built with flights' old 12-week window was once read after the config moved to every row).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import pickle
 import sys
@@ -53,16 +61,52 @@ DATASETS = {
 }
 
 
+# Bump when `build`, `build_fast` or `_trainings` compute something different.
+CACHE_VERSION = 2
+# What the cached trainings and matrices are computed by (files, or folders of *.py).
+CODE = (
+    "watcher/backtest.py",
+    "watcher/backtest_history.py",
+    "watcher/config.py",
+    "watcher/retrain",
+)
+
+
+def cache_key(files: list[Path], params: dict[str, str]) -> str:
+    """A short hash of the files' bytes (folders: every *.py under them, by relative
+    path) and of `params`: equal only when every input is."""
+    h = hashlib.sha256(json.dumps(sorted(params.items())).encode())
+    for f in files:
+        members = sorted(f.rglob("*.py")) if f.is_dir() else [f]
+        for member in members:
+            h.update(str(member.relative_to(f.parent) if f.is_dir() else member.name).encode())
+            h.update(hashlib.sha256(member.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def cache_path(cache: Path, name: str, kind: str, override: dict[str, str] | None = None) -> Path:
+    """Where `kind` ("trainings", "matrix" or "fast") of data set `name` is cached, with the
+    overrides in effect (default: the command line's), keyed by what it depends on."""
+    import sklearn
+
+    over = dict(OVERRIDE if override is None else override)
+    if kind == "trainings":
+        over.pop("deploy_all", None)  # the trainings are the same with or without the gate
+    data, config = DATASETS[name]
+    params = {
+        "kind": kind,
+        "version": str(CACHE_VERSION),
+        "libraries": f"{sklearn.__version__} {np.__version__} {pd.__version__}",
+        **{f"override.{k}": v for k, v in over.items()},
+    }
+    key = cache_key([data, config, *(ROOT / c for c in CODE)], params)
+    return cache / f"{name}.{kind}.{key}.pkl"
+
+
 # `--window`: the training window to try instead of the config's ("expanding", or
 # "last_days:N"); `--deploy-all`: skip the gate (every challenger deployed). Both change
-# the cache's file names, so matrices of different settings live side by side.
+# the cache's keys (`cache_path`), so matrices of different settings live side by side.
 OVERRIDE: dict[str, str] = {}
-
-
-def _suffix() -> str:
-    parts = [OVERRIDE["window"].replace(":", "")] if "window" in OVERRIDE else []
-    parts += ["deployall"] if OVERRIDE.get("deploy_all") else []
-    return "".join(f".{p}" for p in parts)
 
 
 def example_history(name: str) -> tuple[Any, ModelConfig, Any]:
@@ -102,8 +146,7 @@ class Matrix:
 
 def _trainings(name: str, cache: Path, jobs: int) -> tuple[Any, Any, Any]:
     settings, model_cfg, history = example_history(name)
-    window = OVERRIDE.get("window", "").replace(":", "")
-    path = cache / f"{name}{'.' + window if window else ''}.trainings.pkl"
+    path = cache_path(cache, name, "trainings")
     if path.exists():
         with path.open("rb") as fh:
             return model_cfg, history, pickle.load(fh)  # noqa: S301 - our own cache, written below
@@ -125,7 +168,7 @@ def build_fast(name: str, cache: Path) -> Matrix:
     and label delay, version 1 on the first `skip` periods, the holdout figure from a fit on
     the older 80 % of the window; every challenger deployed (the examples' gate tolerates
     20 %). Minutes instead of an hour on a loaded machine, for exploring policies."""
-    path = cache / f"{name}{_suffix()}.fast.pkl"
+    path = cache_path(cache, name, "fast")
     if path.exists():
         with path.open("rb") as fh:
             cached: Matrix = pickle.load(fh)  # noqa: S301 - our own cache, written below
@@ -190,7 +233,7 @@ def build_fast(name: str, cache: Path) -> Matrix:
 
 
 def build(name: str, cache: Path, jobs: int) -> Matrix:
-    path = cache / f"{name}{_suffix()}.pkl"
+    path = cache_path(cache, name, "matrix")
     if path.exists():
         with path.open("rb") as fh:
             cached: Matrix = pickle.load(fh)  # noqa: S301 - our own cache, written below
@@ -292,6 +335,12 @@ def serve(m: Matrix, policy: Policy) -> tuple[int, int, np.ndarray, np.ndarray]:
 
 def schedule(k: int) -> Policy:
     return lambda s: s.since_run >= k
+
+
+def phased(m: Matrix, k: int, phase: int) -> Policy:
+    """Every k periods at `phase`, as `watcher.backtest.schedule_fires` (phase 0 is
+    `schedule(k)`): retrain after served periods phase, phase + k, ... (1-based)."""
+    return lambda s: (s.period - m.skip + 1) % k == phase % k
 
 
 def never() -> Policy:

@@ -1,5 +1,8 @@
 """Backtest retraining policies on labelled history, in this process, without Airflow.
 
+Size: just over 400 lines; the replay, its triggers and the schedules' phases share the
+period context and splitting them would scatter one loop over modules.
+
 The history is cut into periods (a week by default). Version 1 is trained on the first
 `skip` periods; each later period is served by the model in production, its labels arrive
 `label_delay` periods later, and after each period a policy decides whether to retrain.
@@ -13,6 +16,12 @@ Training does not depend on the policy: the run after period i sees the same dat
 same seed whatever policy asked for it, so each period's run is done once (in parallel) and
 shared by every policy that retrains after that period. Only the evaluation, the gate and
 the serving differ between policies, and they are cheap.
+
+A schedule "every k periods" is replayed at each of its k phases (retraining after served
+period j, j + k, ...; phase 0 is after k, 2k, ...): a cron job's phase in production is
+arbitrary, so what it is expected to give is the mean over its phases, and the frontier
+(a minimum over schedules) traced from one phase picks up whichever phase was lucky. The
+phases reuse the same per-period trainings; they add replays only.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -84,11 +93,15 @@ class PolicyResult:
     metric: str
     period_errors: list[float] = field(default_factory=list)
     period_rows: list[int] = field(default_factory=list)
-    runs: int = 0
-    deployed: int = 0
-    failed: int = 0
+    # Counts of one replay; a mean over a schedule's phases (`backtest_report.phase_mean`)
+    # is fractional, hence float.
+    runs: float = 0
+    deployed: float = 0
+    failed: float = 0
     train_seconds: float = 0.0
     decisions: list[Decision] = field(default_factory=list)
+    phase: int | None = None  # schedules: the phase this replay retrained at
+    phases: list[PolicyResult] = field(default_factory=list)  # schedules: every phase's replay
 
     @property
     def error(self) -> float:
@@ -117,16 +130,28 @@ class Trigger:
         """A new model went into production after this period."""
 
 
+def schedule_fires(served: int, every: int, phase: int = 0) -> bool:
+    """Whether a schedule every `every` periods at `phase` retrains after the `served`-th
+    served period (1-based): phase 0 after every, 2·every, ...; phase j after j, j + every."""
+    return served % every == phase % every
+
+
+def schedule_name(every: int, phase: int | None = None) -> str:
+    name = "every period" if every == 1 else f"every {every} periods"
+    return name if not phase else f"{name}, phase {phase}"
+
+
 class Schedule(Trigger):
     kind: Kind = "schedule"
 
-    def __init__(self, every: int) -> None:
-        self.every = every
-        self.name = "every period" if every == 1 else f"every {every} periods"
+    def __init__(self, every: int, phase: int = 0) -> None:
+        self.every, self.phase = every, phase
+        self.name = schedule_name(every, phase)
 
     def should_retrain(self, ctx: PeriodContext) -> str | None:
         served = ctx.period - ctx.history.skip + 1
-        return f"schedule: {served} periods served" if served % (self.every or 1) == 0 else None
+        fires = schedule_fires(served, self.every or 1, self.phase)
+        return f"schedule: {served} periods served" if fires else None
 
 
 class SignalPolicy(Trigger):
@@ -230,10 +255,23 @@ class PeriodContext:
     labelled: tuple[int, float, int] | None  # (period, served model's error, rows) now known
 
 
+# What several replays of one backtest compute alike, by (what, training period, period):
+# a model's score and predictions on a period, and the gate's verdict for a (challenger,
+# champion) pair. All are pure functions of the shared trainings, and a schedule's phases
+# and the policies ask for the same ones again and again.
+Memo = dict[tuple[str, int, int], Any]
+
+
 def replay_policy(
-    trigger: Trigger, settings: Settings, history: History, trainings: dict[int, Training]
+    trigger: Trigger,
+    settings: Settings,
+    history: History,
+    trainings: dict[int, Training],
+    memo: Memo | None = None,
 ) -> PolicyResult:
-    """Serve every period after the first `skip` with the policy's production model."""
+    """Serve every period after the first `skip` with the policy's production model.
+    `memo` shares scores, predictions and gate verdicts between replays of one backtest."""
+    memo = {} if memo is None else memo
     model_cfg = settings.models[history.model]
     cols, cfg = model_cfg.columns, model_cfg.retrain
     metric, task = cfg.primary_metric, cfg.task
@@ -246,11 +284,15 @@ def replay_policy(
     )
     served = Served(first, history.skip - 1, baseline[metric])
     result = PolicyResult(trigger.name, trigger.kind, trigger.every, metric)
+    if isinstance(trigger, Schedule):
+        result.phase = trigger.phase
     errors_by_period: dict[int, float] = {}
     for period in range(history.skip, history.n_periods):
         rows = history.rows(period)
-        model = served.training.final
-        value = score(model, rows[served.training.features], rows[cols.target], task)[metric]
+        model, feats, w = served.training.final, served.training.features, served.training.period
+        if ("score", w, period) not in memo:
+            memo["score", w, period] = score(model, rows[feats], rows[cols.target], task)[metric]
+        value = memo["score", w, period]
         errors_by_period[period] = value
         result.period_errors.append(value)
         result.period_rows.append(len(rows))
@@ -258,7 +300,9 @@ def replay_policy(
             break  # nothing left to serve: no run after the last period
         batch = rows.drop(columns=[cols.target, "_period"])
         if cols.prediction:
-            batch[cols.prediction] = model.predict(rows[served.training.features])
+            if ("predict", w, period) not in memo:
+                memo["predict", w, period] = model.predict(rows[feats])
+            batch[cols.prediction] = memo["predict", w, period]
         known = period - history.label_delay
         labelled = None
         if known >= history.skip and known in errors_by_period:
@@ -274,7 +318,10 @@ def replay_policy(
             result.failed += 1
             result.decisions.append(Decision(period, reason, "failed", run.message))
             continue
-        verdict = _gate(run, served.training, model_cfg)
+        pair = ("gate", run.period, served.training.period)
+        if pair not in memo:
+            memo[pair] = _gate(run, served.training, model_cfg)
+        verdict: GateDecision = memo[pair]
         if verdict.deploy:
             assert run.holdout is not None
             served = Served(run, period, verdict.challenger[metric])
@@ -312,16 +359,44 @@ def _gate(run: Training, champion: Training, model_cfg: ModelConfig) -> GateDeci
 
 
 def build_triggers(extra: Iterable[Trigger] = ()) -> list[Trigger]:
-    """Never, then the schedules, then `extra` (the configured policy, each signal alone)."""
-    return [Trigger(), *(Schedule(k) for k in SCHEDULES), *extra]
+    """Never, then the schedules (each at every phase, phase 0 first), then `extra` (the
+    configured policy, each signal alone)."""
+    schedules = (Schedule(k, j) for k in SCHEDULES for j in range(k))
+    return [Trigger(), *schedules, *extra]
 
 
-def _replay_task(trigger: Trigger, trainings: dict[int, Training]) -> PolicyResult:
+def group_phases(results: list[PolicyResult]) -> list[PolicyResult]:
+    """One entry per schedule, its phase-0 replay carrying every phase's in `phases`
+    (phase order); other policies as they are, in their order."""
+    out: list[PolicyResult] = []
+    first: dict[int | None, PolicyResult] = {}
+    for r in results:
+        if r.kind != "schedule":
+            out.append(r)
+            continue
+        if r.every not in first:
+            if r.phase:
+                raise ValueError(f"{r.name}: phase 0 must come first")
+            first[r.every] = r
+            out.append(r)
+        first[r.every].phases.append(r)
+    return out
+
+
+def _replay_task(
+    triggers: list[tuple[int, Trigger]], trainings: dict[int, Training]
+) -> list[tuple[int, PolicyResult]]:
+    """Several replays per task: the trainings (models and frames, ~100 MB pickled on a
+    year of weekly periods) cross to a worker once per task, not once per policy."""
     settings: Settings = _WORKER["settings"]
     threads = settings.models[_WORKER["history"].model].retrain.threads
     # Unlimited OpenMP threads in every process spin for seconds on a busy machine.
+    memo: Memo = {}
     with limited_threads(threads):
-        return replay_policy(trigger, settings, _WORKER["history"], trainings)
+        return [
+            (i, replay_policy(t, settings, _WORKER["history"], trainings, memo))
+            for i, t in triggers
+        ]
 
 
 def pool_for(settings: Settings, history: History, jobs: int, tmp: Path) -> ProcessPoolExecutor:
@@ -384,10 +459,12 @@ def run_backtest(
             progress("training", done, n_train)
 
         trainings = train_all(settings, history, pool, trained)
-        futures = {pool.submit(_replay_task, t, trainings): i for i, t in enumerate(triggers)}
+        chunks = max(1, min(len(triggers), 2 * max(1, jobs)))
+        indexed = list(enumerate(triggers))
+        futures = [pool.submit(_replay_task, indexed[c::chunks], trainings) for c in range(chunks)]
         replayed: dict[int, PolicyResult] = {}
         for fut in as_completed(futures):
-            replayed[futures[fut]] = fut.result()
+            replayed.update(fut.result())
             progress("replaying", len(replayed), len(triggers))
-    results = [replayed[i] for i in range(len(triggers))]
+    results = group_phases([replayed[i] for i in range(len(triggers))])
     return Backtest(history, results, len(trainings), time.monotonic() - started)

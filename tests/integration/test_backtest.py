@@ -100,15 +100,32 @@ def test_backtest_end_to_end_json_png_deterministic(tmp_path: Path, history: pd.
         lo, hi = p["vs_frontier_90"]
         assert lo <= hi
     assert by["policy: performance"]["vs_frontier_90"] == [0.0, 0.0]
+    assert by["policy: performance"]["vs_frontier_single_phase_90"] == [0.0, 0.0]
+    # Every schedule at each of its phases (decisions after served periods 1, 2 and 3): its
+    # own fields are phase 0's, `phase_mean` the mean over its phases.
+    for p in doc["policies"]:
+        if p["kind"] != "schedule":
+            assert "phases" not in p
+            continue
+        phases = p["phases"]
+        assert [q["phase"] for q in phases] == list(range(p["every"]))
+        assert {k: phases[0][k] for k in ("runs", "error")} == {k: p[k] for k in ("runs", "error")}
+        mean = p["phase_mean"]
+        assert mean["runs"] == pytest.approx(sum(q["runs"] for q in phases) / p["every"])
+        assert mean["error"] == pytest.approx(sum(q["error"] for q in phases) / p["every"])
+    assert [q["runs"] for q in by["every 2 periods"]["phases"]] == [1, 2]
+    assert [q["runs"] for q in by["every 4 periods"]["phases"]] == [0, 1, 1, 1]
+    assert by["every 8 periods"]["phase_mean"]["runs"] == pytest.approx(3 / 8)
+    assert "phase mean" in result.output
     assert "90 % interval" in result.output
 
-    def stable(d: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **d,
-            "policies": [
-                {k: v for k, v in p.items() if k != "train_seconds"} for p in d["policies"]
-            ],
-        }
+    def stable(d: Any) -> Any:
+        """The document without training seconds (wall time), at any depth."""
+        if isinstance(d, dict):
+            return {k: stable(v) for k, v in d.items() if k != "train_seconds"}
+        if isinstance(d, list):
+            return [stable(v) for v in d]
+        return d
 
     assert stable(docs[0]) == stable(docs[1])
 

@@ -88,3 +88,49 @@ def test_the_families_simulator_agrees_with_the_matrix_simulator(pm: ModuleType)
     runs, _, error = pf.simulate(m, pf.ratio("best5", 0.05, 1))
     assert 0 < runs < 15
     assert error < pm.simulate(m, pm.never())[2]
+
+
+def test_the_cache_key_changes_with_every_input_and_only_then(
+    pm: ModuleType, tmp_path: Path
+) -> None:
+    data, config, code = tmp_path / "d.csv", tmp_path / "w.toml", tmp_path / "pkg"
+    data.write_text("a,b\n1,2\n")
+    config.write_text('window = "last_days"\n')
+    (code / "sub").mkdir(parents=True)
+    (code / "sub" / "m.py").write_text("X = 1\n")
+    files = [data, config, code]
+    key = pm.cache_key(files, {"override.window": "expanding"})
+    assert key == pm.cache_key(files, {"override.window": "expanding"})
+    assert key != pm.cache_key(files, {})
+    config.write_text('window = "expanding"\n')  # the bug this key fixes: config changed
+    changed_config = pm.cache_key(files, {"override.window": "expanding"})
+    assert changed_config != key
+    data.write_text("a,b\n1,3\n")
+    changed_data = pm.cache_key(files, {"override.window": "expanding"})
+    (code / "sub" / "m.py").write_text("X = 2\n")
+    changed_code = pm.cache_key(files, {"override.window": "expanding"})
+    assert len({key, changed_config, changed_data, changed_code}) == 4
+
+
+def test_the_examples_cache_paths_differ_by_kind_and_override(pm: ModuleType) -> None:
+    cache = Path("/nonexistent")
+    plain = pm.cache_path(cache, "flights", "matrix", {})
+    assert plain.parent == cache
+    assert plain != pm.cache_path(cache, "flights", "matrix", {"deploy_all": "1"})
+    assert plain != pm.cache_path(cache, "flights", "fast", {})
+    assert plain != pm.cache_path(cache, "bikeshare", "matrix", {})
+    # The gate does not change the trainings: one trainings file serves both.
+    trainings = pm.cache_path(cache, "flights", "trainings", {})
+    assert trainings == pm.cache_path(cache, "flights", "trainings", {"deploy_all": "1"})
+    assert trainings != pm.cache_path(cache, "flights", "trainings", {"window": "expanding"})
+
+
+def test_phase_zero_is_the_schedule_and_the_phases_share_the_runs(pm: ModuleType) -> None:
+    m = _matrix(pm)  # 15 decisions (after served periods 1..15; none after the last)
+    for k in (1, 2, 3, 4, 6):
+        assert pm.simulate(m, pm.phased(m, k, 0)) == pm.simulate(m, pm.schedule(k))
+        # Every decision point is some phase's retrain: the phases' runs add up to 15.
+        assert sum(pm.simulate(m, pm.phased(m, k, j))[0] for j in range(k)) == 15
+    # A loss that grows with age: phase 1 of every 4 retrains first, after served period
+    # 1, and is no worse than phase 0, which serves version 1 for 4 periods.
+    assert pm.simulate(m, pm.phased(m, 4, 1))[2] <= pm.simulate(m, pm.phased(m, 4, 0))[2]
