@@ -62,13 +62,11 @@ def averaged(results: list[PolicyResult]) -> list[PolicyResult]:
     return [phase_mean(r) for r in results]
 
 
-def frontier(results: list[PolicyResult]) -> tuple[list[float], list[float]]:
-    """(runs, loss) of `never` and the schedules that no cheaper one beats, by runs: the
-    lower envelope of what a fixed schedule buys with a number of runs."""
-    points = sorted((r.runs, r.loss) for r in results if r.kind in ("never", "schedule"))
+def envelope(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """The lower envelope of (runs, loss) points: each point that no cheaper one beats."""
     runs: list[float] = []
     losses: list[float] = []
-    for n, loss in points:
+    for n, loss in sorted(points):
         if math.isnan(loss) or (losses and loss >= losses[-1]):
             continue
         if runs and n == runs[-1]:
@@ -77,6 +75,12 @@ def frontier(results: list[PolicyResult]) -> tuple[list[float], list[float]]:
             runs.append(n)
             losses.append(loss)
     return runs, losses
+
+
+def frontier(results: list[PolicyResult]) -> tuple[list[float], list[float]]:
+    """(runs, loss) of `never` and the schedules that no cheaper one beats, by runs: the
+    lower envelope of what a fixed schedule buys with a number of runs."""
+    return envelope([(r.runs, r.loss) for r in results if r.kind in ("never", "schedule")])
 
 
 def frontier_at(results: list[PolicyResult], runs: float) -> float:
@@ -89,17 +93,7 @@ def frontier_at(results: list[PolicyResult], runs: float) -> float:
 
 def _envelope_at(runs: np.ndarray, losses: np.ndarray, at: float) -> float:
     """`frontier_at` over plain arrays: the lower envelope of (runs, loss), interpolated."""
-    xs: list[float] = []
-    ys: list[float] = []
-    for i in np.argsort(runs, kind="stable"):
-        n, loss = float(runs[i]), float(losses[i])
-        if math.isnan(loss) or (ys and loss >= ys[-1]):
-            continue
-        if xs and n == xs[-1]:
-            ys[-1] = loss
-        else:
-            xs.append(n)
-            ys.append(loss)
+    xs, ys = envelope([(float(n), float(loss)) for n, loss in zip(runs, losses, strict=True)])
     return float(np.interp(at, xs, ys)) if xs else float("nan")
 
 
