@@ -8,7 +8,9 @@ kept in one file so the whole command table, its options and their help read in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
+import io
 import json
 import sys
 import time
@@ -86,8 +88,10 @@ def run(config: ConfigOpt = None) -> None:
         settings.daemon.log_format, settings.daemon.log_level, secrets=secret_values(settings)
     )
     # A daemon that dies of a fatal signal (a crash in a C extension, an abort at exit)
-    # leaves the stack of every thread on stderr, not only an exit code.
-    faulthandler.enable()
+    # leaves the stack of every thread on stderr, not only an exit code. It needs a real
+    # file descriptor: a stderr held in memory (a test's CLI runner) has none.
+    with contextlib.suppress(io.UnsupportedOperation, ValueError):
+        faulthandler.enable()
     try:
         code = asyncio.run(Daemon(settings).run())
     except WatcherError as exc:
