@@ -12,6 +12,9 @@ gate, no tuning, every run deployed. Two training windows of `window_size` days:
 - `newest labelled row`: counted back from the newest labelled row, as ingest does now
   (`watcher.retrain.data.window_mask`): 8 labelled weeks.
 
+Both use the example config's `window`: with `window = "expanding"` (flights) every
+labelled row so far, and the two columns are the same.
+
 `--backtest FILE` (a `watcher backtest --json` output for the same data) prints the
 pipeline's runs and error next to the plain model's, measured on the same periods, and
 the pipeline-minus-plain difference (in loss: MAE, or 1 - AUC) with a 90 % interval from
