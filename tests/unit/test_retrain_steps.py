@@ -300,12 +300,24 @@ def test_selection_keeps_the_signal_and_drops_the_noise(method: str) -> None:
     assert "noise" in result.dropped
 
 
-def test_selection_none_keeps_every_uncorrelated_feature() -> None:
+def test_selection_none_keeps_every_feature_even_correlated_ones() -> None:
+    # "none" means the configured features as they are: the correlation filter dropped
+    # Bikeshare's atemp and cost the weekly model against a plain one (pipeline_gap.py).
     frame = synthetic()
     result = select_features(
         frame, frame["y"], ["x1", "x2", "noise"], ["color"], cfg(selection="none")
     )
-    assert len(result.features) == 3  # x1 or x2 went to the correlation filter
+    assert result.features == ["x1", "x2", "noise", "color"]
+    assert result.dropped == {}
+
+
+def test_a_selection_method_still_applies_the_correlation_filter() -> None:
+    frame = synthetic()
+    result = select_features(
+        frame, frame["y"], ["x1", "x2", "noise"], ["color"], cfg(selection="univariate")
+    )
+    assert len({"x1", "x2"} & set(result.features)) == 1
+    assert any("correlated with" in why for why in result.dropped.values())
 
 
 # ---- tuning and evaluation ---------------------------------------------------------------
@@ -325,6 +337,27 @@ def test_tuning_is_seeded_and_fits_every_family(search: str, family: str) -> Non
     assert first.params == second.params
     assert first.cv_score == pytest.approx(second.cv_score)
     assert score(first.estimator, X, y, "regression")["r2"] > 0.5
+
+
+def test_the_default_model_is_the_estimator_at_its_own_defaults() -> None:
+    # Above 10,000 rows HistGradientBoosting stops early by default; the pipeline used to
+    # switch that off and lost to a plain default model on flights (pipeline_gap.py).
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(3)
+    n = 12_000
+    X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+    y = pd.Series(X["a"] * 2 + rng.normal(scale=2.0, size=n))
+    settings = cfg(n_iter=1, outliers="none", scaling="none", seed=5)
+
+    first = tune(X, y, ["a", "b"], [], settings).estimator
+    again = tune(X, y, ["a", "b"], [], settings).estimator
+    plain = HistGradientBoostingRegressor(random_state=5).fit(X, y)
+
+    model = first.named_steps["model"]
+    assert model.n_iter_ == plain.n_iter_ < model.max_iter  # it did stop early, as plain
+    np.testing.assert_array_equal(first.predict(X), plain.predict(X))
+    np.testing.assert_array_equal(first.predict(X), again.predict(X))  # still seeded
 
 
 def test_the_time_budget_cuts_the_search() -> None:
