@@ -95,6 +95,14 @@ def airflow_env(
     settings never leak into it.
     """
     home.mkdir(parents=True, exist_ok=True)
+    # SQLite's default 5 s busy timeout is too short for a scheduler, a DAG processor
+    # and an API server writing one file while watcher triggers and polls: the scheduler
+    # died of "database is locked" (2 of 11 looped runs of the replica test) and no run
+    # ended after that. Airflow imports its connect args from $AIRFLOW_HOME/config.
+    (home / "config").mkdir(exist_ok=True)
+    (home / "config" / "watcher_airflow_db.py").write_text(
+        '# Written by watcher (watcher/dev/localservices.py).\nCONNECT_ARGS = {"timeout": 60}\n'
+    )
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({AIRFLOW_USER: AIRFLOW_PASSWORD}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "WATCHER_"))}
@@ -109,6 +117,7 @@ def airflow_env(
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "watcher_airflow_db.CONNECT_ARGS",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__WORKERS": "1",
