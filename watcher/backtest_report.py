@@ -142,12 +142,6 @@ def difference_interval(
     return _quantiles(boot[:, a] - boot[:, b], level)
 
 
-def gap_intervals(results: list[PolicyResult], level: float = 0.9) -> list[tuple[float, float]]:
-    """`gap_interval` of every policy, from one deterministic bootstrap (seed 0)."""
-    boot = period_bootstrap(results)
-    return [gap_interval(results, i, boot, level) for i in range(len(results))]
-
-
 @dataclass(frozen=True)
 class Distance:
     """A policy's distance to the frontier (loss minus the frontier at its runs), with a
@@ -161,7 +155,9 @@ class Distance:
 
 
 def distances(results: list[PolicyResult], level: float = 0.9) -> list[Distance]:
-    """`Distance` of every entry of `results` (schedules carrying their `phases`)."""
+    """`Distance` of every entry of `results` (schedules carrying their `phases`): two
+    period bootstraps, so a caller that renders several views computes it once and passes
+    it as `dist`."""
     avg = averaged(results)
     boot_avg, boot_one = period_bootstrap(avg), period_bootstrap(results)
     return [
@@ -189,7 +185,13 @@ def _alphas(results: list[PolicyResult]) -> list[float]:
     return [share * base for share in ALPHA_SHARES]
 
 
-def to_dict(results: list[PolicyResult], *, periods: int, seed: int) -> dict[str, Any]:
+def to_dict(
+    results: list[PolicyResult],
+    *,
+    periods: int,
+    seed: int,
+    dist: list[Distance] | None = None,
+) -> dict[str, Any]:
     """The `--json` document: metric and one entry per policy (plus extra keys). A
     schedule's own fields are its phase-0 replay; `phase_mean` and `phases` hold the mean
     over its phases and each phase; its `vs_frontier` is its phase mean's."""
@@ -229,7 +231,7 @@ def to_dict(results: list[PolicyResult], *, periods: int, seed: int) -> dict[str
                     else {}
                 ),
             }
-            for r, d in zip(results, distances(results), strict=True)
+            for r, d in zip(results, dist or distances(results), strict=True)
         ],
     }
 
@@ -291,7 +293,7 @@ _COLUMNS = (
 )
 
 
-def table(results: list[PolicyResult], title: str) -> Table:
+def table(results: list[PolicyResult], title: str, dist: list[Distance] | None = None) -> Table:
     """Schedules show their phase-0 replay, and their phase mean beside it; "vs frontier"
     is against the phase-averaged frontier, "vs 1-phase frontier" against phase 0's."""
     metric = results[0].metric if results else "error"
@@ -301,7 +303,7 @@ def table(results: list[PolicyResult], title: str) -> Table:
         t.add_column(name, justify="left" if name == "policy" else "right")
     for share in ALPHA_SHARES:
         t.add_column(f"cost α={share:.1%}", justify="right")
-    for r, d in zip(results, distances(results), strict=True):
+    for r, d in zip(results, dist or distances(results), strict=True):
         t.add_row(
             *_row(r, d),
             f"{r.train_seconds:.0f}",
@@ -320,7 +322,14 @@ def markdown(results: list[PolicyResult]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[PolicyResult], path: Path, *, title: str, starts: list[Any]) -> None:
+def plot(
+    results: list[PolicyResult],
+    path: Path,
+    *,
+    title: str,
+    starts: list[Any],
+    dist: list[Distance] | None = None,
+) -> None:
     """Loss against runs (the schedules' frontier, each policy a point) and error per period."""
     import matplotlib
 
@@ -350,7 +359,7 @@ def plot(results: list[PolicyResult], path: Path, *, title: str, starts: list[An
             )
             phases = r.phases or [r]
             left.plot([p.runs for p in phases], [p.error for p in phases], ".", color="silver")
-    for r, d in zip(results, distances(results), strict=True):
+    for r, d in zip(results, dist or distances(results), strict=True):
         if r.kind == "policy":
             (point,) = left.plot([r.runs], [r.error], "*", markersize=12, label=r.name)
             # Where the frontier at its runs plus its 90 % interval of distance puts it.

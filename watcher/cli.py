@@ -809,7 +809,8 @@ def backtest(
         f"{name}: {h.n_periods - h.skip} periods of {every} after {h.skip} for version 1, "
         f"labels {h.label_delay} period(s) late"
     )
-    out.print(report.table(result.results, title))
+    dist = report.distances(result.results)  # two bootstraps: once for every view
+    out.print(report.table(result.results, title, dist))
     out.print(
         f"{result.trainings} training runs shared by {len(result.results)} policies "
         f"in {result.seconds:.0f}s"
@@ -819,10 +820,12 @@ def backtest(
             out.print(f"[yellow]{r.name} never fired[/yellow]: its error is never retraining's")
     if json_out is not None:
         seed_used = seed if seed is not None else settings.models[name].retrain.seed
-        doc = report.to_dict(result.results, periods=h.n_periods - h.skip, seed=seed_used)
+        doc = report.to_dict(
+            result.results, periods=h.n_periods - h.skip, seed=seed_used, dist=dist
+        )
         report.write_json(json_out, doc)
     if plot is not None:
-        report.plot(result.results, plot, title=title, starts=h.starts)
+        report.plot(result.results, plot, title=title, starts=h.starts, dist=dist)
 
 
 def _open_state(settings: Settings) -> Any:
