@@ -118,9 +118,12 @@ def bikeshare_v1(
     return v1_workspace(tmp_path_factory.mktemp("bikeshare-v1"), bikeshare_data)
 
 
-def v1_workspace(folder: Path, data: pd.DataFrame, **config: Any) -> Workspace:
-    """Version 1 bootstrapped from the first 8 weeks, weeks 9-12 served as production data,
-    in `folder` (also the benchmarks' starting point). `config`: `write_config`'s options."""
+def v1_workspace(
+    folder: Path, data: pd.DataFrame, *, served_weeks: int = 4, **config: Any
+) -> Workspace:
+    """Version 1 bootstrapped from the first 8 weeks, the next `served_weeks` (weeks 9-12)
+    served as production data, in `folder` (also the benchmarks' starting point).
+    `config`: `write_config`'s options."""
     path = write_config(folder, **config)
     settings = load_config(path)
     bootstrap(settings, MODEL, data, weeks=EXAMPLE_WEEKS)
@@ -129,7 +132,7 @@ def v1_workspace(folder: Path, data: pd.DataFrame, **config: Any) -> Workspace:
         ModelRegistry(settings.registry.path),
         folder / "incoming",
         folder / "labels",
-        range(EXAMPLE_WEEKS + 1, EXAMPLE_WEEKS + 5),
+        range(EXAMPLE_WEEKS + 1, EXAMPLE_WEEKS + 1 + served_weeks),
     )
     return Workspace(folder, path, settings)
 

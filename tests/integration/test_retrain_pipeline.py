@@ -13,7 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from fixtures_postgres import PredictionLog, day
-from fixtures_retrain import EXAMPLE_CONFIG, MODEL, REPO, Workspace, serve_weeks, write_config
+from fixtures_retrain import (
+    EXAMPLE_CONFIG,
+    MODEL,
+    REPO,
+    Workspace,
+    v1_workspace,
+    write_config,
+)
 
 from watcher.config import load_config
 from watcher.errors import ChecksumMismatch
@@ -267,19 +274,11 @@ def test_a_retrain_soon_after_the_bootstrap_learns_from_its_history_too(
     production has 2 labelled weeks. The 12-week window also holds the 8 weeks version 1
     was trained on (as `watcher backtest` assumes); trained on the 2 weeks alone, the
     challenger was far worse than version 1 and the gate refused it."""
-    settings = load_config(write_config(tmp_path))
-    bootstrap(settings, MODEL, bikeshare_data, weeks=EXAMPLE_WEEKS)
+    settings = v1_workspace(tmp_path, bikeshare_data, served_weeks=3).settings
     history = tmp_path / "incoming" / "processed" / data.HISTORY_FILE
     kept = pd.read_parquet(history)
     assert len(kept) == int((bikeshare_data.ts < "2011-02-26").sum())
     assert "casual" not in kept  # only the config's columns: never a leak
-    serve_weeks(
-        bikeshare_data,
-        ModelRegistry(settings.registry.path),
-        tmp_path / "incoming",
-        tmp_path / "labels",
-        range(EXAMPLE_WEEKS + 1, EXAMPLE_WEEKS + 4),
-    )
     (tmp_path / "labels" / f"labels-week-{EXAMPLE_WEEKS + 3:02d}.csv").unlink()  # a week late
     labelled_weeks = bikeshare_data[
         (bikeshare_data.ts >= "2011-02-26") & (bikeshare_data.ts < "2011-03-12")
