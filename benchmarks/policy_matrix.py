@@ -46,7 +46,7 @@ from watcher.retrain.evaluation import (
     regression_metrics,
     score,
 )
-from watcher.signals import PeriodLoss, loss_of, performance_reading
+from watcher.signals import PeriodLoss, loss_of, performance_metric, performance_reading
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {
@@ -62,7 +62,7 @@ DATASETS = {
 
 
 # Bump when `build`, `build_fast` or `_trainings` compute something different.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # What the cached trainings and matrices are computed by (files, or folders of *.py).
 CODE = (
     "watcher/backtest.py",
@@ -142,6 +142,10 @@ class Matrix:
     holdout: dict[int, float]  # loss of challenger w on its own holdout
     ok: dict[int, bool]
     gate: dict[tuple[int, int], bool]  # (challenger, champion) -> deploy
+    # The same in the metric the performance signal follows (`performance_metric`:
+    # accuracy for a roc_auc model, as in the daemon); None: the primary metric.
+    followed: dict[int, np.ndarray] | None = None
+    followed_holdout: dict[int, float] | None = None
 
 
 def _trainings(name: str, cache: Path, jobs: int) -> tuple[Any, Any, Any]:
@@ -193,15 +197,21 @@ def build_fast(name: str, cache: Path) -> Matrix:
         )
         return est.fit(X[sel], y[sel])
 
-    def losses(est: Any, sel: np.ndarray) -> float:
+    followed_metric = performance_metric(model_cfg)
+
+    def losses(est: Any, sel: np.ndarray) -> tuple[float, float]:
+        """(primary, followed) losses of `est` on the rows `sel`."""
         pred = est.predict(X[sel])
         if reg:
-            return loss_of(metric, regression_metrics(y[sel], pred)[metric])
-        proba = est.predict_proba(X[sel])
-        return loss_of(metric, classification_metrics(y[sel], pred, proba)[metric])
+            vals = regression_metrics(y[sel], pred)
+        else:
+            vals = classification_metrics(y[sel], pred, est.predict_proba(X[sel]))
+        return loss_of(metric, vals[metric]), loss_of(followed_metric, vals[followed_metric])
 
     loss: dict[int, np.ndarray] = {}
     holdout: dict[int, float] = {}
+    followed: dict[int, np.ndarray] = {}
+    followed_holdout: dict[int, float] = {}
     ok: dict[int, bool] = {}
     keys = {-1: (history.skip - 1, 0)}
     keys.update({a: (a, history.label_delay) for a in range(history.skip, n - 1)})
@@ -216,16 +226,17 @@ def build_fast(name: str, cache: Path) -> Matrix:
             train = np.zeros(len(f), bool)
             train[cut] = True
             hold = labelled & ~train
-            holdout[w] = losses(fit(train), hold)
+            holdout[w], followed_holdout[w] = losses(fit(train), hold)
             final = fit(labelled)
-            out = np.full(n, np.nan)
+            out, out_f = np.full(n, np.nan), np.full(n, np.nan)
             for t in range(history.skip, n):
-                out[t] = losses(final, per == t)
-            loss[w], ok[w] = out, True
+                out[t], out_f[t] = losses(final, per == t)
+            loss[w], followed[w], ok[w] = out, out_f, True
             print(".", end="", flush=True)
     print()
     gate = {(w, c): True for w in keys for c in keys if c < w}
     m = Matrix(name, metric, history.skip, n, history.label_delay, rows, loss, holdout, ok, gate)
+    m.followed, m.followed_holdout = followed, followed_holdout
     cache.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:
         pickle.dump(m, fh)
@@ -243,13 +254,16 @@ def build(name: str, cache: Path, jobs: int) -> Matrix:
     n, metric = history.n_periods, cfg.primary_metric
     rows = np.array([len(history.rows(t)) for t in range(n)])
     served = history.frame[history.frame["_period"] >= history.skip]
+    followed_metric = performance_metric(model_cfg)
     loss: dict[int, np.ndarray] = {}
     holdout: dict[int, float] = {}
+    followed: dict[int, np.ndarray] = {}
+    followed_holdout: dict[int, float] = {}
     ok: dict[int, bool] = {}
     with limited_threads(1):
         for w, run in trainings.items():
             ok[w] = run.ok
-            out = np.full(n, np.nan)
+            out, out_f = np.full(n, np.nan), np.full(n, np.nan)
             if run.ok:
                 assert run.holdout is not None
                 pred = run.final.predict(served[run.features])
@@ -261,15 +275,17 @@ def build(name: str, cache: Path, jobs: int) -> Matrix:
                 for t in range(history.skip, n):
                     sel = periods == t
                     if cfg.task == "regression":
-                        val = regression_metrics(y[sel], pred[sel])[metric]
+                        vals = regression_metrics(y[sel], pred[sel])
                     else:
-                        val = classification_metrics(y[sel], pred[sel], proba[sel])[metric]
-                    out[t] = loss_of(metric, val)
+                        vals = classification_metrics(y[sel], pred[sel], proba[sel])
+                    out[t] = loss_of(metric, vals[metric])
+                    out_f[t] = loss_of(followed_metric, vals[followed_metric])
                 h = score(
                     run.challenger, run.holdout[run.features], run.holdout[cols.target], cfg.task
                 )
                 holdout[w] = loss_of(metric, h[metric])
-            loss[w] = out
+                followed_holdout[w] = loss_of(followed_metric, h[followed_metric])
+            loss[w], followed[w] = out, out_f
         gate: dict[tuple[int, int], bool] = {}
         for w, run in trainings.items():
             if w < 0 or not run.ok:
@@ -279,6 +295,7 @@ def build(name: str, cache: Path, jobs: int) -> Matrix:
                     deploy_all = OVERRIDE.get("deploy_all")
                     gate[(w, c)] = bool(deploy_all) or bt._gate(run, champ, model_cfg).deploy
     m = Matrix(name, metric, history.skip, n, history.label_delay, rows, loss, holdout, ok, gate)
+    m.followed, m.followed_holdout = followed, followed_holdout
     with path.open("wb") as fh:
         pickle.dump(m, fh)
     return m
@@ -310,7 +327,10 @@ def simulate(m: Matrix, policy: Policy) -> tuple[int, int, float]:
 def serve(m: Matrix, policy: Policy) -> tuple[int, int, np.ndarray, np.ndarray]:
     """(runs, deployed, loss per served period, rows per served period) of a policy."""
     model, deployed_at, last_run = -1, m.skip - 1, m.skip - 1
-    state = State(m.skip, deployed_at, model, m.holdout[-1], [], [], 0)
+    # The performance signal reads the metric the daemon follows (see Matrix.followed).
+    seen = m.followed if m.followed is not None else m.loss
+    seen_holdout = m.followed_holdout if m.followed_holdout is not None else m.holdout
+    state = State(m.skip, deployed_at, model, seen_holdout[-1], [], [], 0)
     errs, weights, runs, deployed = [], [], 0, 0
     for t in range(m.skip, m.n):
         errs.append(m.loss[model][t])
@@ -319,7 +339,7 @@ def serve(m: Matrix, policy: Policy) -> tuple[int, int, np.ndarray, np.ndarray]:
             break
         known = t - m.delay
         if known > deployed_at and known >= m.skip:
-            state.labelled.append(float(m.loss[model][known]))
+            state.labelled.append(float(seen[model][known]))
             state.labelled_rows.append(int(m.rows[known]))
         state.period, state.since_run = t, t - last_run
         if not policy(state):
@@ -329,7 +349,7 @@ def serve(m: Matrix, policy: Policy) -> tuple[int, int, np.ndarray, np.ndarray]:
         if m.ok.get(t) and m.gate.get((t, model), False):
             deployed += 1
             model, deployed_at = t, t
-            state = State(t, t, t, m.holdout[t], [], [], 0)
+            state = State(t, t, t, seen_holdout[t], [], [], 0)
     return runs, deployed, np.asarray(errs, dtype=float), np.asarray(weights, dtype=float)
 
 

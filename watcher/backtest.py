@@ -59,7 +59,13 @@ from watcher.retrain.evaluation import (
     limited_threads,
     score,
 )
-from watcher.signals import PeriodLoss, loss_of, performance_reading, weighted_drift_share
+from watcher.signals import (
+    PeriodLoss,
+    loss_of,
+    performance_metric,
+    performance_reading,
+    weighted_drift_share,
+)
 
 SCHEDULES = (1, 2, 3, 4, 6, 8)
 Kind = Literal["never", "schedule", "policy"]
@@ -74,7 +80,9 @@ class Served:
 
     training: Training
     deployed_at: int  # period after which it was deployed (skip - 1 for version 1)
-    baseline: float  # its primary metric on its holdout when deployed
+    # Its holdout figure when deployed, in the metric the performance signal follows
+    # (`performance_metric`: accuracy for a roc_auc model, as in the daemon).
+    baseline: float
 
 
 @dataclass
@@ -170,7 +178,7 @@ class SignalPolicy(Trigger):
 
     def should_retrain(self, ctx: PeriodContext) -> str | None:
         cfg, model_cfg = self.cfg, ctx.settings.models[ctx.history.model]
-        metric = model_cfg.retrain.primary_metric
+        metric = performance_metric(model_cfg)
         if "drift" in cfg.triggers:
             self.flags.insert(0, self._drifted(ctx, model_cfg))
         if ctx.labelled is not None and ctx.labelled[0] > ctx.served.deployed_at:
@@ -252,7 +260,8 @@ class PeriodContext:
     period: int
     served: Served
     batch: pd.DataFrame  # the period's rows as a production batch, with predictions
-    labelled: tuple[int, float, int] | None  # (period, served model's error, rows) now known
+    # (period, the served model's figure in `performance_metric`, rows), now labelled.
+    labelled: tuple[int, float, int] | None
 
 
 # What several replays of one backtest compute alike, by (what, training period, period):
@@ -275,6 +284,7 @@ def replay_policy(
     model_cfg = settings.models[history.model]
     cols, cfg = model_cfg.columns, model_cfg.retrain
     metric, task = cfg.primary_metric, cfg.task
+    followed = performance_metric(model_cfg)  # what the performance signal reads
     assert cols.target is not None
     assert cols.timestamp is not None
     first = trainings[-1]
@@ -282,19 +292,19 @@ def replay_policy(
     baseline = score(
         first.challenger, first.holdout[first.features], first.holdout[cols.target], task
     )
-    served = Served(first, history.skip - 1, baseline[metric])
+    served = Served(first, history.skip - 1, baseline[followed])
     result = PolicyResult(trigger.name, trigger.kind, trigger.every, metric)
     if isinstance(trigger, Schedule):
         result.phase = trigger.phase
-    errors_by_period: dict[int, float] = {}
+    followed_by_period: dict[int, float] = {}
     for period in range(history.skip, history.n_periods):
         rows = history.rows(period)
         model, feats, w = served.training.final, served.training.features, served.training.period
         if ("score", w, period) not in memo:
-            memo["score", w, period] = score(model, rows[feats], rows[cols.target], task)[metric]
-        value = memo["score", w, period]
-        errors_by_period[period] = value
-        result.period_errors.append(value)
+            memo["score", w, period] = score(model, rows[feats], rows[cols.target], task)
+        scores = memo["score", w, period]
+        followed_by_period[period] = scores[followed]
+        result.period_errors.append(scores[metric])
         result.period_rows.append(len(rows))
         if period == history.n_periods - 1:
             break  # nothing left to serve: no run after the last period
@@ -305,8 +315,8 @@ def replay_policy(
             batch[cols.prediction] = memo["predict", w, period]
         known = period - history.label_delay
         labelled = None
-        if known >= history.skip and known in errors_by_period:
-            labelled = (known, errors_by_period[known], len(history.rows(known)))
+        if known >= history.skip and known in followed_by_period:
+            labelled = (known, followed_by_period[known], len(history.rows(known)))
         ctx = PeriodContext(history, settings, period, served, batch, labelled)
         reason = trigger.should_retrain(ctx)
         if reason is None:
@@ -324,7 +334,7 @@ def replay_policy(
         verdict: GateDecision = memo[pair]
         if verdict.deploy:
             assert run.holdout is not None
-            served = Served(run, period, verdict.challenger[metric])
+            served = Served(run, period, verdict.challenger[followed])
             result.deployed += 1
             trigger.deployed(ctx)
         result.decisions.append(

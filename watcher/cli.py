@@ -126,7 +126,7 @@ def check_config(config: Annotated[Path, typer.Argument(help="TOML config file."
 
 def _policy_summary(model: Any) -> str:
     """The policy in one sentence: each trigger with its parameters, then the guardrails."""
-    from watcher.model_quality import performance_metric
+    from watcher.signals import performance_metric
 
     p = model.policy
     parts = []

@@ -43,18 +43,11 @@ from watcher.errors import SourceError
 from watcher.fileio import LabelFileError, read_label_file, write_parquet_atomic
 from watcher.metrics import Metrics
 from watcher.retrain.evaluation import classification_metrics, regression_metrics
-from watcher.signals import loss_of
+from watcher.signals import loss_of, performance_metric
 from watcher.sources.base import Source
 from watcher.state import LabelPeriod, StateConn, StateStore
 
 log = logging.getLogger(__name__)
-
-
-def performance_metric(cfg: ModelConfig) -> str:
-    """The metric the performance signal follows: the gate's primary metric, except
-    roc_auc, which needs class probabilities that predictions alone do not give."""
-    metric = cfg.retrain.primary_metric
-    return "accuracy" if metric == "roc_auc" else metric
 
 
 @dataclass

@@ -37,7 +37,7 @@ from watcher.drift.quality import QualityReport, check_batch
 from watcher.drift.snapshots import SnapshotPublisher
 from watcher.errors import BatchRejected, SourceError
 from watcher.metrics import Metrics
-from watcher.model_quality import PerformanceTracker, performance_metric
+from watcher.model_quality import PerformanceTracker
 from watcher.policy import DAY, PolicyInput, Verdict, decide, opens_incident, run_id_for, streak_of
 from watcher.reference import Reference
 from watcher.reports import ReportRenderer, report_path
@@ -47,6 +47,7 @@ from watcher.signals import (
     PeriodLoss,
     Reading,
     loss_of,
+    performance_metric,
     performance_reading,
     pooled,
     weighted_drift_share,

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from watcher.config import PerformanceSignalConfig, PolicyConfig
+from watcher.config import ModelConfig, PerformanceSignalConfig, PolicyConfig
 
 SignalName = Literal["drift", "performance", "max_age"]
 SIGNALS: tuple[SignalName, ...] = ("drift", "performance", "max_age")
@@ -77,6 +77,14 @@ def loss_of(metric: str, value: float) -> float:
 
 
 # ---- performance ----------------------------------------------------------------------
+
+
+def performance_metric(cfg: ModelConfig) -> str:
+    """The metric the performance signal follows: the gate's primary metric, except
+    roc_auc, which needs class probabilities that predictions alone do not give (the
+    daemon scores the predictions it was sent; the backtest follows the same metric)."""
+    metric = cfg.retrain.primary_metric
+    return "accuracy" if metric == "roc_auc" else metric
 
 
 def pooled(periods: Sequence[PeriodLoss], min_rows: int) -> list[PeriodLoss]:
