@@ -363,7 +363,7 @@ def _gate(run: Training, champion: Training, model_cfg: ModelConfig) -> GateDeci
         champ,
         metric=cfg.primary_metric,
         margin=cfg.margin,
-        champion_version=f"after period {champion.period}",
+        champion_version=f"(trained after period {champion.period})",
         champion_problem=problem,
     )
 

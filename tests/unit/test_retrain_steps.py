@@ -406,6 +406,11 @@ def test_gate_deploys_only_when_better_by_the_margin() -> None:
     tie = gate({"mae": 10.0}, {"mae": 10.0}, metric="mae", margin=0.0, champion_version="3")
     assert not tie.deploy  # equal is not better
 
+    # The backtest's champions are not registry versions: named in words, no "v".
+    named = "(trained after period 13)"
+    replayed = gate({"mae": 8.0}, {"mae": 10.0}, metric="mae", margin=0.1, champion_version=named)
+    assert "beats champion (trained after period 13) 10 " in replayed.reason
+
 
 def test_a_negative_margin_is_a_tolerance() -> None:
     worse = gate({"mae": 11.5}, {"mae": 10.0}, metric="mae", margin=-0.2, champion_version="3")

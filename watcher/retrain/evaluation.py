@@ -211,15 +211,17 @@ def gate(
         needed = old + margin * abs(old)
         better = new >= needed if margin < 0 else new > needed
         relation = "higher"
+    # A registry version is a number ("v3"); a backtest names its champion in words.
+    named = f"v{champion_version}" if champion_version.isdigit() else champion_version
     if better:
         return decision(
             True,
-            f"challenger {metric} {new:.4g} beats champion v{champion_version} {old:.4g} "
+            f"challenger {metric} {new:.4g} beats champion {named} {old:.4g} "
             f"(needed {relation} than {needed:.4g}, margin {margin:.1%})",
         )
     return decision(
         False,
-        f"challenger {metric} {new:.4g} does not beat champion v{champion_version} {old:.4g} "
+        f"challenger {metric} {new:.4g} does not beat champion {named} {old:.4g} "
         f"by the margin of {margin:.1%} (needed {relation} than {needed:.4g}); "
         "the champion stays in production",
     )
