@@ -63,16 +63,27 @@ def test_a_stationary_noisy_loss_does_not_fire(detector: str) -> None:
     assert alarms / 200 < 0.02, f"{detector}: {alarms} of 200 runs raised a false alarm"
 
 
-def test_the_examples_threshold_on_stationary_noise() -> None:
-    """The examples' CUSUM threshold 0.25 (with a 3-period `max_age` floor), same setting
-    as above: 7 of 200 runs of 50 periods raise a false alarm (3.5 %), none of them within
-    the first 3 periods, which is as old as the floor lets a model get."""
+def test_the_examples_setting_on_stationary_noise() -> None:
+    """The examples' CUSUM (tolerance 20 %, threshold 0.1, with a 3-period `max_age`
+    floor), same setting as above: 12 of 200 runs of 50 periods raise a false alarm
+    (6 %), one of them within the first 3 periods, which is as old as the floor lets a
+    model get. The other rules that met every target on both examples alarm more often on
+    the same series: CUSUM 5 %/0.25 in 103 runs (4 within 3 periods), Page-Hinkley
+    5 %/0.1 in 198 (18); the one shipped before, 10 %/0.25, in 7 (0), but it was off the
+    flights frontier."""
     rng = np.random.default_rng(7)
-    cfg = PerformanceSignalConfig(detector="cusum", threshold=0.25)
-    alarms = [_first_alarm(list(30 * (1 + rng.normal(0, 0.1, 50))), 30.0, cfg) for _ in range(200)]
-    fired = [a for a in alarms if a is not None]
-    assert len(fired) / 200 < 0.05, f"{len(fired)} of 200 runs raised a false alarm"
-    assert all(a >= 3 for a in fired), fired
+
+    def alarms(cfg: PerformanceSignalConfig) -> list[int]:
+        series = [list(30 * (1 + rng.normal(0, 0.1, 50))) for _ in range(200)]
+        found = [_first_alarm(s, 30.0, cfg) for s in series]
+        return [a for a in found if a is not None]
+
+    fired = alarms(PerformanceSignalConfig(detector="cusum", tolerance=0.2, threshold=0.1))
+    assert len(fired) / 200 < 0.1, f"{len(fired)} of 200 runs raised a false alarm"
+    assert sum(a < 3 for a in fired) / 200 < 0.02, sorted(fired)
+    rng = np.random.default_rng(7)  # the same series for the neighbour
+    neighbour = alarms(PerformanceSignalConfig(detector="cusum", tolerance=0.05, threshold=0.25))
+    assert len(neighbour) > 4 * len(fired)
 
 
 def test_the_cost_detector_fires_on_a_step_and_rarely_on_noise() -> None:
