@@ -40,6 +40,11 @@ from watcher.errors import ConfigError
 from watcher.state.config import StateConfig
 
 ModelFamily = Literal["hist_gradient_boosting", "random_forest", "linear"]
+# The families whose estimators fit and predict with NaN in a feature (scikit-learn's
+# HistGradientBoosting, and its random forests since 1.4), so `retrain.impute = "none"` can
+# leave missing numeric values to them. `linear` (Ridge, LogisticRegression) refuses NaN.
+# tests/unit/test_retrain_impute.py fits every family on NaN to keep this list true.
+NAN_FAMILIES: frozenset[str] = frozenset({"hist_gradient_boosting", "random_forest"})
 
 
 def _stattest_name(value: str | None) -> str | None:
@@ -527,7 +532,8 @@ class RetrainConfig(_Section):
     base_training_data: Path | None = None
     min_rows: int = Field(200, ge=10)
     min_label_coverage: float = Field(0.5, ge=0, le=1)
-    impute: Literal["median", "mean", "most_frequent"] = "median"
+    # "none": numeric NaN is passed through to the estimator (only the NAN_FAMILIES).
+    impute: Literal["median", "mean", "most_frequent", "none"] = "median"
     outliers: Literal["none", "quantile", "iqr"] = "quantile"
     outlier_quantiles: tuple[float, float] = (0.01, 0.99)
     encoding: Literal["onehot", "ordinal"] = "onehot"
@@ -571,6 +577,25 @@ class RetrainConfig(_Section):
         if isinstance(data, dict) and data.get("task") == "classification":
             data.setdefault("primary_metric", "accuracy")
         return data
+
+    @model_validator(mode="after")
+    def _nan_reaches_only_what_accepts_it(self) -> RetrainConfig:
+        if self.impute != "none":
+            return self
+        for family in self.model_families:
+            if family not in NAN_FAMILIES:
+                raise ValueError(
+                    "retrain.impute = 'none' leaves missing values to the estimator, but "
+                    f"family {family!r} does not accept NaN: use impute = 'median' or "
+                    f"model_families = {sorted(NAN_FAMILIES)} only"
+                )
+        if self.selection == "univariate":
+            raise ValueError(
+                "retrain.impute = 'none' leaves missing values in the features, but "
+                "selection = 'univariate' (the F-test) does not accept NaN: use impute = "
+                "'median' or another selection ('importance', 'forward', 'backward', 'none')"
+            )
+        return self
 
 
 # The primary metrics each task can be scored by (the gate and the performance signal).

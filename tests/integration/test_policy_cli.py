@@ -61,6 +61,22 @@ def test_metric_must_fit_the_task(tmp_path: Path, retrain: str, message: str) ->
     assert message in res.stderr
 
 
+def test_impute_none_is_refused_for_a_family_that_does_not_accept_nan(tmp_path: Path) -> None:
+    message = (
+        "retrain.impute = 'none' leaves missing values to the estimator, but family 'linear' "
+        "does not accept NaN: use impute = 'median' or model_families = "
+        "['hist_gradient_boosting', 'random_forest'] only"
+    )
+    bad = write(tmp_path, retrain='impute = "none", model_families = ["linear"]')
+    res = watcher("check-config", str(bad))
+    assert res.returncode == 2
+    assert "models.m.retrain" in res.stderr
+    assert message in res.stderr
+    ok = write(tmp_path, retrain='impute = "none", model_families = ["hist_gradient_boosting"]')
+    res = watcher("check-config", str(ok))
+    assert res.returncode == 0, res.stderr
+
+
 def test_a_classifier_defaults_to_accuracy(tmp_path: Path) -> None:
     s = load_config(write(tmp_path, retrain='task = "classification"'))
     assert s.models["m"].retrain.primary_metric == "accuracy"

@@ -1,10 +1,13 @@
 """Feature engineering: one scikit-learn ColumnTransformer built from the retrain config.
 
 Numeric columns: impute → clip outliers (by quantiles or by IQR fences learnt on the
-training data) → scale. Categorical columns: impute the most frequent value → encode
-(one-hot, or ordinal for tree models). Categories never seen in training are ignored at
-prediction time, and rare ones (seen fewer than `MIN_CATEGORY_COUNT` times) are pooled,
-so a category that turns up once cannot become a feature of its own.
+training data) → scale. With `impute = "none"` a missing numeric value stays NaN through
+clipping and scaling (both learn from the values present and pass NaN on), for an
+estimator that handles it (config.NAN_FAMILIES). Categorical columns: impute the most
+frequent value → encode (one-hot, or ordinal for tree models). Categories never seen in
+training are ignored at prediction time, and rare ones (seen fewer than
+`MIN_CATEGORY_COUNT` times) are pooled, so a category that turns up once cannot become a
+feature of its own.
 """
 
 from __future__ import annotations
@@ -92,7 +95,9 @@ def build_preprocessor(
     cfg: RetrainConfig, numeric: list[str], categorical: list[str]
 ) -> ColumnTransformer:
     """The unfitted preprocessing for these columns, as configured."""
-    num_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy=cfg.impute))]
+    num_steps: list[tuple[str, Any]] = []
+    if cfg.impute != "none":
+        num_steps.append(("impute", SimpleImputer(strategy=cfg.impute)))
     if cfg.outliers != "none":
         num_steps.append(
             ("clip", OutlierClipper(method=cfg.outliers, quantiles=cfg.outlier_quantiles))
@@ -101,6 +106,8 @@ def build_preprocessor(
         num_steps.append(("scale", StandardScaler()))
     elif cfg.scaling == "robust":
         num_steps.append(("scale", RobustScaler()))
+    if not num_steps:  # no imputation, clipping or scaling: the values as they are
+        num_steps.append(("pass", "passthrough"))
 
     encoder: Any
     if cfg.encoding == "onehot":

@@ -98,7 +98,7 @@ def validate(
             f"({labelled[target].iloc[0]!r}); a classifier needs at least two"
         )
 
-    numeric, categorical, dropped = _usable_features(labelled, columns, warnings, model)
+    numeric, categorical, dropped = _usable_features(labelled, columns, warnings, model, cfg.impute)
     ts = timestamps(labelled, columns)
     if ts is not None and columns.timestamp:
         labelled[columns.timestamp] = ts
@@ -130,7 +130,7 @@ def _target_values(values: pd.Series, cfg: RetrainConfig, model: str, target: st
 
 
 def _usable_features(
-    data: pd.DataFrame, columns: ColumnsConfig, warnings: list[str], model: str
+    data: pd.DataFrame, columns: ColumnsConfig, warnings: list[str], model: str, impute: str
 ) -> tuple[list[str], list[str], dict[str, str]]:
     dropped: dict[str, str] = {}
     for col in columns.numeric:
@@ -154,7 +154,9 @@ def _usable_features(
         else:
             share = float(values.isna().mean())
             if share > 0.5:
-                warnings.append(f"{col}: {share:.0%} of values missing (imputed)")
+                left = impute == "none" and col in columns.numeric
+                how = "left to the estimator" if left else "imputed"
+                warnings.append(f"{col}: {share:.0%} of values missing ({how})")
             if col in columns.categorical:
                 counts = values.astype(str).value_counts()
                 rare = sorted(counts[counts < 2].index.tolist())
