@@ -134,3 +134,19 @@ def test_phase_zero_is_the_schedule_and_the_phases_share_the_runs(pm: ModuleType
     # A loss that grows with age: phase 1 of every 4 retrains first, after served period
     # 1, and is no worse than phase 0, which serves version 1 for 4 periods.
     assert pm.simulate(m, pm.phased(m, 4, 1))[2] <= pm.simulate(m, pm.phased(m, 4, 0))[2]
+
+
+def test_the_performance_signal_reads_the_followed_metric_not_the_primary(
+    pm: ModuleType,
+) -> None:
+    """A roc_auc matrix keeps the loss the daemon's signal follows (accuracy) beside the
+    primary one: the signal sees only the former. Here the primary loss rises with age
+    and the followed one stays flat: the signal must not fire."""
+    m = _matrix(pm)
+    rising = pm.simulate(m, pm.perf(detector="cusum"))
+    assert rising[0] > 0  # on the primary loss it would fire
+    m.followed = {k: np.full(m.n, 10.0) for k in m.loss}
+    m.followed_holdout = dict.fromkeys(m.loss, 10.0)
+    runs, _, error = pm.simulate(m, pm.perf(detector="cusum"))
+    assert runs == 0
+    assert error == pytest.approx(pm.simulate(m, pm.never())[2])  # judged on the primary
