@@ -85,6 +85,14 @@ def _http_json(url: str, timeout: float = 5.0) -> Any:
         return json.loads(resp.read())
 
 
+# SQLite's busy timeout for the local Airflow, and the DAG processor's limits above it
+# (a parse may wait on the lock more than once; a DAG is deactivated as stale only after
+# its file went unparsed longer than a parse may take).
+SQLITE_BUSY_SECONDS = 60
+DAG_PARSE_TIMEOUT_SECONDS = 3 * SQLITE_BUSY_SECONDS
+STALE_DAG_SECONDS = DAG_PARSE_TIMEOUT_SECONDS + 60
+
+
 def airflow_env(
     home: Path, port: int, dags: Path, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -101,7 +109,8 @@ def airflow_env(
     # ended after that. Airflow imports its connect args from $AIRFLOW_HOME/config.
     (home / "config").mkdir(exist_ok=True)
     (home / "config" / "watcher_airflow_db.py").write_text(
-        '# Written by watcher (watcher/dev/localservices.py).\nCONNECT_ARGS = {"timeout": 60}\n'
+        "# Written by watcher (watcher/dev/localservices.py).\n"
+        f'CONNECT_ARGS = {{"timeout": {SQLITE_BUSY_SECONDS}}}\n'
     )
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({AIRFLOW_USER: AIRFLOW_PASSWORD}))
@@ -128,6 +137,11 @@ def airflow_env(
             "AIRFLOW__API__SECRET_KEY": "watcher-local-secret-key",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+            # A parse that waits out the busy timeout must not be killed (Airflow's 50 s)
+            # and its DAG deactivated as stale: triggers then get 404 until the next
+            # parse (seen once in the replica test, the parse blocked 61 s on the lock).
+            "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": str(DAG_PARSE_TIMEOUT_SECONDS),
+            "AIRFLOW__DAG_PROCESSOR__STALE_DAG_THRESHOLD": str(STALE_DAG_SECONDS),
             # The log servers default to fixed ports; two local Airflows would clash.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
