@@ -1,6 +1,6 @@
 """Backtest retraining policies on labelled history, in this process, without Airflow.
 
-Size: just over 400 lines; the replay, its triggers and the schedules' phases share the
+Size: about 480 lines; the replay, its triggers and the schedules' phases share the
 period context and splitting them would scatter one loop over modules.
 
 The history is cut into periods (a week by default). Version 1 is trained on the first
