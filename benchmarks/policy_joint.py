@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import policy_matrix as pm
 
+from watcher.backtest_report import envelope
+
 # The caches were pickled by policy_matrix.py run as a script: its Matrix is __main__'s.
 sys.modules["__main__"].Matrix = pm.Matrix  # type: ignore[attr-defined]
 
@@ -35,12 +37,8 @@ Gap = Callable[[int, float], float]
 
 
 def _envelope(points: list[tuple[float, float]]) -> Callable[[float], float]:
-    """runs -> the lower envelope of (runs, loss) points, interpolated."""
-    pts: list[tuple[float, float]] = []
-    for runs, loss in sorted(points):
-        if not pts or loss < pts[-1][1]:
-            pts.append((runs, loss))
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    """runs -> the lower envelope of (runs, loss) points (the backtest's), interpolated."""
+    xs, ys = envelope(points)
     return lambda runs: float(np.interp(runs, xs, ys))
 
 
@@ -55,7 +53,8 @@ def gap_to_frontier(m: pm.Matrix) -> tuple[Gap, Gap]:
         return 1 - val if higher else val
 
     runs0, _, val0 = pm.simulate(m, pm.never())
-    single, mean = [(runs0, loss(val0))], [(runs0, loss(val0))]
+    single: list[tuple[float, float]] = [(runs0, loss(val0))]
+    mean: list[tuple[float, float]] = [(runs0, loss(val0))]
     for k in (1, 2, 3, 4, 6, 8):
         phases = [pm.simulate(m, pm.phased(m, k, ph)) for ph in range(k)]
         single.append((phases[0][0], loss(phases[0][2])))
