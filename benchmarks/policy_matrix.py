@@ -235,20 +235,8 @@ def build_fast(name: str, cache: Path) -> Matrix:
             print(".", end="", flush=True)
     print()
     gate = {(w, c): True for w in keys for c in keys if c < w}
-    m = Matrix(
-        name,
-        metric,
-        history.skip,
-        n,
-        history.label_delay,
-        rows,
-        loss,
-        holdout,
-        ok,
-        gate,
-        followed=followed,
-        followed_holdout=followed_holdout,
-    )
+    m = Matrix(name, metric, history.skip, n, history.label_delay, rows, loss, holdout, ok, gate)
+    m.followed, m.followed_holdout = followed, followed_holdout
     cache.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:
         pickle.dump(m, fh)
@@ -306,20 +294,8 @@ def build(name: str, cache: Path, jobs: int) -> Matrix:
                 if c < w and champ.ok:
                     deploy_all = OVERRIDE.get("deploy_all")
                     gate[(w, c)] = bool(deploy_all) or bt._gate(run, champ, model_cfg).deploy
-    m = Matrix(
-        name,
-        metric,
-        history.skip,
-        n,
-        history.label_delay,
-        rows,
-        loss,
-        holdout,
-        ok,
-        gate,
-        followed=followed,
-        followed_holdout=followed_holdout,
-    )
+    m = Matrix(name, metric, history.skip, n, history.label_delay, rows, loss, holdout, ok, gate)
+    m.followed, m.followed_holdout = followed, followed_holdout
     with path.open("wb") as fh:
         pickle.dump(m, fh)
     return m
