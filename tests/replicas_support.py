@@ -5,6 +5,7 @@ batches dropped in waves, and the ledger, decisions and outbox counted afterward
 from __future__ import annotations
 
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +42,32 @@ class Fleet:
     def stop_all(self) -> list[int]:
         return [p.stop() for p in self.replicas if p is not None and p.alive()]
 
+    def wait_all_up(self, timeout: float = 240.0) -> None:
+        """Every live replica finished starting (logged "watching"): a restarted replica
+        must rejoin, and stopping one still importing tests nothing of shutdown. Starting
+        takes seconds, but a replica started beside a busy Airflow on two cores has taken
+        over a minute. One that does not come up is asked for its threads' stacks
+        (SIGUSR1, `watcher.process_signals`) and the failure shows them."""
+        deadline = time.monotonic() + timeout
+        live = [p for p in self.replicas if p is not None and p.alive()]
+        while time.monotonic() < deadline:
+            late = [p for p in live if "watching" not in p.log.read_text(errors="replace")]
+            if not late:
+                return
+            time.sleep(0.5)
+        for proc in late:
+            proc.signal(signal.SIGUSR1)
+        time.sleep(2)
+        raise AssertionError(
+            f"not up after {timeout:.0f} s: "
+            + "; ".join(f"{p.log.name}: {p.log.read_text(errors='replace')[-3000:]}" for p in late)
+        )
+
     def stop_all_cleanly(self) -> int:
-        """SIGTERM every live replica and require exit code 0 of each; how many stopped.
-        A failure names each replica that did not, with the end of its log on the first
-        line (CI shows only that line)."""
+        """Once every live replica is up, SIGTERM each and require exit code 0; how many
+        stopped. A failure names each replica that did not, with the end of its log on the
+        first line (CI shows only that line)."""
+        self.wait_all_up()
         live = [p for p in self.replicas if p is not None and p.alive()]
         bad = []
         for proc in live:

@@ -8,9 +8,6 @@ kept in one file so the whole command table, its options and their help read in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import faulthandler
-import io
 import json
 import sys
 import time
@@ -78,25 +75,24 @@ def _load(config: Path | None) -> Settings:
 
 @app.command()
 def run(config: ConfigOpt = None) -> None:
-    """Run the daemon until SIGTERM or Ctrl-C."""
-    from watcher.daemon import Daemon
-    from watcher.logs import setup_logging
-    from watcher.secrets import secret_values
+    """Run the daemon until SIGTERM or Ctrl-C (SIGUSR1 prints every thread's stack)."""
+    from watcher.process_signals import enable_stack_dumps, exit_on_stop_while_starting
 
-    settings = _load(config)
-    setup_logging(
-        settings.daemon.log_format, settings.daemon.log_level, secrets=secret_values(settings)
-    )
-    # A daemon that dies of a fatal signal (a crash in a C extension, an abort at exit)
-    # leaves the stack of every thread on stderr, not only an exit code. It needs a real
-    # file descriptor: a stderr held in memory (a test's CLI runner) has none.
-    with contextlib.suppress(io.UnsupportedOperation, ValueError):
-        faulthandler.enable()
-    try:
-        code = asyncio.run(Daemon(settings).run())
-    except WatcherError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+    enable_stack_dumps()
+    with exit_on_stop_while_starting():  # until the daemon's event loop takes them over
+        from watcher.daemon import Daemon
+        from watcher.logs import setup_logging
+        from watcher.secrets import secret_values
+
+        settings = _load(config)
+        setup_logging(
+            settings.daemon.log_format, settings.daemon.log_level, secrets=secret_values(settings)
+        )
+        try:
+            code = asyncio.run(Daemon(settings).run())
+        except WatcherError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from exc
     raise typer.Exit(code)
 
 
