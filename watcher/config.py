@@ -132,6 +132,10 @@ class AirflowConfig(_Section):
     poll_interval_seconds: float = Field(15.0, gt=0)
     unpause_paused_dags: bool = False
     unreachable_alert_after_seconds: float = Field(300.0, ge=0)
+    # A DAG Airflow answers 404 for is asked again for this long after the trigger was
+    # queued, then the trigger is refused for good: Airflow deactivates a DAG for a while
+    # when its file is redeployed or a parse of it is killed by its timeout. 0: at once.
+    missing_dag_grace_seconds: float = Field(600.0, ge=0)
     # Where people look at runs; used in mails. Defaults to `url`.
     ui_url: str | None = None
 

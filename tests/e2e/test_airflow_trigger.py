@@ -295,7 +295,7 @@ def test_failed_run_becomes_an_alert(airflow_server: AirflowServer, rig_factory:
 
 
 def test_unknown_dag_is_a_dead_letter_with_the_server_message(rig_factory: Any) -> None:
-    rig = rig_factory()
+    rig = rig_factory(missing_dag_grace_seconds=0)
     action = rig.enqueue("no_such_dag", marker())
     rig.deliver()
 
@@ -308,6 +308,79 @@ def test_unknown_dag_is_a_dead_letter_with_the_server_message(rig_factory: Any) 
     assert alert["payload"]["details"]["run_id"] == action.key
     assert rig.sample("watcher_dead_letters_total", kind="trigger") == 1
     assert rig.sample("watcher_retrain_deliveries_total", model=MODEL, outcome="failed") == 1
+
+
+def test_unknown_dag_is_asked_again_for_the_grace_period_then_refused(rig_factory: Any) -> None:
+    """Airflow answers 404 while it re-parses a DAG it deactivated: within the grace period
+    the trigger waits with the server's answer as its last error, nobody is paged; after
+    it, the same 404 is a dead letter and one alert."""
+    rig = rig_factory(missing_dag_grace_seconds=600)
+    action = rig.enqueue("no_such_dag", marker())
+    rig.deliver()
+
+    [item] = rig.outbox("trigger")
+    assert item["status"] == "pending"
+    assert "HTTP 404" in item["last_error"]
+    assert "no_such_dag" in item["last_error"]
+    assert "missing_dag_grace_seconds" in item["last_error"]
+    assert rig.alerts("trigger_refused") == []
+    assert rig.sample("watcher_dead_letters_total", kind="trigger") is None
+
+    with rig.store.transaction() as conn:  # the grace period has passed
+        conn.execute("UPDATE outbox SET created_at = created_at - 601 WHERE kind = 'trigger'")
+    rig.make_due()
+    rig.deliver()
+
+    [item] = rig.outbox("trigger")
+    assert item["status"] == "dead"
+    [alert] = rig.alerts("trigger_refused")
+    assert alert["payload"]["details"]["run_id"] == action.key
+    assert rig.sample("watcher_dead_letters_total", kind="trigger") == 1
+
+
+LATE_DAG = """
+from airflow.sdk import dag, task
+
+
+@task
+def noop() -> None:
+    pass
+
+
+@dag(dag_id="{dag_id}", schedule=None, is_paused_upon_creation=False, catchup=False)
+def late() -> None:
+    noop()
+
+
+late()
+"""
+
+
+def test_a_dag_deployed_within_the_grace_period_gets_its_trigger(
+    tmp_path: Path, airflow_server: AirflowServer, rig_factory: Any
+) -> None:
+    """The trigger is queued before Airflow has parsed the DAG's file (a deployment in
+    progress): the 404 waits, and once the file is parsed the same trigger is delivered."""
+    rig = rig_factory(missing_dag_grace_seconds=600)
+    dag_id = f"retrain_late_{marker()}"
+    action = rig.enqueue(dag_id, marker())
+    rig.deliver()
+    [item] = rig.outbox("trigger")
+    assert item["status"] == "pending"
+    assert "HTTP 404" in item["last_error"]
+
+    dag_file = tmp_path / f"{dag_id}.py"
+    dag_file.write_text(LATE_DAG.format(dag_id=dag_id))
+    airflow_server.add_dag(dag_file, [dag_id])
+    try:
+        rig.make_due()
+        rig.deliver()
+        [item] = rig.outbox("trigger")
+        assert item["status"] == "done", item
+        assert airflow_server.get_run(dag_id, action.key) is not None
+        assert rig.alerts("trigger_refused") == []
+    finally:
+        (airflow_server.dags_folder / dag_file.name).unlink()
 
 
 def test_health_probe_reads_each_component(airflow_server: AirflowServer, rig_factory: Any) -> None:

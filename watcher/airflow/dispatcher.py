@@ -96,6 +96,8 @@ class TriggerDispatcher:
             if exc.transient:
                 self._defer(item, exc)
                 return False
+            if exc.status == 404 and self._dag_may_come_back(item, exc):
+                return True
             self._refuse(item, model, dag_id, run_id, str(exc), exc.status)
             return True
         # Run row first, then done: a crash in between redelivers, gets 409, and both
@@ -174,6 +176,23 @@ class TriggerDispatcher:
             cap=4 * self.settings.airflow.poll_interval_seconds,
         )
         return False
+
+    def _dag_may_come_back(self, item: OutboxItem, exc: AirflowError) -> bool:
+        """Within `airflow.missing_dag_grace_seconds` of queueing, a 404 is asked again
+        soon (the DAG may be back once its file is parsed): True, deferred. After that the
+        trigger is refused; with a wrong `dag_id` that is the grace period late, and the
+        warnings logged meanwhile name the DAG."""
+        grace = self.settings.airflow.missing_dag_grace_seconds
+        left = item.created_at + grace - time.time()
+        if left <= 0:
+            return False
+        reason = (
+            f"{exc}; the DAG file may be being parsed or redeployed: asked again for "
+            f"{left:.0f}s more (airflow.missing_dag_grace_seconds), then refused for good"
+        )
+        poll = self.settings.airflow.poll_interval_seconds
+        self._defer(item, AirflowError(reason, status=404), cap=min(4 * poll, left))
+        return True
 
     # ---- outcomes ---------------------------------------------------------------------------
 
