@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) system-deps
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 # tests/unit alone: no Airflow, PostgreSQL, network or system package; seconds, not minutes.
 test-unit: $(STAMP)
