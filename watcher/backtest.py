@@ -81,7 +81,8 @@ class Served:
     training: Training
     deployed_at: int  # period after which it was deployed (skip - 1 for version 1)
     # Its holdout figure when deployed, in the metric the performance signal follows
-    # (`performance_metric`: accuracy for a roc_auc model, as in the daemon).
+    # (`performance_metric`: accuracy for a roc_auc model without columns.score, as in
+    # the daemon).
     baseline: float
 
 
@@ -313,6 +314,10 @@ def replay_policy(
             if ("predict", w, period) not in memo:
                 memo["predict", w, period] = model.predict(rows[feats])
             batch[cols.prediction] = memo["predict", w, period]
+        if cols.score:  # what the production log would carry, as the daemon reads it
+            if ("proba", w, period) not in memo:
+                memo["proba", w, period] = model.predict_proba(rows[feats])[:, 1]
+            batch[cols.score] = memo["proba", w, period]
         known = period - history.label_delay
         labelled = None
         if known >= history.skip and known in followed_by_period:

@@ -133,11 +133,14 @@ def _policy_summary(model: Any) -> str:
         elif signal == "performance":
             perf = p.performance
             metric = performance_metric(model)
-            note = (
-                " (roc_auc needs probabilities: followed as accuracy)"
-                if (metric != model.retrain.primary_metric)
-                else ""
-            )
+            note = ""
+            if metric != model.retrain.primary_metric:
+                note = (
+                    " (roc_auc needs probabilities: followed as accuracy; set columns.score "
+                    "to the positive class's probability to follow roc_auc)"
+                )
+            elif model.columns.score:
+                note = f" (from the probabilities in column {model.columns.score!r})"
             how = (
                 f"retrain cost {perf.threshold:g} periods' excess loss"
                 if perf.detector == "cost"

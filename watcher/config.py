@@ -399,6 +399,10 @@ class ColumnsConfig(_Section):
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     prediction: str | None = None
+    # The predicted probability of the positive class (the label that sorts last, as
+    # scikit-learn's predict_proba[:, 1]), for a binary classifier: lets the performance
+    # signal follow roc_auc (see watcher.signals.performance_metric).
+    score: str | None = None
     target: str | None = None
     timestamp: str | None = None
     id: str | None = None
@@ -417,7 +421,7 @@ class ColumnsConfig(_Section):
         for c in self.numeric:
             if c in self.categorical:
                 raise ValueError(f"column {c!r} is listed as both numeric and categorical")
-        for role in ("prediction", "target", "timestamp", "id"):
+        for role in ("prediction", "score", "target", "timestamp", "id"):
             col = getattr(self, role)
             if col is None:
                 continue
@@ -634,6 +638,27 @@ class ModelConfig(_Section):
                 f"retrain.primary_metric {r.primary_metric!r} does not fit retrain.task "
                 f"{r.task!r}: use one of {', '.join(fits)} (or set task = "
                 f"{'classification' if r.task == 'regression' else 'regression'!r})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _score_is_for_a_roc_auc_classifier(self) -> ModelConfig:
+        # Refused rather than ignored, as state.dsn without postgres: a score column that
+        # is never read would let the README's promise (roc_auc followed) silently fail.
+        score, r = self.columns.score, self.retrain
+        if score is None:
+            return self
+        if r.task != "classification":
+            raise ValueError(
+                f"columns.score ({score!r}) is a predicted probability of the positive "
+                f"class, for a binary classifier, but retrain.task is {r.task!r}: remove "
+                "columns.score, or set task = 'classification'"
+            )
+        if r.primary_metric != "roc_auc":
+            raise ValueError(
+                f"columns.score ({score!r}) is only read when retrain.primary_metric is "
+                f"'roc_auc' (it is {r.primary_metric!r}): remove columns.score, or set "
+                "primary_metric = 'roc_auc' so the performance signal follows roc_auc"
             )
         return self
 

@@ -18,10 +18,13 @@ every ``late_check_interval_seconds`` the labels of the recent finished windows
 when more of its rows are labelled.
 
 For each labelled period the primary metric (``retrain.primary_metric``; ``accuracy`` when
-that is ``roc_auc``, which needs probabilities the prediction log does not hold) is turned
-into a loss (`watcher.signals.loss_of`) and kept with the version that served the period:
-the `performance` trigger signal's history. The metrics on everything read in one round
-are exported as ``watcher_model_performance{model,metric}``.
+that is ``roc_auc`` and the prediction log holds no ``columns.score``, since roc_auc needs
+the positive class's probability) is turned into a loss (`watcher.signals.loss_of`) and
+kept with the version that served the period: the `performance` trigger signal's history.
+With ``columns.score`` the roc_auc of a period is computed from its labels and scores; a
+period whose labels hold one class only has no ROC AUC: it is skipped, and the log says
+so (``LabelsRead.skipped``). The metrics on everything read in one round are exported as
+``watcher_model_performance{model,metric}``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from watcher.config import ModelConfig
 from watcher.errors import SourceError
 from watcher.fileio import LabelFileError, read_label_file, write_parquet_atomic
 from watcher.metrics import Metrics
-from watcher.retrain.evaluation import classification_metrics, regression_metrics
+from watcher.retrain.evaluation import classification_metrics, regression_metrics, score_auc
 from watcher.signals import loss_of, performance_metric
 from watcher.sources.base import Source
 from watcher.state import LabelPeriod, StateConn, StateStore
@@ -58,6 +61,8 @@ class LabelsRead:
     periods: list[LabelPeriod] = field(default_factory=list)
     marks: list[str] = field(default_factory=list)  # watermark keys of label files read
     rejected: dict[str, str] = field(default_factory=dict)  # label file name -> why not used
+    # period -> why it has no value for the signal (one class only: no ROC AUC)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class PerformanceTracker:
@@ -98,6 +103,7 @@ class PerformanceTracker:
         self._unmatched: dict[str, int] = {}  # label file -> kept prediction files at last look
         self._seen: dict[str, tuple[int, int]] = {}  # (size, mtime_ns) at the previous check
         self.settle_seconds = src.settle_seconds if src.kind == "directory" else 0.0
+        self._said_skipped: set[tuple[str, str, int]] = set()  # (period, version, rows) logged
 
     def keep_predictions(self, batch_id: str, frame: pd.DataFrame, version: str = "") -> None:
         """Called after a batch is scored (worker thread); `version` is the reference the
@@ -107,9 +113,10 @@ class PerformanceTracker:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in batch_id)
-        kept = frame[[cols.id, cols.prediction]].rename(
-            columns={cols.id: "id", cols.prediction: "prediction"}
-        )
+        roles = {cols.id: "id", cols.prediction: "prediction"}
+        if cols.score and cols.score in frame:  # check_batch refused a batch without it
+            roles[cols.score] = "score"
+        kept = frame[list(roles)].rename(columns=roles)
         kept["version"] = version
         write_parquet_atomic(self.dir / f"{safe}.parquet", kept)
 
@@ -215,7 +222,9 @@ class PerformanceTracker:
             read.marks.append(self._mark(path.name))
             joined_all.append(joined)
             for version, rows in joined.groupby("version", sort=False):
-                period = self._period(path.name, str(version), rows["label"], rows["prediction"])
+                period = self._period(
+                    read, path.name, str(version), rows["label"], rows["prediction"], _score(rows)
+                )
                 if period is not None:
                     read.periods.append(period)
         if not read.marks and not read.rejected:
@@ -224,7 +233,7 @@ class PerformanceTracker:
             joined = pd.concat(joined_all)
             if len(joined):
                 read.metrics = self._export(
-                    joined["label"].to_numpy(), joined["prediction"].to_numpy()
+                    joined["label"].to_numpy(), joined["prediction"].to_numpy(), _floats(joined)
                 )
         return read
 
@@ -268,29 +277,68 @@ class PerformanceTracker:
     def _mark(self, file_name: str) -> str:
         return f"labels:{self.model}:{file_name}"
 
-    def _metrics(self, y: Any, p: Any) -> dict[str, float]:
+    def _metrics(self, y: Any, p: Any, score: Any | None = None) -> dict[str, float]:
         # The same metric definitions the retraining DAG's gate uses.
         if self.cfg.retrain.task == "regression":
             return regression_metrics(np.asarray(y, dtype=float), np.asarray(p, dtype=float))
-        return classification_metrics(np.asarray(y), np.asarray(p), None)
+        out = classification_metrics(np.asarray(y), np.asarray(p), None)
+        if score is not None:
+            ok = ~np.isnan(np.asarray(score, dtype=float))
+            auc, _ = score_auc(np.asarray(y)[ok], np.asarray(score, dtype=float)[ok])
+            out["roc_auc"] = math.nan if auc is None else auc
+        return out
 
-    def _period(self, name: str, version: str, y: pd.Series, p: pd.Series) -> LabelPeriod | None:
-        """The loss of one period's labelled rows (None when no row could be scored)."""
+    def _period(
+        self,
+        read: LabelsRead,
+        name: str,
+        version: str,
+        y: pd.Series,
+        p: pd.Series,
+        score: pd.Series | None = None,
+    ) -> LabelPeriod | None:
+        """The loss of one period's labelled rows (None when no row could be scored, or
+        the followed metric is undefined there: then `read.skipped` says why)."""
+        metric = performance_metric(self.cfg)
+        if metric == "roc_auc" and score is None:
+            why = "its predictions were kept without a score (before columns.score was set)"
+            self._skip(read, name, version or "", len(y), why)
+            return None
+        follows_score = metric == "roc_auc"
         ok = y.notna().to_numpy() & p.notna().to_numpy()
+        if follows_score:
+            assert score is not None
+            ok &= score.notna().to_numpy()
         if not ok.any():
             return None
-        metric = performance_metric(self.cfg)
         try:
-            value = self._metrics(y[ok], p[ok]).get(metric, math.nan)
+            if follows_score:
+                assert score is not None
+                value, why = score_auc(y[ok].to_numpy(), score[ok].to_numpy(dtype=float))
+            else:
+                value, why = self._metrics(y[ok], p[ok]).get(metric, math.nan), ""
         except (TypeError, ValueError) as exc:
             log.warning("%s: cannot score the labels of %s: %s", self.model, name, exc)
             return None
+        version = version or (self.store.reference_version(self.model) or "")
+        if value is None:
+            self._skip(read, name, version, int(ok.sum()), why)
+            return None
         if not math.isfinite(value):
             return None
-        version = version or (self.store.reference_version(self.model) or "")
         return LabelPeriod(
             name, version, metric, value, loss_of(metric, value), int(ok.sum()), time.time()
         )
+
+    def _skip(self, read: LabelsRead, name: str, version: str, rows: int, why: str) -> None:
+        """A period left out of the performance signal, said once per content (a SQL
+        window is read again at every late check)."""
+        reason = f"period {name} is left out of the performance signal: {why}"
+        read.skipped[name] = reason
+        if (name, version, rows) in self._said_skipped:
+            return
+        self._said_skipped.add((name, version, rows))
+        log.warning("%s: %s", self.model, reason, extra={"model": self.model})
 
     def _check_sql_labels(self) -> LabelsRead | None:
         src = self.cfg.source
@@ -313,7 +361,15 @@ class PerformanceTracker:
         pred_col = self.cfg.columns.prediction
         if labels.empty or label_col not in labels or pred_col not in labels:
             return None
-        read = LabelsRead(self._export(labels[label_col].to_numpy(), labels[pred_col].to_numpy()))
+        score_col = self.cfg.columns.score
+        scores = labels[score_col].astype(float) if score_col and score_col in labels else None
+        read = LabelsRead(
+            self._export(
+                labels[label_col].to_numpy(),
+                labels[pred_col].to_numpy(),
+                None if scores is None else scores.to_numpy(),
+            )
+        )
         # Each finished window is a period, attributed to the version that scored it.
         windows = self.sql.windows
         ts = pd.to_datetime(labels[src.timestamp_column], utc=True)
@@ -325,13 +381,22 @@ class PerformanceTracker:
             period = windows.batch_id(int(k))  # type: ignore[call-overload]
             with self.store.transaction() as conn:
                 version = self.store.batch_version(conn, self.model, period) or ""
-            found = self._period(period, version, rows[label_col], rows[pred_col])
+            found = self._period(
+                read,
+                period,
+                version,
+                rows[label_col],
+                rows[pred_col],
+                None if scores is None else scores.loc[rows.index],
+            )
             if found is not None:
                 read.periods.append(found)
         return read
 
-    def _export(self, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-        result = self._metrics(y, p)
+    def _export(
+        self, y: np.ndarray, p: np.ndarray, score: np.ndarray | None = None
+    ) -> dict[str, float]:
+        result = self._metrics(y, p, score)
         for metric, value in result.items():
             self.metrics.performance_measured(self.model, metric, value)
         log.info(
@@ -341,3 +406,14 @@ class PerformanceTracker:
             ", ".join(f"{k}={v:.3g}" for k, v in result.items()),
         )
         return result
+
+
+def _score(rows: pd.DataFrame) -> pd.Series | None:
+    """The kept score of joined rows, as floats; None when predictions were kept without
+    one (kept before columns.score was configured)."""
+    return rows["score"].astype(float) if "score" in rows else None
+
+
+def _floats(rows: pd.DataFrame) -> np.ndarray | None:
+    found = _score(rows)
+    return None if found is None else found.to_numpy()

@@ -81,10 +81,13 @@ def loss_of(metric: str, value: float) -> float:
 
 def performance_metric(cfg: ModelConfig) -> str:
     """The metric the performance signal follows: the gate's primary metric, except
-    roc_auc, which needs class probabilities that predictions alone do not give (the
-    daemon scores the predictions it was sent; the backtest follows the same metric)."""
+    roc_auc without a `columns.score`: it needs the positive class's probability, which
+    the predicted classes alone do not give, so it is followed as accuracy then (the
+    daemon scores what the prediction log holds; the backtest follows the same metric)."""
     metric = cfg.retrain.primary_metric
-    return "accuracy" if metric == "roc_auc" else metric
+    if metric == "roc_auc" and cfg.columns.score is None:
+        return "accuracy"
+    return metric
 
 
 def pooled(periods: Sequence[PeriodLoss], min_rows: int) -> list[PeriodLoss]:

@@ -76,6 +76,13 @@ def predict(estimator: Any, frame: pd.DataFrame) -> np.ndarray:
     return np.asarray(estimator.predict(frame[columns]))
 
 
+def positive_proba(estimator: Any, frame: pd.DataFrame) -> np.ndarray:
+    """The positive class's probability (predict_proba[:, 1]: the class that sorts last),
+    what a production log writes to `columns.score`."""
+    columns = list(getattr(estimator, "feature_names_in_", frame.columns))
+    return np.asarray(estimator.predict_proba(frame[columns]))[:, 1]
+
+
 def error(task: str, y: Any, predicted: Any) -> float:
     """The replay's per-period error: MAE for a regression, error rate for a classifier."""
     y, predicted = np.asarray(y), np.asarray(predicted)
@@ -156,6 +163,8 @@ class Replay:
             version, estimator = self._production()
             served = chunk.drop(columns=[cols.target]).copy()
             served[cols.prediction] = predict(estimator, chunk)
+            if cols.score:
+                served[cols.score] = positive_proba(estimator, chunk)
             name = f"{self.model}-{start:%Y-%m-%d}.parquet"
             write_parquet_atomic(self.incoming / name, served)
             if pending_labels is not None:  # last period's labels arrive now

@@ -132,11 +132,14 @@ def check_batch(
             hint="drift tests on so few rows are noise; send larger batches or lower min_rows",
         )
 
-    required = [*columns.features, *([columns.prediction] if columns.prediction else [])]
+    roles = [c for c in (columns.prediction, columns.score) if c]
+    required = [*columns.features, *roles]
     missing = [c for c in required if c not in batch.columns]
     if missing:
         present = sample_names(list(batch.columns))
         hint = "the batch must have every configured feature and the prediction column"
+        if columns.score:
+            hint += " (and the score column)"
         if len(batch.columns) == 1:
             hint = (
                 "only one column was found: is the file delimited by something other "
@@ -163,10 +166,12 @@ def check_batch(
             )
         )
 
-    for col in [*columns.features, *([columns.prediction] if columns.prediction else [])]:
+    for col in required:
         _refuse_nested(batch[col], col, name)
 
     out = batch.copy()
+    if columns.score:
+        out[columns.score] = _probabilities(out[columns.score], columns.score, name)
     numeric_cols = [
         *columns.numeric,
         *([columns.prediction] if columns.prediction and numeric_prediction else []),
@@ -304,6 +309,26 @@ def _as_numeric(series: pd.Series, col: str, name: str) -> pd.Series:
             "change is intended",
         )
     return converted
+
+
+def _probabilities(series: pd.Series, col: str, name: str) -> pd.Series:
+    """The score column as floats, each a probability in [0, 1] or missing. A value
+    outside (a logit, a percentage, inf) would make every ROC AUC of the period a
+    ranking of the wrong numbers with no error: the batch is refused instead."""
+    values = _as_numeric(series, col, name)
+    floats = values.to_numpy(dtype=float, na_value=np.nan)
+    outside = ~np.isnan(floats) & ~((floats >= 0.0) & (floats <= 1.0))
+    n_out = int(np.count_nonzero(outside))
+    if n_out:
+        lo, hi = float(np.nanmin(floats[outside])), float(np.nanmax(floats[outside]))
+        raise BatchRejected(
+            f"{name}: score column {col!r} has {n_out} value(s) outside [0, 1] "
+            f"(from {lo:g} to {hi:g}); it must hold the positive class's probability",
+            check="score_out_of_range",
+            hint="write predict_proba(...)[:, 1] (not a logit or a percentage) to the "
+            "score column, or remove columns.score from the config",
+        )
+    return pd.Series(floats, index=series.index, name=series.name)
 
 
 _NESTED = (list, tuple, dict, set, np.ndarray)

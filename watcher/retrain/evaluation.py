@@ -143,6 +143,26 @@ def classification_metrics(y_true: Any, y_pred: Any, proba: Any | None) -> dict[
     return out
 
 
+def score_auc(y_true: Any, score: Any) -> tuple[float | None, str]:
+    """ROC AUC of a binary classifier's positive-class probability (`columns.score`)
+    against the labels, with the gate's convention: the positive class is the label that
+    sorts last, as predict_proba[:, 1]. None, with why, where AUC is undefined: labels of
+    one class only, or of more than two (a score is one class's probability)."""
+    y = np.asarray(y_true)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        only = f" (all {classes[0]!r})" if len(classes) else ""
+        return None, (
+            f"its {len(y)} labelled row(s) hold one class only{only}, and ROC AUC needs both"
+        )
+    if len(classes) > 2:
+        return None, (
+            f"its labels hold {len(classes)} classes, but columns.score is the positive "
+            "class's probability of a binary classifier"
+        )
+    return float(skm.roc_auc_score(y == classes[-1], np.asarray(score, dtype=float))), ""
+
+
 def score(estimator: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
     """Every metric of the task for one model on one slice."""
     pred = estimator.predict(X)

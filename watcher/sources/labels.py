@@ -45,8 +45,9 @@ def load_labels(
 ) -> pd.DataFrame:
     """Labelled predictions whose timestamp is in [start, end), for performance metrics.
 
-    Columns: the id, the timestamp (as ``source.timestamp_column``), the prediction (when
-    configured), the label (named ``columns.target``, else ``target``) and ``labelled_at``.
+    Columns: the id, the timestamp (as ``source.timestamp_column``), the prediction and the
+    score (when configured), the label (named ``columns.target``, else ``target``) and
+    ``labelled_at``.
     Only labels given at or before `labelled_before` count, when it is set. Raises
     SourceError when the tables do not fit the config; database errors pass through.
     """
@@ -60,7 +61,11 @@ def load_labels(
         cols = table_columns(conn, cfg.table)
         lcols = table_columns(conn, cfg.labels_table)
         for table, have, need in (
-            (cfg.table, cols, [columns.id, cfg.timestamp_column, columns.prediction]),
+            (
+                cfg.table,
+                cols,
+                [columns.id, cfg.timestamp_column, columns.prediction, columns.score],
+            ),
             (cfg.labels_table, lcols, [lid, llabel, lat]),
         ):
             if have is None:
@@ -84,6 +89,8 @@ def load_labels(
         if columns.prediction:
             pred = cols[columns.prediction]
             items.append(select_expr(pred, as_number=pred.kind == "numeric"))
+        if columns.score:
+            items.append(select_expr(cols[columns.score], as_number=True))
         label = Column("label", lcols[llabel].type, lcols[llabel].kind)
         items.append(
             select_expr(

@@ -266,6 +266,8 @@ def check_schema(
     wanted |= {c: "a categorical feature (columns.categorical)" for c in columns.categorical}
     if columns.prediction:
         wanted[columns.prediction] = "the prediction (columns.prediction)"
+    if columns.score:
+        wanted[columns.score] = "the positive class's probability (columns.score)"
     if columns.id:
         wanted[columns.id] = "the id (columns.id)"
     if columns.target and not label_target:
@@ -290,6 +292,12 @@ def check_schema(
                 hint=f"change its type back (ALTER TABLE ... ALTER COLUMN {c} TYPE double "
                 f"precision USING {c}::double precision), or list it under columns.categorical",
             )
+    if columns.score and cols[columns.score].kind != "numeric":
+        raise schema_error(
+            f"{table}.{columns.score} is {cols[columns.score].type}, but columns.score must "
+            "hold the positive class's probability, a number in [0, 1]",
+            hint="store the score as double precision, or remove columns.score",
+        )
     for c in columns.categorical:
         if cols[c].kind not in ("numeric", "boolean", "text"):
             raise schema_error(

@@ -94,6 +94,8 @@ def plan_read(
         add(c, as_number=False)
     if columns.prediction:
         add(columns.prediction, as_number=cols[columns.prediction].kind == "numeric")
+    if columns.score:
+        add(columns.score, as_number=True)
     if columns.target and target_in_table:
         add(columns.target, as_number=cols[columns.target].kind == "numeric")
 
