@@ -77,6 +77,44 @@ def test_impute_none_is_refused_for_a_family_that_does_not_accept_nan(tmp_path: 
     assert res.returncode == 0, res.stderr
 
 
+def test_check_config_refuses_a_score_column_that_would_not_be_read(tmp_path: Path) -> None:
+    for retrain, message in (
+        (
+            "",
+            "columns.score ('s') is a predicted probability of the positive class, for a "
+            "binary classifier, but retrain.task is 'regression': remove columns.score, or "
+            "set task = 'classification'",
+        ),
+        (
+            'task = "classification", primary_metric = "f1"',
+            "columns.score ('s') is only read when retrain.primary_metric is 'roc_auc' (it "
+            "is 'f1'): remove columns.score, or set primary_metric = 'roc_auc'",
+        ),
+    ):
+        res = watcher("check-config", str(write(tmp_path, roles=', score = "s"', retrain=retrain)))
+        assert res.returncode == 2
+        assert "models.m" in res.stderr
+        assert message in res.stderr
+
+
+def test_check_config_says_which_metric_a_roc_auc_model_is_followed_by(tmp_path: Path) -> None:
+    roc_auc = 'task = "classification", primary_metric = "roc_auc"'
+    perf = {
+        "triggers": '["performance"]',
+        "labels": ', labels_path = "labels"',
+        "retrain": roc_auc,
+    }
+    res = watcher("check-config", str(write(tmp_path, roles=', target = "y", id = "id"', **perf)))
+    assert res.returncode == 0, res.stderr
+    assert "performance: accuracy loss vs the holdout level" in res.stdout
+    assert "set columns.score to the positive class's probability to follow roc_auc" in res.stdout
+    roles = ', target = "y", id = "id", score = "s"'
+    res = watcher("check-config", str(write(tmp_path, roles=roles, **perf)))
+    assert res.returncode == 0, res.stderr
+    assert "performance: roc_auc loss vs the holdout level" in res.stdout
+    assert "(from the probabilities in column 's')" in res.stdout
+
+
 def test_a_classifier_defaults_to_accuracy(tmp_path: Path) -> None:
     s = load_config(write(tmp_path, retrain='task = "classification"'))
     assert s.models["m"].retrain.primary_metric == "accuracy"

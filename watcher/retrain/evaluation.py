@@ -151,7 +151,7 @@ def score_auc(y_true: Any, score: Any) -> tuple[float | None, str]:
     y = np.asarray(y_true)
     classes = np.unique(y)
     if len(classes) < 2:
-        only = f" (all {classes[0]!r})" if len(classes) else ""
+        only = f" (all {classes.tolist()[0]!r})" if len(classes) else ""
         return None, (
             f"its {len(y)} labelled row(s) hold one class only{only}, and ROC AUC needs both"
         )
