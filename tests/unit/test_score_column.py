@@ -221,7 +221,7 @@ def _check(batch: pd.DataFrame) -> pd.DataFrame:
 @pytest.mark.parametrize(
     ("scores", "check", "says"),
     [
-        ([0.2, 1.5, -0.1], "score_out_of_range", "2 value(s) outside [0, 1] (from -0.1 to 1.5)"),
+        ([0.2, 1.5, -0.1], "score_out_of_range", "2 value(s) outside [0, 1]; it must"),
         ([0.2, float("inf"), 0.3], "score_out_of_range", "1 value(s) outside [0, 1]"),
         (["0.2", "high", "0.1"], "type_change", "holds a mix of numbers and text"),
     ],
@@ -368,7 +368,8 @@ def test_a_batch_with_a_score_outside_0_1_is_set_aside_and_counted(classifier: L
     outcome = classifier.pipeline.process(classifier.rt, ref)
     assert outcome.status == "rejected"
     assert outcome.reason is not None
-    assert "score column 's' has 5 value(s) outside [0, 1] (from 7.5 to 7.5)" in outcome.reason
+    assert "score column 's' has 5 value(s) outside [0, 1]" in outcome.reason
+    assert "7.5" not in outcome.reason  # no value of the file is echoed
     assert (classifier.tmp / "incoming" / "quarantine" / "bad.parquet").exists()
     assert (
         classifier.metrics.registry.get_sample_value(

@@ -2,7 +2,8 @@
 
 Two kinds of findings:
 - a *rejection* (`BatchRejected`): the batch cannot be scored meaningfully (empty, too few
-  rows, a feature missing or holding text where numbers belong, a feature entirely empty).
+  rows, a feature missing or holding text where numbers belong, a feature entirely empty,
+  a `columns.score` value that is not a probability in [0, 1]).
   The batch is quarantined with the reason and the daemon goes on.
 - a *violation*: the batch is scored, but something is off (missing values above the
   limit, values outside the reference range, categories never seen, extra columns,
@@ -320,10 +321,10 @@ def _probabilities(series: pd.Series, col: str, name: str) -> pd.Series:
     outside = ~np.isnan(floats) & ~((floats >= 0.0) & (floats <= 1.0))
     n_out = int(np.count_nonzero(outside))
     if n_out:
-        lo, hi = float(np.nanmin(floats[outside])), float(np.nanmax(floats[outside]))
+        # The count only: no value of the file is echoed into reasons, logs or mails.
         raise BatchRejected(
-            f"{name}: score column {col!r} has {n_out} value(s) outside [0, 1] "
-            f"(from {lo:g} to {hi:g}); it must hold the positive class's probability",
+            f"{name}: score column {col!r} has {n_out} value(s) outside [0, 1]; it must "
+            "hold the positive class's probability",
             check="score_out_of_range",
             hint="write predict_proba(...)[:, 1] (not a logit or a percentage) to the "
             "score column, or remove columns.score from the config",
