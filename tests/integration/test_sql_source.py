@@ -1053,3 +1053,57 @@ def test_daemon_performance_from_the_labels_table(
     weighted = sum(p.loss * p.rows for p in periods) / 30
     assert weighted == pytest.approx(expected)
     h.close()
+
+
+def test_a_score_column_is_read_and_the_performance_signal_follows_its_roc_auc(
+    prediction_log: PredictionLog,
+    bikeshare: pd.DataFrame,
+    pg_db: PgDatabase,
+    harness: Callable[..., Harness],
+    tmp_path: Path,
+) -> None:
+    """`columns.score` on a sql source: windows and labels carry it, and each labelled
+    window's period is its ROC AUC; a window whose labels hold one class is skipped."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from watcher.config import ModelConfig, RetrainConfig
+    from watcher.model_quality import PerformanceTracker
+
+    two_days = days(bikeshare, 1, 2)
+    prediction_log.log(two_days)
+    # The serving system logs the probability that the hour is busy beside its prediction.
+    pg_db.execute("ALTER TABLE predictions ADD COLUMN busy double precision")
+    pg_db.execute("UPDATE predictions SET busy = 1 / (1 + exp(-(predicted - 100) / 50))")
+    pg_db.execute("UPDATE predictions SET predicted = CASE WHEN busy > 0.5 THEN 1 ELSE 0 END")
+    jan1, jan2 = days(bikeshare, 1), days(bikeshare, 2).head(6)
+    is_busy = (jan1["bikers"] > jan1["bikers"].median()).astype(float)
+    prediction_log.label(zip(jan1["id"], is_busy, strict=True), at=day(3))
+    prediction_log.label([(i, 1.0) for i in jan2["id"]], at=day(3))  # one class only
+    columns = COLUMNS.model_copy(update={"score": "busy", "target": "label"})
+    h = harness(Clock(day(5)), columns=columns)
+
+    labels = h.source.load_labels(day(1), day(2))
+    assert list(labels.columns) == ["id", "ts", "predicted", "busy", "label", "labelled_at"]
+    windows = [h.finish(ref) for ref in h.poll()]
+    assert len(windows) == 2
+    expected_score = 1 / (1 + np.exp(-(jan1["predicted"].to_numpy() - 100) / 50))
+    np.testing.assert_allclose(windows[0]["busy"].to_numpy(), expected_score, rtol=1e-12)
+
+    model_cfg = ModelConfig(
+        source=h.source.cfg,
+        columns=columns,
+        retrain=RetrainConfig(task="classification", primary_metric="roc_auc"),
+    )
+    perf = PerformanceTracker("bikes", model_cfg, tmp_path, h.store, h.metrics, h.source)
+    read = perf.read_labels()
+    assert read is not None
+    [period] = read.periods
+    assert period.period == wid(1)
+    assert period.metric == "roc_auc"
+    assert period.rows == 24
+    assert period.value == pytest.approx(roc_auc_score(is_busy, expected_score), abs=1e-9)
+    assert read.skipped == {
+        wid(2): f"period {wid(2)} is left out of the performance signal: its 6 labelled "
+        "row(s) hold one class only (all 1.0), and ROC AUC needs both"
+    }
