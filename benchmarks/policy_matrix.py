@@ -143,7 +143,8 @@ class Matrix:
     ok: dict[int, bool]
     gate: dict[tuple[int, int], bool]  # (challenger, champion) -> deploy
     # The same in the metric the performance signal follows (`performance_metric`:
-    # accuracy for a roc_auc model, as in the daemon); None: the primary metric.
+    # accuracy for a roc_auc model without columns.score, as in the daemon); None: the
+    # primary metric.
     followed: dict[int, np.ndarray] | None = None
     followed_holdout: dict[int, float] | None = None
 
