@@ -1,13 +1,18 @@
 """String class labels through bootstrap, replay, scoring and the performance signal
-(before: `could not convert string to float: 'Up'`)."""
+(before: `could not convert string to float: 'Up'`); with `columns.score` the signal
+follows each period's ROC AUC of the logged probability of "Up" (the class that sorts
+last) against the registry's holdout ROC AUC."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
 
 from watcher.config import dump_toml, load_config
 from watcher.dev.replay import Replay
@@ -36,8 +41,9 @@ def updown(weeks: int) -> pd.DataFrame:
     )
 
 
-def test_up_and_down_from_bootstrap_to_the_performance_signal(tmp_path: Path) -> None:
-    raw = {
+@pytest.mark.parametrize("score", [False, True], ids=["predictions", "with_score"])
+def test_up_and_down_from_bootstrap_to_the_performance_signal(tmp_path: Path, score: bool) -> None:
+    raw: dict[str, Any] = {
         "daemon": {"state_dir": str(tmp_path / "state")},
         "registry": {"path": str(tmp_path / "registry")},
         "models": {
@@ -67,13 +73,18 @@ def test_up_and_down_from_bootstrap_to_the_performance_signal(tmp_path: Path) ->
             }
         },
     }
+    if score:
+        raw["models"]["dir"]["columns"]["score"] = "p_up"
+        raw["models"]["dir"]["retrain"]["primary_metric"] = "roc_auc"
     path = tmp_path / "watcher.toml"
     path.write_text(dump_toml(raw), encoding="utf-8")
     settings = load_config(path)
-    assert settings.models["dir"].retrain.primary_metric == "accuracy"  # the task's default
+    followed = "roc_auc" if score else "accuracy"
+    if not score:
+        assert settings.models["dir"].retrain.primary_metric == "accuracy"  # the task's default
     data = updown(7)
     info = bootstrap(settings, "dir", data, weeks=4)
-    assert "accuracy" in info.metrics
+    assert followed in info.metrics
 
     replay = Replay(settings, "dir", data)
     try:
@@ -84,6 +95,12 @@ def test_up_and_down_from_bootstrap_to_the_performance_signal(tmp_path: Path) ->
     assert all(0.0 <= r.mae < 0.5 for r in results)  # the error rate of Up/Down
     served = pd.read_parquet(tmp_path / "incoming" / results[0].batch_file)
     assert set(served["pred"]) == {"Up", "Down"}
+    files = [pd.read_parquet(tmp_path / "incoming" / r.batch_file) for r in results]
+    if score:  # the probability of "Up", the class predict_proba[:, 1] gives
+        assert all(f["p_up"].between(0, 1).all() for f in files)
+        assert ((served["p_up"] > 0.5) == (served["pred"] == "Up")).all()
+    else:
+        assert "p_up" not in served
 
     # The daemon's steps on those files: scored (not rejected as text in a numeric
     # column), and the labels give the performance signal accuracy-based losses.
@@ -107,10 +124,15 @@ def test_up_and_down_from_bootstrap_to_the_performance_signal(tmp_path: Path) ->
         assert verdict is not None
         with store.transaction() as conn:
             periods = store.label_periods(conn, "dir", rt.reference.version)
-        assert [p.metric for p in periods] == ["accuracy"] * 3
+        assert [p.metric for p in periods] == [followed] * 3
         assert all(p.loss == 1.0 - p.value for p in periods)
+        if score:
+            truth = data.set_index("id")["dir"]
+            for period, f in zip(periods, files, strict=True):
+                auc = roc_auc_score(truth.loc[f["id"]].to_numpy() == "Up", f["p_up"])
+                assert period.value == pytest.approx(auc, abs=1e-12)
         perf = next(r for r in verdict.readings if r.signal == "performance")
         assert perf.numbers is not None
-        assert perf.numbers["baseline"] == 1.0 - info.metrics["accuracy"]  # the holdout level
+        assert perf.numbers["baseline"] == 1.0 - info.metrics[followed]  # the holdout level
     finally:
         store.close()
