@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -32,7 +33,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+
+PIPED_WIDTH = 220
+
+
+def _piped_width() -> int | None:
+    """Piped into a file, a pager or CI's log, rich would wrap at 80 columns and cut
+    every cell of a wide table (the backtest's has thirteen) to "…". A terminal keeps its
+    own width, and COLUMNS, when set, wins."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return None
+    return PIPED_WIDTH
+
+
+out = Console(width=_piped_width())
 # Errors are read by people and grep alike: never wrap them mid-sentence.
 err = Console(stderr=True, soft_wrap=True)
 
