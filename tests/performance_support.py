@@ -42,13 +42,18 @@ def config(
     reference_rows: int = 800,
     drift: dict[str, Any] | None = None,
     drift_signal: dict[str, Any] | None = None,
+    reference_frame: pd.DataFrame | None = None,
+    model: dict[str, Any] | None = None,
     **policy: Any,
 ) -> Path:
     """Model `m` on a folder with labels; `top` overrides top-level tables, `policy` keys of
-    `[models.m.policy]`, `drift` keys of `[models.m.drift]`."""
+    `[models.m.policy]`, `drift` keys of `[models.m.drift]`, `model` keys of `[models.m]`
+    (whole tables: `columns`, `retrain`); `reference_frame` replaces the regression one."""
     reference = tmp / "reference.parquet"
     # 800 rows: evidently's rule picks KS below 1000 (see test_small_batches for above).
-    labelled(reference_rows, seed=1).drop(columns=["id"]).to_parquet(reference)
+    if reference_frame is None:
+        reference_frame = labelled(reference_rows, seed=1).drop(columns=["id"])
+    reference_frame.to_parquet(reference)
     raw = {
         "daemon": {"state_dir": str(tmp / "state")},
         "metrics": {"enabled": False},
@@ -76,6 +81,7 @@ def config(
                 | ({"drift": drift_signal} if drift_signal else {}),
                 "drift": drift or {},
             }
+            | (model or {})
         },
     }
     raw |= top or {}

@@ -6,6 +6,7 @@ class probabilities), not the roc_auc the schedules are judged by; with `columns
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,13 +48,8 @@ def _history(n: int = 6, rows: int = 200) -> pd.DataFrame:
     return pd.DataFrame({"ts": ts, "x": x, "y": y, "_period": np.repeat(np.arange(n), rows)})
 
 
-def test_a_roc_auc_model_is_followed_by_accuracy_as_in_the_daemon(tmp_path: Path) -> None:
-    cfg = ModelConfig(
-        source=DirectorySourceConfig(path=tmp_path / "in", labels_path=tmp_path / "labels"),
-        columns=ColumnsConfig(numeric=["x"], target="y", timestamp="ts", id="id"),
-        retrain=RetrainConfig(task="classification", primary_metric="roc_auc"),
-    )
-    assert performance_metric(cfg) == "accuracy"
+def _first_version() -> tuple[pd.DataFrame, History, Any, pd.DataFrame, Training]:
+    """Six periods; version 1 fitted on the first two, period 1 its holdout."""
     frame = _history()
     starts = [frame["ts"][frame["_period"] == p].min() for p in range(6)]
     history = History("m", frame, starts, skip=2, label_delay=1)
@@ -61,6 +57,17 @@ def test_a_roc_auc_model_is_followed_by_accuracy_as_in_the_daemon(tmp_path: Path
     model = LogisticRegression().fit(old[["x"]], old["y"])
     holdout = frame[frame["_period"] == 1]
     first = Training(-1, True, challenger=model, final=model, features=["x"], holdout=holdout)
+    return frame, history, model, holdout, first
+
+
+def test_a_roc_auc_model_is_followed_by_accuracy_as_in_the_daemon(tmp_path: Path) -> None:
+    cfg = ModelConfig(
+        source=DirectorySourceConfig(path=tmp_path / "in", labels_path=tmp_path / "labels"),
+        columns=ColumnsConfig(numeric=["x"], target="y", timestamp="ts", id="id"),
+        retrain=RetrainConfig(task="classification", primary_metric="roc_auc"),
+    )
+    assert performance_metric(cfg) == "accuracy"
+    frame, history, model, holdout, first = _first_version()
     recorder = Recorder()
 
     result = replay_policy(recorder, Settings(models={"m": cfg}), history, {-1: first})
@@ -118,13 +125,7 @@ def test_with_a_score_column_the_signal_follows_roc_auc_from_predict_proba(
         retrain=RetrainConfig(task="classification", primary_metric="roc_auc"),
     )
     assert performance_metric(cfg) == "roc_auc"
-    frame = _history()
-    starts = [frame["ts"][frame["_period"] == p].min() for p in range(6)]
-    history = History("m", frame, starts, skip=2, label_delay=1)
-    old = frame[frame["_period"] < 2]
-    model = LogisticRegression().fit(old[["x"]], old["y"])
-    holdout = frame[frame["_period"] == 1]
-    first = Training(-1, True, challenger=model, final=model, features=["x"], holdout=holdout)
+    frame, history, model, holdout, first = _first_version()
     recorder = BatchRecorder()
 
     replay_policy(recorder, Settings(models={"m": cfg}), history, {-1: first})

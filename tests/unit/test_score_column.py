@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from performance_support import Loop, make_loop
+from performance_support import Loop, config, make_loop
 from sklearn.metrics import roc_auc_score
 from support import drop, frame
 
@@ -22,7 +22,6 @@ from watcher.config import (
     ModelConfig,
     QualityConfig,
     RetrainConfig,
-    dump_toml,
     load_config,
 )
 from watcher.drift.quality import check_batch, profile_reference
@@ -269,46 +268,27 @@ HOLDOUT_AUC = 0.80  # roc_auc of _served(informative=True) on 20,000 rows: 0.801
 
 
 def _classifier(tmp: Path) -> Path:
-    reference = tmp / "reference.parquet"
-    _served(800, 1, informative=True, start_id=0).drop(columns=["id", "y"]).to_parquet(reference)
-    raw = {
-        "daemon": {"state_dir": str(tmp / "state")},
-        "metrics": {"enabled": False},
-        "airflow": {"enabled": True},
-        "registry": {"path": str(tmp / "registry")},
-        "models": {
-            "m": {
-                "reference": str(reference),
-                "source": {
-                    "kind": "directory",
-                    "path": str(tmp / "incoming"),
-                    "labels_path": str(tmp / "labels"),
-                    "settle_seconds": 0,
-                },
-                "columns": {
-                    "numeric": ["a", "b", "température", "wind speed"],
-                    "categorical": ["c"],
-                    "prediction": "p",
-                    "score": "s",
-                    "target": "y",
-                    "id": "id",
-                },
-                "retrain": {"task": "classification", "primary_metric": "roc_auc"},
-                # A loss of 1 - AUC = 0.20 moves by about 15 % of itself from one period of
-                # 400 rows to the next: 25 % tolerated keeps a steady model quiet.
-                "policy": {
-                    "triggers": ["performance"],
-                    "cooldown_seconds": 0,
-                    "performance": {"tolerance": 0.25},
-                },
-            }
-        },
+    reference = _served(800, 1, informative=True, start_id=0).drop(columns=["id", "y"])
+    columns = {
+        "numeric": ["a", "b", "température", "wind speed"],
+        "categorical": ["c"],
+        "prediction": "p",
+        "score": "s",
+        "target": "y",
+        "id": "id",
     }
-    path = tmp / "watcher.toml"
-    path.write_text(dump_toml(raw), encoding="utf-8")
-    (tmp / "incoming").mkdir()
-    (tmp / "labels").mkdir()
-    return path
+    # A loss of 1 - AUC = 0.20 moves by about 15 % of itself from one period of 400 rows
+    # to the next: 25 % tolerated keeps a steady model quiet.
+    return config(
+        tmp,
+        reference_frame=reference,
+        model={
+            "columns": columns,
+            "retrain": {"task": "classification", "primary_metric": "roc_auc"},
+        },
+        triggers=["performance"],
+        performance={"tolerance": 0.25},
+    )
 
 
 @pytest.fixture
