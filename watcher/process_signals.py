@@ -27,6 +27,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _stop_while_starting(signum: int, _frame: FrameType | None) -> None:
+    # Exiting takes a moment (threads, finalizers); a supervisor or a user that signals
+    # again meanwhile must not turn a clean exit into a kill by the signal.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     name = signal.Signals(signum).name
     print(
         f"{name} while watcher was starting: exiting before anything was claimed, mailed or bound",
@@ -49,8 +53,9 @@ def enable_stack_dumps() -> None:
 def exit_on_stop_while_starting() -> Iterator[None]:
     """SIGTERM or SIGINT exit at once with code 0 until the event loop takes them over
     (`Daemon.run` does first thing); the handlers found are put back on leaving, so an
-    in-process caller (a test's CLI runner) keeps its own. Outside the main thread,
-    where Python cannot set handlers, nothing changes."""
+    in-process caller (a test's CLI runner) keeps its own; after a stop they stay
+    ignored, so that a second one cannot turn the exit into a kill. Outside the main
+    thread, where Python cannot set handlers, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -58,5 +63,12 @@ def exit_on_stop_while_starting() -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not _exiting():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _exiting() -> bool:
+    """`_stop_while_starting` ran: the process is on its way out, and the stop signals
+    stay ignored until it is gone."""
+    return all(signal.getsignal(sig) is signal.SIG_IGN for sig in STOP_SIGNALS)

@@ -33,6 +33,10 @@ def test_sigterm_while_opening_the_state_exits_0_and_says_so(tmp_path: Path) -> 
             conn, _ = server.accept()  # the daemon is connecting: it is past its imports
             with conn:
                 proc.signal(signal.SIGTERM)
+                # A second stop while it exits (a supervisor, an impatient user) must not
+                # turn the clean exit into a kill by the signal: CI caught exactly that.
+                wait_for(lambda: "while watcher was starting" in log.read_text(), 30, 0.002)
+                proc.signal(signal.SIGTERM)
                 code = proc.stop(timeout=30)
         finally:
             proc.kill()
