@@ -233,7 +233,7 @@ class PerformanceTracker:
             joined = pd.concat(joined_all)
             if len(joined):
                 read.metrics = self._export(
-                    joined["label"].to_numpy(), joined["prediction"].to_numpy(), _floats(joined)
+                    joined["label"].to_numpy(), joined["prediction"].to_numpy(), _score(joined)
                 )
         return read
 
@@ -283,8 +283,9 @@ class PerformanceTracker:
             return regression_metrics(np.asarray(y, dtype=float), np.asarray(p, dtype=float))
         out = classification_metrics(np.asarray(y), np.asarray(p), None)
         if score is not None:
-            ok = ~np.isnan(np.asarray(score, dtype=float))
-            auc, _ = score_auc(np.asarray(y)[ok], np.asarray(score, dtype=float)[ok])
+            floats = np.asarray(score, dtype=float)
+            ok = ~np.isnan(floats)
+            auc, _ = score_auc(np.asarray(y)[ok], floats[ok])
             out["roc_auc"] = math.nan if auc is None else auc
         return out
 
@@ -300,21 +301,19 @@ class PerformanceTracker:
         """The loss of one period's labelled rows (None when no row could be scored, or
         the followed metric is undefined there: then `read.skipped` says why)."""
         metric = performance_metric(self.cfg)
-        if metric == "roc_auc" and score is None:
+        followed = score if metric == "roc_auc" else None  # roc_auc: from the scores
+        if metric == "roc_auc" and followed is None:
             why = "its predictions were kept without a score (before columns.score was set)"
             self._skip(read, name, version or "", len(y), why)
             return None
-        follows_score = metric == "roc_auc"
         ok = y.notna().to_numpy() & p.notna().to_numpy()
-        if follows_score:
-            assert score is not None
-            ok &= score.notna().to_numpy()
+        if followed is not None:
+            ok &= followed.notna().to_numpy()
         if not ok.any():
             return None
         try:
-            if follows_score:
-                assert score is not None
-                value, why = score_auc(y[ok].to_numpy(), score[ok].to_numpy(dtype=float))
+            if followed is not None:
+                value, why = score_auc(y[ok].to_numpy(), followed[ok].to_numpy(dtype=float))
             else:
                 value, why = self._metrics(y[ok], p[ok]).get(metric, math.nan), ""
         except (TypeError, ValueError) as exc:
@@ -363,13 +362,8 @@ class PerformanceTracker:
             return None
         score_col = self.cfg.columns.score
         scores = labels[score_col].astype(float) if score_col and score_col in labels else None
-        read = LabelsRead(
-            self._export(
-                labels[label_col].to_numpy(),
-                labels[pred_col].to_numpy(),
-                None if scores is None else scores.to_numpy(),
-            )
-        )
+        y, p = labels[label_col].to_numpy(), labels[pred_col].to_numpy()
+        read = LabelsRead(self._export(y, p, scores))
         # Each finished window is a period, attributed to the version that scored it.
         windows = self.sql.windows
         ts = pd.to_datetime(labels[src.timestamp_column], utc=True)
@@ -394,7 +388,7 @@ class PerformanceTracker:
         return read
 
     def _export(
-        self, y: np.ndarray, p: np.ndarray, score: np.ndarray | None = None
+        self, y: np.ndarray, p: np.ndarray, score: pd.Series | None = None
     ) -> dict[str, float]:
         result = self._metrics(y, p, score)
         for metric, value in result.items():
@@ -412,8 +406,3 @@ def _score(rows: pd.DataFrame) -> pd.Series | None:
     """The kept score of joined rows, as floats; None when predictions were kept without
     one (kept before columns.score was configured)."""
     return rows["score"].astype(float) if "score" in rows else None
-
-
-def _floats(rows: pd.DataFrame) -> np.ndarray | None:
-    found = _score(rows)
-    return None if found is None else found.to_numpy()
