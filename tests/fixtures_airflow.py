@@ -99,7 +99,7 @@ class AirflowServer:
             )
             try:
                 with urllib.request.urlopen(req, timeout=10) as resp:
-                    return resp.status, json.load(resp)
+                    return resp.status, json.loads(resp.read() or b"null")  # 204: no body
             except urllib.error.HTTPError as exc:
                 if exc.code == 401:
                     self._token = None
@@ -113,10 +113,22 @@ class AirflowServer:
 
     # ---- DAGs and runs ---------------------------------------------------------------------
 
+    def list_all(self, path: str, key: str) -> list[dict[str, Any]]:
+        """Every item of a listing, page by page. Airflow caps `limit` at
+        `[api] maximum_page_limit` (100) whatever a client asks, oldest first: a session
+        that has made more than 100 runs of a DAG would otherwise not see its newest."""
+        items: list[dict[str, Any]] = []
+        sep = "&" if "?" in path else "?"
+        while True:
+            status, body = self.api("GET", f"{path}{sep}limit=100&offset={len(items)}")
+            assert status == 200, body
+            page = list(body[key])
+            items += page
+            if not page or len(items) >= body["total_entries"]:
+                return items
+
     def list_runs(self, dag_id: str) -> list[dict[str, Any]]:
-        status, body = self.api("GET", f"/dags/{dag_id}/dagRuns?limit=1000")
-        assert status == 200, body
-        return list(body["dag_runs"])
+        return self.list_all(f"/dags/{dag_id}/dagRuns", "dag_runs")
 
     def runs_with_conf(self, dag_id: str, key: str, value: Any) -> list[dict[str, Any]]:
         """Runs whose conf holds key=value: how tests count the runs they caused."""
@@ -148,10 +160,9 @@ class AirflowServer:
         queued by design and are ignored)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _, dags = self.api("GET", "/dags?limit=1000")
             busy = [
                 r["dag_run_id"]
-                for d in dags["dags"]
+                for d in self.list_all("/dags", "dags")
                 if not d["is_paused"]
                 for r in self.list_runs(d["dag_id"])
                 if r["state"] in ACTIVE

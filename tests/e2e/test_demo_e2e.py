@@ -53,6 +53,19 @@ def stop_demo(proc: subprocess.Popen[str]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def what_went_on(proc: subprocess.Popen[str], workdir: Path) -> str:
+    """For a failure message: the demo's processes, its exit and output if it has ended,
+    and the end of each service's log (CI keeps nothing else)."""
+    lines = [f"processes: {processes_of(workdir)}", f"demo exit code: {proc.poll()}"]
+    if proc.poll() is not None:
+        output, _ = proc.communicate()
+        lines.append(f"demo output (end):\n{output[-3000:]}")
+    for log in sorted(workdir.rglob("*.log")):
+        tail = log.read_text(errors="replace")[-1500:]
+        lines.append(f"--- {log.relative_to(workdir)} (end):\n{tail}")
+    return "\n".join(lines)
+
+
 def run_demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -207,7 +220,7 @@ def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
             interval=1,
             what="the replay to start",
         )
-        assert len(processes_of(workdir)) >= 3  # airflow, the daemon, ...
+        assert len(processes_of(workdir)) >= 3, what_went_on(proc, workdir)  # airflow, daemon, …
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
     finally:

@@ -70,7 +70,19 @@ def test_three_replicas_killed_and_restarted_trigger_each_retrain_once(
             except TimeoutError:  # the one api-server worker is busy running DAGs: ask again
                 return 0
 
-        wait_for(lambda: count_ours() >= MODELS, timeout=180, what="a DAG run per model")
+        try:
+            wait_for(lambda: count_ours() >= MODELS, timeout=180, what="a DAG run per model")
+        except AssertionError as exc:  # say where the missing runs are: CI keeps nothing else
+            triggers = [
+                {k: i[k] for k in ("key", "status", "attempts", "last_error")}
+                for i in store.outbox_items()
+                if i["kind"] == "trigger"
+            ]
+            raise AssertionError(
+                f"{exc}: {count_ours()} of ours in Airflow "
+                f"({len(airflow_server.list_runs(DAG))} runs of {DAG} in all); "
+                f"triggers in the outbox: {triggers}"
+            ) from None
         # The outbox drained: every trigger delivered (none left to deliver twice later).
         wait_for(
             lambda: store.pending_counts()["trigger"] == 0, timeout=120, what="triggers delivered"
@@ -80,7 +92,8 @@ def test_three_replicas_killed_and_restarted_trigger_each_retrain_once(
         models = Counter(str(r["dag_run_id"]).split("__")[1] for r in runs)
         print(
             f"\nreplicas + Airflow: {kills} kills, {fleet.started} starts; {len(runs)} DAG runs "
-            f"for {MODELS} models, {sum(n - 1 for n in ids.values())} duplicate run ids"
+            f"for {MODELS} models, {sum(n - 1 for n in ids.values())} duplicate run ids; "
+            f"{len(airflow_server.list_runs(DAG))} runs of {DAG} in this Airflow"
         )
         assert models == {model_name(i): 1 for i in range(MODELS)}, models
         assert all(n == 1 for n in ids.values())
