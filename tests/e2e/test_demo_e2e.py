@@ -53,6 +53,14 @@ def stop_demo(proc: subprocess.Popen[str]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def replayed(workdir: Path) -> list[Path]:
+    """The batches the daemon has scored and moved: the replay has started."""
+    processed = workdir / "data" / "incoming" / "processed"
+    if not processed.is_dir():
+        return []
+    return [p for p in processed.iterdir() if not p.name.startswith(".") and p.name != HISTORY_FILE]
+
+
 def what_went_on(proc: subprocess.Popen[str], workdir: Path) -> str:
     """For a failure message: the demo's processes, its exit and output if it has ended,
     and the end of each service's log (CI keeps nothing else)."""
@@ -207,19 +215,10 @@ def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     proc = run_demo(workdir, "--weeks", "30")
     try:
-        # A replayed batch, not the history the bootstrap leaves there before Airflow starts.
-        wait_for(
-            lambda: (
-                (workdir / "data" / "incoming" / "processed").is_dir()
-                and any(
-                    p.name != HISTORY_FILE
-                    for p in (workdir / "data" / "incoming" / "processed").iterdir()
-                )
-            ),
-            600,
-            interval=1,
-            what="the replay to start",
-        )
+        # A replayed batch, not the history the bootstrap leaves there before Airflow starts,
+        # nor that history's temporary file (`.bootstrap-history.parquet.*.tmp`, renamed
+        # over it): a look during that write once passed for the replay, and found no Airflow.
+        wait_for(lambda: replayed(workdir), 600, interval=1, what="the replay to start")
         assert len(processes_of(workdir)) >= 3, what_went_on(proc, workdir)  # airflow, daemon, …
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=120)

@@ -64,11 +64,21 @@ def test_three_replicas_killed_and_restarted_trigger_each_retrain_once(
         def ours() -> list[dict[str, object]]:
             return [r for r in airflow_server.list_runs(DAG) if tag in str(r["dag_run_id"])]
 
+        listing_timeouts = 0
+
         def count_ours() -> int:
+            nonlocal listing_timeouts
             try:
                 return len(ours())
             except TimeoutError:  # the one api-server worker is busy running DAGs: ask again
+                listing_timeouts += 1
                 return 0
+
+        def everything() -> str:
+            try:
+                return str(len(airflow_server.list_runs(DAG)))
+            except TimeoutError:
+                return "?"
 
         try:
             wait_for(lambda: count_ours() >= MODELS, timeout=180, what="a DAG run per model")
@@ -79,9 +89,12 @@ def test_three_replicas_killed_and_restarted_trigger_each_retrain_once(
                 if i["kind"] == "trigger"
             ]
             raise AssertionError(
-                f"{exc}: {count_ours()} of ours in Airflow "
-                f"({len(airflow_server.list_runs(DAG))} runs of {DAG} in all); "
-                f"triggers in the outbox: {triggers}"
+                f"{exc}: {count_ours()} of ours in Airflow, {listing_timeouts} listings "
+                "timed out "
+                f"({everything()} runs of {DAG} in all); "
+                f"triggers in the outbox: {triggers}\n"
+                f"api-server: {airflow_server.log_tail('api-server')}\n"
+                f"scheduler: {airflow_server.log_tail('scheduler')}\n{fleet.logs()}"
             ) from None
         # The outbox drained: every trigger delivered (none left to deliver twice later).
         wait_for(
