@@ -20,11 +20,13 @@ import pytest
 # No test may leak to the developer's Airflow, SMTP or state by accident.
 os.environ.pop("AIRFLOW_HOME", None)
 
+# fixtures_postgres first: fixtures_airflow and fixtures_state import it, and pytest only
+# rewrites the asserts of a plugin it imports itself.
 pytest_plugins: list[str] = [
+    "fixtures_postgres",
     "fixtures_airflow",
     "fixtures_smtp",
     "fixtures_dashboards",
-    "fixtures_postgres",
     "fixtures_retrain",
     "fixtures_state",
     "fixtures_mlflow",

@@ -1,11 +1,12 @@
 """A real Airflow 3.3.2 for the whole test session.
 
 `airflow_server` starts, once per session, the api-server, scheduler and dag-processor of
-the Airflow installed in the venv, in a temporary AIRFLOW_HOME with SQLite and the
-LocalExecutor, an `admin`/`admin` login, free ports and the DAGs of tests/airflow_dags
-(copied, so tests may add DAG files of their own: `server.add_dag(path)`). Each component
-runs in a process group of its own so the api-server can be stopped and started again for
-outage tests, and everything (task processes too) is killed at the end of the session.
+the Airflow installed in the venv, in a temporary AIRFLOW_HOME with the LocalExecutor and
+its metadata in a PostgreSQL database of its own (dropped at the end), an `admin`/`admin`
+login, free ports and the DAGs of tests/airflow_dags (copied, so tests may add DAG files of
+their own: `server.add_dag(path)`). Each component runs in a process group of its own so
+the api-server can be stopped and started again for outage tests, and everything (task
+processes too) is killed at the end of the session.
 
 The helpers talk to Airflow with plain HTTP, not through watcher's gateway, so tests check
 watcher's code against an independent view of Airflow.
@@ -17,6 +18,7 @@ import atexit
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from fixtures_postgres import ADMIN_DSN, PG_HOST, PG_PORT, PG_USER
+from psycopg import sql
 
 from watcher.dev.localservices import airflow_env, free_port
 
@@ -53,6 +58,7 @@ class AirflowServer:
     dags_folder: Path
     env: dict[str, str]
     startup_seconds: float = 0.0
+    database: str | None = None  # its PostgreSQL metadata database, dropped by stop()
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _token: str | None = None
 
@@ -294,6 +300,9 @@ class AirflowServer:
         for pid in _pids_with_env("AIRFLOW_HOME", str(self.home)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        if self.database is not None:
+            drop_airflow_database(self.database)
+            self.database = None
 
 
 def _pids_with_env(name: str, value: str) -> list[int]:
@@ -312,10 +321,26 @@ def _pids_with_env(name: str, value: str) -> list[int]:
     return found
 
 
-def _environment(home: Path, dags: Path, port: int) -> dict[str, str]:
+def create_airflow_database() -> str:
+    """A new, empty PostgreSQL database for one Airflow's metadata; its name."""
+    name = f"watcher_airflow_{secrets.token_hex(5)}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def drop_airflow_database(name: str) -> None:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def _environment(home: Path, dags: Path, port: int, database: str | None = None) -> dict[str, str]:
+    """`database`: Airflow's metadata on that PostgreSQL database instead of SQLite."""
     # Fixed secrets: tokens stay valid across an api-server restart, and every component
     # verifies the others' tokens.
-    return airflow_env(
+    env = airflow_env(
         home,
         port,
         dags,
@@ -325,11 +350,26 @@ def _environment(home: Path, dags: Path, port: int) -> dict[str, str]:
             "PYTHONDONTWRITEBYTECODE": "1",
         },
     )
+    if database is not None:
+        url = f"{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+        del env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"]  # SQLite's busy timeout
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"postgresql+psycopg://{url}"
+        # Airflow's async engine defaults to asyncpg for PostgreSQL; psycopg does both.
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = f"postgresql+psycopg_async://{url}"
+    return env
 
 
 def start_airflow(home: Path) -> AirflowServer:
-    """Migrate the database, start the components, wait until the test DAGs are parsed."""
+    """Migrate the database, start the components, wait until the test DAGs are parsed.
+
+    The metadata live in PostgreSQL, as Airflow advises for anything beyond a try-out: on
+    SQLite every writer takes one file lock, and a burst of ten runs (the replica test's)
+    held the api-server's requests on it for minutes: task processes failed on
+    API_SERVER_ERROR ReadTimeout and triggers waited out 30 s timeouts. The demo, for one
+    user on one machine, keeps SQLite.
+    """
     started = time.monotonic()
+    database = create_airflow_database()
     dags = home / "dags"
     dags.mkdir(parents=True)
     for dag_file in TEST_DAGS.glob("*.py"):
@@ -341,21 +381,22 @@ def start_airflow(home: Path) -> AirflowServer:
         password="admin",
         home=home,
         dags_folder=dags,
-        env=_environment(home, dags, port),
+        env=_environment(home, dags, port, database),
+        database=database,
     )
     airflow = Path(sys.executable).parent / "airflow"
-    migrate = subprocess.run(
-        [str(airflow), "db", "migrate"],
-        env=server.env,
-        cwd=home,
-        capture_output=True,
-        timeout=180,
-        check=False,
-    )
-    if migrate.returncode != 0:
-        raise RuntimeError(f"airflow db migrate failed: {migrate.stderr.decode()[-2000:]}")
     atexit.register(server.stop)  # also when the session dies without running finalizers
     try:
+        migrate = subprocess.run(
+            [str(airflow), "db", "migrate"],
+            env=server.env,
+            cwd=home,
+            capture_output=True,
+            timeout=180,
+            check=False,
+        )
+        if migrate.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed: {migrate.stderr.decode()[-2000:]}")
         for component in COMPONENTS:
             server._spawn(component)
         server.wait_healthy()
@@ -368,8 +409,11 @@ def start_airflow(home: Path) -> AirflowServer:
 
 
 @pytest.fixture(scope="session")
-def airflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowServer]:
-    """The session's Airflow. Tests using it are marked `@pytest.mark.airflow`."""
+def airflow_server(
+    tmp_path_factory: pytest.TempPathFactory, pg_server: str
+) -> Iterator[AirflowServer]:
+    """The session's Airflow, its metadata on the PostgreSQL `pg_server` checks. Tests using
+    it are marked `@pytest.mark.airflow`."""
     server = start_airflow(tmp_path_factory.mktemp("airflow-home"))
     sys.stderr.write(f"\n[airflow fixture] Airflow ready in {server.startup_seconds:.1f}s\n")
     try:
