@@ -4,8 +4,9 @@ with MLflow as the registry and the only way files travel between tasks.
 
 Version 1 of the bundled example is bootstrapped from 8 weeks, weeks 9-12 are served as
 production batches; the MLflow workspace is a copy with version 1 migrated into a private
-`mlflow server` (SQLite store, --serve-artifacts). Each setup gets its own Airflow home,
-started here (as the tests do: tests/fixtures_celery.py) and stopped before the next.
+`mlflow server` (SQLite store, --serve-artifacts). Each setup gets its own Airflow home and
+PostgreSQL metadata database, started here (as the tests do: tests/fixtures_celery.py) and
+stopped (the database dropped) before the next.
 
 Printed per task, from Airflow's task instances: seconds from start to end under each setup,
 and for the Celery run the seconds spent downloading and uploading hand-off artifacts (the
@@ -34,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from fixtures_airflow import AirflowServer  # noqa: E402
+from fixtures_airflow import AirflowServer, create_airflow_database  # noqa: E402
 from fixtures_celery import (  # noqa: E402
     CeleryAirflow,
     boot,
@@ -106,7 +107,7 @@ def one_run(server: AirflowServer, timeout: float = 1500) -> tuple[str, float, d
 
 
 def local_file_run(folder: Path, config: Path) -> tuple[float, dict[str, float]]:
-    server = retrain_airflow(folder / "airflow-local", config)
+    server = retrain_airflow(folder / "airflow-local", config, create_airflow_database())
     try:
         boot(server)
         _, wall, tasks = one_run(server)
@@ -120,7 +121,8 @@ def celery_mlflow_run(
 ) -> tuple[float, dict[str, float], dict[str, float]]:
     redis, redis_port = start_redis(folder)
     home = folder / "airflow-celery"
-    server = retrain_airflow(home, config, **celery_env(home, redis_port))
+    database = create_airflow_database()
+    server = retrain_airflow(home, config, database, **celery_env(database, redis_port))
     cluster = CeleryAirflow(server, config, load_config(config), folder)
     try:
         boot(server)

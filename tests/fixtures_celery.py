@@ -2,7 +2,8 @@
 
 `celery_airflow` starts, once per session, a private `redis-server` (the Celery broker, on
 a free port, no persistence), the api-server, scheduler and dag-processor (as
-`airflow_server` does, tests/fixtures_airflow.py) with `CeleryExecutor`, and a workspace
+`airflow_server` does, tests/fixtures_airflow.py, its metadata and Celery's results in a
+PostgreSQL database of its own) with `CeleryExecutor`, and a workspace
 whose registry is the session's MLflow server (tests/fixtures_mlflow.py): version 1 of the
 example model migrated there and the file registry deleted.
 
@@ -30,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from fixtures_airflow import COMPONENTS, AirflowServer, _environment
+from fixtures_airflow import COMPONENTS, AirflowServer, _environment, create_airflow_database
 from fixtures_mlflow import MlflowServer
+from fixtures_postgres import PG_HOST, PG_PORT, PG_USER
 from fixtures_retrain import DAGS, MODEL, Workspace, write_config
 
 from watcher.config import Settings, dump_toml, load_config
@@ -106,10 +108,11 @@ class CeleryAirflow:
         self.server.stop()
 
 
-def retrain_airflow(home: Path, config: Path, **extra_env: str) -> AirflowServer:
-    """An AirflowServer (not started) for the retraining DAGs of `config` on a free port."""
+def retrain_airflow(home: Path, config: Path, database: str, **extra_env: str) -> AirflowServer:
+    """An AirflowServer (not started) for the retraining DAGs of `config` on a free port,
+    its metadata in the PostgreSQL `database` (dropped when it stops)."""
     port = free_port()
-    env = _environment(home, DAGS, port) | {"WATCHER_CONFIG": str(config), **extra_env}
+    env = _environment(home, DAGS, port, database) | {"WATCHER_CONFIG": str(config), **extra_env}
     return AirflowServer(
         url=f"http://127.0.0.1:{port}",
         username="admin",
@@ -117,15 +120,19 @@ def retrain_airflow(home: Path, config: Path, **extra_env: str) -> AirflowServer
         home=home,
         dags_folder=DAGS,
         env=env,
+        database=database,
     )
 
 
-def celery_env(home: Path, redis_port: int) -> dict[str, str]:
-    """Airflow settings for the CeleryExecutor on the Redis at `redis_port`."""
+def celery_env(database: str, redis_port: int) -> dict[str, str]:
+    """Airflow settings for the CeleryExecutor on the Redis at `redis_port`; Celery's task
+    results in Airflow's PostgreSQL `database`, as a deployment keeps them."""
     return {
         "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
         "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+sqlite:///{home / 'celery-results.db'}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": (
+            f"db+postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+        ),
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "celery_worker_name.hostname",
         "PYTHONPATH": str(TESTS),
         # A worker killed with SIGKILL leaves its task instance `running` until the
@@ -210,6 +217,7 @@ def celery_airflow(
     tmp_path_factory: pytest.TempPathFactory,
     bikeshare_v1: Workspace,
     mlflow_server: MlflowServer,
+    pg_server: str,
 ) -> Iterator[CeleryAirflow]:
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server is missing: `make system-deps` installs it")
@@ -217,8 +225,9 @@ def celery_airflow(
     folder = tmp_path_factory.mktemp("celery")
     config = _mlflow_workspace(folder / "ws", bikeshare_v1, mlflow_server)
     redis, redis_port = start_redis(folder)
+    database = create_airflow_database()
     server = retrain_airflow(
-        folder / "airflow", config, **celery_env(folder / "airflow", redis_port)
+        folder / "airflow", config, database, **celery_env(database, redis_port)
     )
     cluster = CeleryAirflow(server, config, load_config(config), folder / "ws")
 
