@@ -134,8 +134,9 @@ def test_three_replicas_killed_and_restarted_score_every_batch_once_and_mail_onc
         resent = set(fleet.log_matches(r"alert (\S+) was being mailed when watcher stopped"))
         unexplained = {mid: n for mid, n in duplicated.items() if wanted[mid] not in resent}
         print(
-            f"\nreplicas: {kills} kills, {fleet.started} starts, {terminated} connections "
-            f"terminated in {events} rounds; {len(ledger)} batches, "
+            f"\nreplicas: {kills} kills, {fleet.started} starts ({fleet.supervised} by the "
+            f"supervisor), {terminated} connections terminated in {events} rounds; "
+            f"{len(ledger)} batches, "
             f"{sum(decisions.values())} decisions, "
             f"{sum(trig.values())} triggers, {len(alerts)} alerts, "
             f"{len(smtp_server.messages)} mails, {len(duplicated)} duplicated, "
